@@ -1,0 +1,371 @@
+"""The node's ZeroMQ sockets: peer transport, client ROUTER, event PUB.
+
+Theory of operation
+-------------------
+:class:`Network` is one zmq context with its :class:`~meshfaas.runtime.keys.Security`
+and, when CURVE is on, our :class:`~meshfaas.runtime.keys.ZapHandler`. Everything
+else is made from it and run in the node's nursery.
+
+:class:`PeerTransport` implements the core's ``Transport`` port
+(``send(dst, frame) -> bool``, never blocking) with this topology:
+
+* one ROUTER bound for *inbound* peer traffic (CURVE server). It only receives;
+  each message is ``[routing id, frame]`` and the frame goes, as bytes, into a
+  bounded channel (:attr:`PeerTransport.inbound`). Decoding is the caller's job
+  (:meth:`PeerTransport.decode` counts a ``DecodeError`` as a drop);
+* one DEALER per known peer for *outbound* traffic (CURVE client), created by
+  :meth:`set_peer` from the address book that gossip metadata keeps up to date
+  and closed by :meth:`forget_peer`. Each DEALER has its own owner task, its own
+  small queue and ``IMMEDIATE`` set, so a dead or slow peer only ever drops its
+  own frames and nothing stale piles up for it.
+
+The alternatives and why they lost are in docs/runtime.md. Every drop is counted
+(:meth:`counters`): ``dropped_unknown_peer``, ``dropped_queue_full`` (the peer's
+channel is full), ``dealer.dropped_hwm`` (zmq refused: no connection or HWM
+reached), ``dropped_inbound_full``, ``dropped_malformed``, ``dropped_oversize``,
+``decode_errors``; handshakes seen on the ROUTER are counted from a socket
+monitor (``handshake_failed_*``, ``handshake_succeeded``) and ZAP answers as
+``zap.allowed`` / ``zap.denied``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from meshfaas.core.codec import DEFAULT_MAX_FRAME_BYTES, Codec, DecodeError, Envelope
+from meshfaas.core.types import NodeId
+from meshfaas.runtime.keys import Security, ZapHandler
+from meshfaas.runtime.zsock import Counters, Parts, ZSock, last_endpoint
+
+DEFAULT_INBOUND_CAPACITY = 4096
+DEFAULT_PEER_QUEUE = 1024
+DEFAULT_SNDHWM = 1000
+DEFAULT_RCVHWM = 10_000
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 2000
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
+_MONITOR_EVENTS: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed_no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
+    zmq.EVENT_HANDSHAKE_SUCCEEDED: "handshake_succeeded",
+    zmq.EVENT_ACCEPTED: "accepted",
+    zmq.EVENT_DISCONNECTED: "disconnected",
+}
+
+
+class Network:
+    """One zmq context, its security, and the ZAP handler when CURVE is on."""
+
+    def __init__(self, security: Security, *, counters: Counters | None = None) -> None:
+        self.security = security
+        self.counters = counters if counters is not None else Counters()
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.zap = (ZapHandler(self.ctx, security.keys, self.counters)
+                    if security.keys is not None else None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer ZAP requests until cancelled."""
+        if self.zap is None:
+            task_status.started()
+            await trio.sleep_forever()
+        await self.zap.run(task_status=task_status)
+
+    def socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        (self.security.server if server else self.security.client)(sock)
+        return sock
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+@asynccontextmanager
+async def open_network(security: Security) -> AsyncIterator[Network]:
+    """A :class:`Network` whose ZAP task runs for the duration of the block."""
+    net = Network(security)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(net.run)
+            yield net
+            nursery.cancel_scope.cancel()
+    finally:
+        net.close()
+
+
+@attrs.define
+class _Peer:
+    endpoint: str
+    zsock: ZSock
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+class PeerTransport:
+    """Datagram-like frames to and from peers; see the module docstring."""
+
+    def __init__(
+        self,
+        net: Network,
+        node_id: NodeId,
+        *,
+        bind: str = "tcp://127.0.0.1:*",
+        codec: Codec | None = None,
+        inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
+        peer_queue: int = DEFAULT_PEER_QUEUE,
+        sndhwm: int = DEFAULT_SNDHWM,
+        rcvhwm: int = DEFAULT_RCVHWM,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.net = net
+        self.node_id = node_id
+        self.codec = codec
+        self.max_frame_bytes = max_frame_bytes
+        self._peer_queue = peer_queue
+        self._sndhwm = sndhwm
+        self.stats = Counters()
+        self._peers: dict[NodeId, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
+        self._in_send, self.inbound = trio.open_memory_channel[bytes](inbound_capacity)
+        router = net.socket(zmq.ROUTER, server=True)
+        router.setsockopt(zmq.RCVHWM, rcvhwm)
+        router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 64)
+        router.bind(bind)
+        self.endpoint = last_endpoint(router)
+        monitor = router.get_monitor_socket(sum(_MONITOR_EVENTS))
+        self._router = ZSock(router, name="router", on_recv=self._on_frame, counters=self.stats)
+        self._monitor = ZSock(monitor, name="monitor", on_recv=self._on_monitor,
+                              counters=Counters())
+
+    # -- the address book ---------------------------------------------------
+
+    def set_peer(self, node_id: NodeId, endpoint: str) -> None:
+        """Send to ``node_id`` at ``endpoint`` from now on (idempotent)."""
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.endpoint == endpoint:
+            return
+        if peer is not None:
+            peer.scope.cancel()
+        peer = _Peer(endpoint=endpoint, zsock=self._make_dealer(endpoint))
+        self._peers[node_id] = peer
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_peer, peer)
+
+    def forget_peer(self, node_id: NodeId) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            peer.scope.cancel()
+
+    def peers(self) -> dict[NodeId, str]:
+        return {n: p.endpoint for n, p in sorted(self._peers.items())}
+
+    def _make_dealer(self, endpoint: str) -> ZSock:
+        sock = self.net.socket(zmq.DEALER, server=False)
+        for opt, value in ((zmq.IMMEDIATE, 1), (zmq.SNDHWM, self._sndhwm),
+                           (zmq.RECONNECT_IVL, RECONNECT_IVL_MS),
+                           (zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS),
+                           (zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS),
+                           (zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)):
+            sock.setsockopt(opt, value)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise ValueError(f"bad peer endpoint {endpoint!r}: {exc}") from None
+        return ZSock(sock, name="dealer", counters=self.stats, out_capacity=self._peer_queue)
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        with peer.scope:
+            await peer.zsock.run()
+        peer.zsock.sock.close(linger=0)  # if cancelled before it ever ran
+
+    # -- sending and receiving ---------------------------------------------
+
+    def send(self, dst: NodeId, frame: bytes) -> bool:
+        """Queue ``frame`` for ``dst``; False (counted) when it cannot be queued."""
+        peer = self._peers.get(dst)
+        if peer is None:
+            self.stats.inc("dropped_unknown_peer")
+            return False
+        if len(frame) > self.max_frame_bytes:
+            raise ValueError(f"frame of {len(frame)} bytes over the {self.max_frame_bytes}-byte limit")
+        if not peer.zsock.send_nowait([frame]):
+            self.stats.inc("dropped_queue_full")
+            return False
+        self.stats.inc("sent")
+        return True
+
+    def _on_frame(self, parts: Parts) -> None:
+        if len(parts) != 2:
+            self.stats.inc("dropped_malformed")
+            return
+        frame = parts[1]
+        if len(frame) > self.max_frame_bytes:
+            self.stats.inc("dropped_oversize")
+            return
+        try:
+            self._in_send.send_nowait(frame)
+        except trio.WouldBlock:
+            self.stats.inc("dropped_inbound_full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.stats.inc("dropped_closed")
+        else:
+            self.stats.inc("received")
+
+    def decode(self, frame: bytes) -> Envelope | None:
+        """Decode with ``codec``; a bad frame, or one not for us, is a counted drop."""
+        if self.codec is None:
+            raise RuntimeError("PeerTransport was built without a codec")
+        try:
+            env = self.codec.decode(frame)
+        except DecodeError:
+            self.stats.inc("decode_errors")
+            return None
+        if env.dst != self.node_id:
+            self.stats.inc("dropped_misaddressed")
+            return None
+        return env
+
+    def _on_monitor(self, parts: Parts) -> None:
+        try:
+            event = int(parse_monitor_message(parts)["event"])
+        except Exception:
+            return
+        name = _MONITOR_EVENTS.get(event)
+        if name is not None:
+            self.stats.inc(name)
+
+    def counters(self) -> dict[str, int]:
+        out = self.stats.snapshot()
+        out.update(self.net.counters.snapshot())
+        return out
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the ROUTER, its monitor and every DEALER until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._monitor.run)
+                await nursery.start(self._router.run)
+                self._nursery = nursery
+                for peer in list(self._peers.values()):
+                    nursery.start_soon(self._run_peer, peer)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self._in_send.close()
+            for peer in self._peers.values():
+                peer.zsock.sock.close(linger=0)
+
+
+@asynccontextmanager
+async def open_peer_transport(
+    net: Network, node_id: NodeId, **kwargs: Any
+) -> AsyncIterator[PeerTransport]:
+    """A running :class:`PeerTransport` for the duration of the block."""
+    transport = PeerTransport(net, node_id, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        yield transport
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Client ROUTER and event PUB
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ClientMessage:
+    """A client's multipart message, with the routing id to reply to."""
+
+    routing_id: bytes
+    parts: tuple[bytes, ...]
+
+
+class ClientRouter:
+    """The node's ROUTER for clients (SDK, CLI, HTTP bridge); CURVE server.
+
+    Requests arrive on :attr:`inbound`; :meth:`reply` answers one by routing id.
+    ``ROUTER_MANDATORY`` is set so a reply to a client that left is counted
+    (``client.dropped_unroutable``) rather than silently lost.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        *,
+        bind: str = "tcp://127.0.0.1:*",
+        inbound_capacity: int = DEFAULT_INBOUND_CAPACITY,
+        out_capacity: int = DEFAULT_PEER_QUEUE * 4,
+        hwm: int = DEFAULT_SNDHWM,
+        max_msg_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.stats = Counters()
+        sock = net.socket(zmq.ROUTER, server=True)
+        for opt, value in ((zmq.ROUTER_MANDATORY, 1), (zmq.SNDHWM, hwm), (zmq.RCVHWM, hwm),
+                           (zmq.MAXMSGSIZE, max_msg_bytes)):
+            sock.setsockopt(opt, value)
+        sock.bind(bind)
+        self.endpoint = last_endpoint(sock)
+        self._in_send, self.inbound = trio.open_memory_channel[ClientMessage](inbound_capacity)
+        self._zsock = ZSock(sock, name="client", on_recv=self._on_request,
+                            counters=self.stats, out_capacity=out_capacity)
+
+    def _on_request(self, parts: Parts) -> None:
+        if len(parts) < 2:
+            self.stats.inc("client.dropped_malformed")
+            return
+        try:
+            self._in_send.send_nowait(ClientMessage(parts[0], tuple(parts[1:])))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.stats.inc("client.dropped_inbound_full")
+
+    def reply(self, routing_id: bytes, parts: list[bytes]) -> bool:
+        return self._zsock.send_nowait([routing_id, *parts])
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.snapshot()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._zsock.run(task_status=task_status)
+        finally:
+            self._in_send.close()
+
+
+class EventPublisher:
+    """The node's PUB socket for events (invocations, logs, membership); CURVE server.
+
+    A PUB drops for a slow subscriber at its high-water mark; :meth:`publish`
+    itself never blocks and counts what it could not queue.
+    """
+
+    def __init__(self, net: Network, *, bind: str = "tcp://127.0.0.1:*",
+                 hwm: int = DEFAULT_SNDHWM * 10, out_capacity: int = DEFAULT_PEER_QUEUE * 4):
+        self.stats = Counters()
+        sock = net.socket(zmq.PUB, server=True)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.bind(bind)
+        self.endpoint = last_endpoint(sock)
+        self._zsock = ZSock(sock, name="pub", counters=self.stats, out_capacity=out_capacity,
+                            receives=False)
+
+    def publish(self, topic: bytes, payload: bytes) -> bool:
+        return self._zsock.send_nowait([topic, payload])
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.snapshot()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._zsock.run(task_status=task_status)

@@ -1,0 +1,201 @@
+"""One trio task per ZeroMQ socket.
+
+Theory of operation
+-------------------
+pyzmq has no trio integration, and a zmq socket is not safe to touch from two
+places at once. So every socket here belongs to exactly one :class:`ZSock`,
+whose :meth:`ZSock.run` task is the only code that ever calls the socket.
+Other tasks reach it through a bounded trio memory channel
+(:meth:`ZSock.send_nowait`, which never blocks: a message that cannot be queued
+is dropped and counted), and what it receives is handed to an ``on_recv``
+callback (itself non-blocking; usually a ``send_nowait`` into another bounded
+channel).
+
+The socket's ``FD`` is edge-triggered: it signals that zmq's *state* changed,
+not that a message is waiting, and any call on the socket (a send, a read of
+``EVENTS``) may consume that edge. The owner therefore
+
+1. drains the outbound channel with ``NOBLOCK`` sends (``zmq.Again`` means the
+   high-water mark is reached: the message is dropped and counted, as for a
+   datagram);
+2. drains the socket with ``NOBLOCK`` receives until ``zmq.Again``;
+3. and only then waits, checking ``getsockopt(EVENTS) & POLLIN`` *before* each
+   ``wait_readable(fd)``, never the fd alone.
+
+While it waits, a caller's ``send_nowait`` cancels the wait (a cancel scope held
+in ``_wake``) so outbound messages never sit behind an idle socket. After every
+batch of ``batch`` messages the owner yields, so one busy socket cannot starve the
+rest of the node, but it does not wait on the fd again until fully drained.
+
+When the task ends (cancelled or not) it closes the socket with ``linger=0``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import trio
+import zmq
+
+Parts = list[bytes]
+OnRecv = Callable[[Parts], None]
+
+DEFAULT_OUT_CAPACITY = 1024
+DEFAULT_BATCH = 64
+
+
+class Counters:
+    """Named event counts, shared by the sockets of one component."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+        self._counts: dict[str, int] = {}
+
+    def inc(self, name: str, n: int = 1) -> None:
+        key = self._prefix + name
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def get(self, name: str) -> int:
+        return self._counts.get(self._prefix + name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self._counts.items()))
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter(self.snapshot().items())
+
+
+def set_options(sock: zmq.Socket[Any], options: Iterable[tuple[int, Any]]) -> None:
+    for opt, value in options:
+        sock.setsockopt(opt, value)
+
+
+class ZSock:
+    """Owns one zmq socket; see the module docstring for the protocol.
+
+    ``counters`` receives ``sent``, ``received``, ``dropped_queue_full`` (the
+    outbound channel was full), ``dropped_hwm`` (zmq refused with ``Again``),
+    ``dropped_unroutable`` (``EHOSTUNREACH`` from a mandatory ROUTER) and
+    ``send_errors``, each prefixed with ``name + "."``.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        *,
+        name: str,
+        on_recv: OnRecv | None = None,
+        counters: Counters | None = None,
+        out_capacity: int = DEFAULT_OUT_CAPACITY,
+        batch: int = DEFAULT_BATCH,
+        receives: bool = True,
+    ) -> None:
+        self.sock = sock
+        self.name = name
+        self._on_recv = on_recv
+        self.counters = counters if counters is not None else Counters()
+        self._out_send, self._out_recv = trio.open_memory_channel[Parts](out_capacity)
+        self._batch = batch
+        self._receives = receives  # False for send-only sockets (PUB)
+        self._wake: trio.CancelScope | None = None
+        self._closed = False
+
+    # -- callers ------------------------------------------------------------
+
+    def send_nowait(self, parts: Parts) -> bool:
+        """Queue ``parts`` for sending; False (and counted) if it cannot be queued."""
+        if self._closed:
+            self._count("dropped_closed")
+            return False
+        try:
+            self._out_send.send_nowait(parts)
+        except trio.WouldBlock:
+            self._count("dropped_queue_full")
+            return False
+        if self._wake is not None:
+            self._wake.cancel()
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the owner task -----------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the socket until cancelled; then close it."""
+        try:
+            fd = int(self.sock.getsockopt(zmq.FD))
+            task_status.started()
+            while True:
+                busy = self._drain_out()
+                busy = self._drain_in() or busy
+                if busy:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                await self._wait(fd)
+        finally:
+            self._close()
+
+    def _drain_out(self) -> bool:
+        """Send up to ``batch`` queued messages. True if more may be queued."""
+        for _ in range(self._batch):
+            try:
+                parts = self._out_recv.receive_nowait()
+            except trio.WouldBlock:
+                return False
+            self._send_one(parts)
+        return True
+
+    def _send_one(self, parts: Parts) -> None:
+        try:
+            self.sock.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            self._count("dropped_hwm")
+        except zmq.ZMQError as exc:
+            self._count("dropped_unroutable" if exc.errno == errno.EHOSTUNREACH else "send_errors")
+        else:
+            self._count("sent")
+
+    def _drain_in(self) -> bool:
+        """Receive up to ``batch`` messages. True if the batch limit was hit."""
+        if not self._receives:
+            return False
+        for _ in range(self._batch):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._count("received")
+            if self._on_recv is not None:
+                self._on_recv(parts)
+        return True
+
+    async def _wait(self, fd: int) -> None:
+        """Wait until the socket is readable or a caller queued something."""
+        with trio.CancelScope() as scope:
+            self._wake = scope
+            try:
+                if self._out_recv.statistics().current_buffer_used:
+                    return
+                while not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    await trio.lowlevel.wait_readable(fd)
+            finally:
+                self._wake = None
+
+    def _close(self) -> None:
+        self._closed = True
+        self._out_send.close()
+        self._out_recv.close()
+        self.sock.close(linger=0)
+
+    def _count(self, what: str) -> None:
+        self.counters.inc(f"{self.name}.{what}")
+
+
+def last_endpoint(sock: zmq.Socket[Any]) -> str:
+    """The endpoint a socket actually bound (``tcp://127.0.0.1:*`` -> the real port)."""
+    raw = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
