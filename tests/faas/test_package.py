@@ -24,6 +24,7 @@ def raw_zip(*members: tuple[str, bytes, int]) -> bytes:
             for name, data, mode in members:
                 info = zipfile.ZipInfo(name, date_time=(2020, 5, 6, 7, 8, 9))
                 info.create_system = 3
+                info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = mode << 16
                 archive.writestr(info, data)
     return buffer.getvalue()
