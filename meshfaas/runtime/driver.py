@@ -1,0 +1,275 @@
+"""The one trio driver of any sans-IO core.
+
+Theory of operation
+-------------------
+A :class:`Driver` owns one core and feeds it every input on the event loop
+thread: peer frames (:meth:`Driver.deliver_frame`, decoded with the cluster's
+codec; a bad frame is a counted drop), local commands (:meth:`Driver.command`),
+effect results and ticks. After each input it *pumps*: it takes every
+``Ready`` batch the core has and dispatches it under the contract of
+meshfaas.core.types:
+
+* ``send_now`` goes to the transport at once;
+* ``effects`` start at once, each in its own task, through the async handler
+  registered for its ``kind``; the :class:`EffectResult` (an error result if no
+  handler exists or the handler raised) goes back through ``on_result``;
+* ``notifications`` go to subscribers' bounded channels (a full one drops, counted);
+* ``persist`` joins the *pending* queue, in ``seq`` order. The persister task
+  takes everything pending, stages it in the store and runs ``store.sync()`` in a
+  worker thread (``trio.to_thread.run_sync``), so the loop keeps running during
+  the fsync. Batches that arrive meanwhile wait for the next sync: one fsync
+  covers them all (group commit). Only when ``sync`` has returned does it send
+  each batch's ``send_after_persist`` and then call ``on_persisted(seq)``.
+
+A batch with nothing to persist is finished at once, unless earlier batches are
+still pending: acknowledgements always go in ``seq`` order.
+
+The ticker task sleeps until ``core.next_deadline()`` (read from the :class:`Clock`
+port) and calls ``tick``; any pump that changes the deadline wakes it, so an
+earlier deadline is never missed and a cancelled one never fires.
+
+A sync that fails (:class:`~meshfaas.runtime.store.StoreError`) is not survivable
+for the batches in it: their after-persist messages must never leave. The error
+propagates out of :meth:`Driver.run`, which stops the node; on restart the core
+recovers from what ``load`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from meshfaas.core.codec import Codec, DecodeError
+from meshfaas.core.types import (
+    NS_PER_S,
+    Clock,
+    Core,
+    DurableStore,
+    Effect,
+    EffectResult,
+    NodeId,
+    Notification,
+    Outbound,
+    Ready,
+    Transport,
+)
+from meshfaas.runtime.zsock import Counters
+
+EffectHandler = Callable[[Effect], Awaitable[EffectResult]]
+DEFAULT_SUBSCRIBER_CAPACITY = 1024
+
+
+class Driver:
+    """Drives one core with trio; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        node_id: NodeId,
+        transport: Transport,
+        codec: Codec,
+        store: DurableStore,
+        clock: Clock,
+        handlers: dict[str, EffectHandler] | None = None,
+    ) -> None:
+        self.core = core
+        self.node_id = node_id
+        self.transport = transport
+        self.codec = codec
+        self.store = store
+        self.clock = clock
+        self.stats = Counters()
+        self._handlers: dict[str, EffectHandler] = dict(handlers or {})
+        self._subscribers: list[tuple[frozenset[str] | None, trio.MemorySendChannel[Notification]]] = []
+        self._pending: list[Ready] = []
+        self._has_pending = trio.Event()
+        self._syncing = False
+        self._nursery: trio.Nursery | None = None
+        self._tick_scope: trio.CancelScope | None = None
+        self._tick_deadline: int | None = None
+
+    # -- registration ---------------------------------------------------------
+
+    def register_effect(self, kind: str, handler: EffectHandler) -> None:
+        self._handlers[kind] = handler
+
+    def subscribe(
+        self, kinds: frozenset[str] | None = None, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
+    ) -> trio.MemoryReceiveChannel[Notification]:
+        """Notifications of ``kinds`` (all if None); closing the channel unsubscribes."""
+        send, recv = trio.open_memory_channel[Notification](capacity)
+        self._subscribers.append((kinds, send))
+        return recv
+
+    def counters(self) -> dict[str, int]:
+        return self.stats.snapshot()
+
+    # -- inputs -----------------------------------------------------------------
+
+    def deliver_frame(self, frame: bytes) -> None:
+        """A frame from a peer: decode it and hand it to the core, or count a drop."""
+        try:
+            env = self.codec.decode(frame)
+        except DecodeError:
+            self.stats.inc("decode_errors")
+            return
+        if env.dst != self.node_id:
+            self.stats.inc("dropped_misaddressed")
+            return
+        self.deliver(NodeId(env.src), env.msg)
+
+    def deliver(self, src: NodeId, msg: Any) -> None:
+        self._require_running()
+        self.stats.inc("handled")
+        self.core.handle(src, msg, self.clock.now())
+        self._pump()
+
+    def command(self, cmd: Any) -> Any:
+        """Run a local command on the core; returns the core's answer."""
+        self._require_running()
+        result = self.core.command(cmd, self.clock.now())
+        self._pump()
+        return result
+
+    def _require_running(self) -> None:
+        if self._nursery is None:
+            raise RuntimeError("the driver is not running: start Driver.run in a nursery first")
+
+    # -- lifetime -----------------------------------------------------------------
+
+    async def run(
+        self,
+        inbound: trio.MemoryReceiveChannel[bytes] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Drive the core until cancelled (or until a sync fails: see the docstring)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._persister)
+            nursery.start_soon(self._ticker)
+            if inbound is not None:
+                nursery.start_soon(self._read_inbound, inbound)
+            self._pump()
+            task_status.started()
+
+    async def _read_inbound(self, inbound: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for frame in inbound:
+            self.deliver_frame(frame)
+
+    # -- the pump -----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while (ready := self.core.take_ready()) is not None:
+            self._dispatch(ready)
+        if self._tick_scope is not None and self.core.next_deadline() != self._tick_deadline:
+            self._tick_scope.cancel()
+
+    def _dispatch(self, ready: Ready) -> None:
+        self._send(ready.send_now)
+        for effect in ready.effects:
+            self._start_effect(effect)
+        for note in ready.notifications:
+            self._notify(note)
+        if ready.persist or self._pending or self._syncing:
+            self._pending.append(ready)
+            self._has_pending.set()
+        else:
+            self._finish(ready)
+
+    def _finish(self, ready: Ready) -> None:
+        """The batch is durable: its after-persist messages may leave, then ack."""
+        self._send(ready.send_after_persist)
+        self.core.on_persisted(ready.seq)
+
+    def _send(self, outbound: tuple[Outbound, ...]) -> None:
+        for out in outbound:
+            frame = self.codec.encode(self.node_id, out.dst, out.msg)
+            self.stats.inc("sent" if self.transport.send(out.dst, frame) else "send_dropped")
+
+    # -- persisting ---------------------------------------------------------------
+
+    async def _persister(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            self._has_pending = trio.Event()
+            batches, self._pending = self._pending, []
+            writes = [w for b in batches for w in b.persist]
+            self._syncing = True
+            try:
+                if writes:
+                    self.store.write(writes)
+                    await trio.to_thread.run_sync(self.store.sync)
+                    self.stats.inc("syncs")
+            finally:
+                self._syncing = False
+            self.stats.inc("batches_persisted", len(batches))
+            for ready in batches:
+                self._finish(ready)
+            self._pump()
+
+    # -- time ---------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            with trio.CancelScope() as scope:
+                self._tick_scope, self._tick_deadline = scope, deadline
+                try:
+                    await self._sleep_until(deadline)
+                finally:
+                    self._tick_scope = None
+            if scope.cancelled_caught or deadline is None:
+                continue  # the deadline changed: look again
+            now = self.clock.now()
+            if now.mono_ns >= deadline:
+                self.stats.inc("ticks")
+                self.core.tick(now)
+                self._pump()
+
+    async def _sleep_until(self, deadline: int | None) -> None:
+        if deadline is None:
+            await trio.sleep_forever()
+            return
+        delay_ns = deadline - self.clock.now().mono_ns
+        if delay_ns > 0:
+            await trio.sleep(delay_ns / NS_PER_S)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    # -- effects and notifications ----------------------------------------------
+
+    def _start_effect(self, effect: Effect) -> None:
+        assert self._nursery is not None
+        self.stats.inc("effects")
+        self._nursery.start_soon(self._run_effect, effect)
+
+    async def _run_effect(self, effect: Effect) -> None:
+        handler = self._handlers.get(effect.kind)
+        if handler is None:
+            result = EffectResult(effect_id=effect.effect_id, ok=False,
+                                  error=f"no handler for effect kind {effect.kind!r}")
+        else:
+            try:
+                result = await handler(effect)
+            except Exception as exc:  # the environment failed: a result, not a crash
+                result = EffectResult(effect_id=effect.effect_id, ok=False,
+                                      error=f"{type(exc).__name__}: {exc}")
+        if not result.ok:
+            self.stats.inc("effects_failed")
+        self.core.on_result(result, self.clock.now())
+        self._pump()
+
+    def _notify(self, note: Notification) -> None:
+        for kinds, send in list(self._subscribers):
+            if kinds is not None and note.kind not in kinds:
+                continue
+            try:
+                send.send_nowait(note)
+            except trio.WouldBlock:
+                self.stats.inc("notifications_dropped")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove((kinds, send))
