@@ -1,0 +1,341 @@
+"""The in-jail runtime: AWS Lambda's Python contract over two pipes.
+
+Theory of operation
+-------------------
+Run as ``python -I bootstrap.py <read_fd> <write_fd>`` inside the jail (or,
+for the unsafe backend, as a plain subprocess). Standard library only; works on
+Python 3.11, 3.12 and 3.13.
+
+1. Init (once per sandbox, the cold start): put the task root (``/var/task``)
+   and the dependency layer (``/opt/layer``) first on ``sys.path``, route
+   ``logging`` to stdout in Lambda's format, import the handler named by
+   ``_HANDLER`` ("module.function") and time it. Import failures do not end the
+   process: like Lambda, the handler is replaced by one that raises
+   Runtime.ImportModuleError / Runtime.UserCodeSyntaxError /
+   Runtime.HandlerNotFound / Runtime.MalformedHandlerName on every call, and
+   those results are marked fatal so the host never keeps such a sandbox.
+   Then one ``ready`` frame goes to the host.
+2. Serve: read an ``invoke`` frame, write ``START``, call
+   ``handler(event, context)``, write ``END`` and ``REPORT`` (with Init Duration
+   on the first call) and an end marker carrying the host's nonce to stdout,
+   then answer one ``result`` frame. Repeat until an ``exit`` frame or EOF.
+
+Frames, both ways: ``>II`` (header length, body length), a UTF-8 JSON header,
+then the body bytes (the event, the result, or the error object as JSON).
+stdout and stderr are the log pipe the host reads and caps; the result never
+travels through them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import resource
+import struct
+import sys
+import time
+import traceback
+
+FRAME = struct.Struct(">II")
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 6_291_556
+END_MARKER = b"\x1emeshfaas-end "
+LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
+
+
+# ---------------------------------------------------------------------------
+# Framing
+# ---------------------------------------------------------------------------
+
+
+def encode_frame(header: dict, body: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return FRAME.pack(len(head), len(body)) + head + body
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> tuple[dict, bytes] | None:
+    prefix = _read_exact(fd, FRAME.size)
+    if prefix is None:
+        return None
+    head_len, body_len = FRAME.unpack(prefix)
+    if head_len + body_len > MAX_REQUEST_BYTES:
+        raise ValueError("frame too large")
+    head = _read_exact(fd, head_len) if head_len else b"{}"
+    body = _read_exact(fd, body_len) if body_len else b""
+    if head is None or body is None:
+        return None
+    return json.loads(head), body
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# ---------------------------------------------------------------------------
+# Errors and the context object (Lambda's shapes)
+# ---------------------------------------------------------------------------
+
+
+class FaultError(Exception):
+    """A runtime fault with a Lambda error type (raised by a fault handler)."""
+
+    def __init__(self, error_type: str, message: str, trace: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.trace = trace or []
+
+
+def _user_frames(tb) -> list[str]:
+    frames = traceback.extract_tb(tb)
+    for i, frame in enumerate(frames):
+        if not frame.filename.endswith("bootstrap.py"):
+            return traceback.format_list(frames[i:])
+    return []
+
+
+def error_object(exc: BaseException, request_id: str) -> dict:
+    if isinstance(exc, FaultError):
+        return {"errorMessage": exc.message, "errorType": exc.error_type,
+                "requestId": request_id, "stackTrace": exc.trace}
+    return {"errorMessage": str(exc), "errorType": type(exc).__name__,
+            "requestId": request_id, "stackTrace": _user_frames(exc.__traceback__)}
+
+
+class LambdaContext:
+    """The ``context`` argument: the attributes AWS Lambda's Python runtime gives."""
+
+    def __init__(self, request_id: str, deadline_mono_s: float, invoked_function_arn: str) -> None:
+        env = os.environ
+        self.aws_request_id = request_id
+        self.invoked_function_arn = invoked_function_arn
+        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        self._deadline_mono_s = deadline_mono_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline_mono_s - time.monotonic()) * 1000))
+
+    def log(self, msg: str) -> None:
+        sys.stdout.write(msg)
+
+    def __repr__(self) -> str:
+        return (f"LambdaContext([aws_request_id={self.aws_request_id},"
+                f"function_name={self.function_name},function_version={self.function_version}])")
+
+
+# ---------------------------------------------------------------------------
+# Init
+# ---------------------------------------------------------------------------
+
+_CURRENT_REQUEST_ID = ""
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = _CURRENT_REQUEST_ID
+        return True
+
+
+def _setup_streams_and_logging() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(write_through=True, line_buffering=False)
+    handler = logging.StreamHandler(sys.stdout)
+    formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestIdFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "WARNING").upper())
+
+
+def _setup_path() -> None:
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", "/var/task")
+    layer = os.environ.get("MESHFAAS_LAYER_DIR", "")
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
+    sys.path.insert(0, task_root)
+    if layer:
+        sys.path.insert(1, layer)
+    os.chdir(task_root)
+
+
+def _fault_handler(fault: FaultError):
+    def handler(event, context):
+        raise fault
+    handler.fatal = True  # type: ignore[attr-defined]
+    return handler
+
+
+def load_handler(spec: str):
+    """Import "module.function"; a failure becomes a handler raising Lambda's fault."""
+    try:
+        modname, fname = spec.rsplit(".", 1)
+    except ValueError as exc:
+        return _fault_handler(FaultError("Runtime.MalformedHandlerName", f"Bad handler '{spec}': {exc}"))
+    if modname.split(".")[0] in sys.builtin_module_names:
+        return _fault_handler(FaultError(
+            "Runtime.BuiltInModuleConflict", f"Cannot use built-in module {modname} as a handler module"))
+    try:
+        module = importlib.import_module(modname)
+    except ImportError as exc:
+        return _fault_handler(FaultError(
+            "Runtime.ImportModuleError", f"Unable to import module '{modname}': {exc}"))
+    except SyntaxError as exc:
+        trace = [f'  File "{exc.filename}" Line {exc.lineno}\n    {exc.text}']
+        return _fault_handler(FaultError(
+            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{modname}': {exc}", trace))
+    except Exception as exc:
+        return _fault_handler(FaultError(
+            "Runtime.ImportModuleError", f"Unable to import module '{modname}': {exc!r}",
+            _user_frames(exc.__traceback__)))
+    handler = getattr(module, fname, None)
+    if handler is None:
+        return _fault_handler(FaultError(
+            "Runtime.HandlerNotFound", f"Handler '{fname}' missing on module '{modname}'"))
+    return handler
+
+
+# ---------------------------------------------------------------------------
+# One invocation
+# ---------------------------------------------------------------------------
+
+
+def max_memory_used_mb() -> int:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return math.ceil(max(own, children) / 1024)
+
+
+def _log_error(error: dict) -> None:
+    lines = [f"[ERROR] {error['errorType']}: {error['errorMessage']}"]
+    if error["stackTrace"]:
+        lines.append("Traceback (most recent call last):")
+        lines.extend(line.rstrip("\n") for line in error["stackTrace"])
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _call(handler, body: bytes, context: LambdaContext, max_response: int) -> tuple[bool, bytes]:
+    try:
+        event = json.loads(body) if body else None
+    except ValueError as exc:
+        raise FaultError("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}") from None
+    result = handler(event, context)
+    try:
+        out = json.dumps(result).encode()
+    except (TypeError, ValueError) as exc:
+        raise FaultError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from None
+    if len(out) > max_response:
+        raise FaultError("Function.ResponseSizeTooLarge",
+                         f"Response payload size exceeded maximum allowed payload size ({max_response} bytes).")
+    return True, out
+
+
+def invoke(handler, header: dict, body: bytes, state: dict) -> tuple[dict, bytes]:
+    """Run one invocation; returns the result frame (header, body)."""
+    global _CURRENT_REQUEST_ID
+    request_id = str(header.get("request_id", ""))
+    _CURRENT_REQUEST_ID = request_id
+    start = time.monotonic()
+    context = LambdaContext(request_id, start + header.get("deadline_ms", 3000) / 1000,
+                            str(header.get("arn", "")))
+    sys.stdout.write(f"START RequestId: {request_id} Version: {context.function_version}\n")
+    fatal = bool(getattr(handler, "fatal", False))
+    try:
+        ok, out = _call(handler, body, context, state["max_response"])
+    except MemoryError:
+        ok, fatal = False, True
+        out = _error_json("Runtime.OutOfMemory", "Runtime exited with error: out of memory", request_id)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        ok, fatal = False, True
+        out = _error_json("Runtime.ExitError", f"Runtime exited with error: {exc!r}", request_id)
+    except Exception as exc:
+        ok, error = False, error_object(exc, request_id)
+        _log_error(error)
+        out = json.dumps(error).encode()
+    return _finish(request_id, start, ok, fatal, out, header, state)
+
+
+def _error_json(error_type: str, message: str, request_id: str) -> bytes:
+    error = {"errorMessage": message, "errorType": error_type, "requestId": request_id, "stackTrace": []}
+    _log_error(error)
+    return json.dumps(error).encode()
+
+
+def _finish(request_id, start, ok, fatal, out, header, state) -> tuple[dict, bytes]:
+    duration_ms = (time.monotonic() - start) * 1000
+    billed_ms = max(1, math.ceil(duration_ms))
+    memory_mb = max_memory_used_mb()
+    init_ms = state.pop("init_ms", None)
+    report = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+              f"Billed Duration: {billed_ms} ms\tMemory Size: {state['memory_size']} MB\t"
+              f"Max Memory Used: {memory_mb} MB")
+    if init_ms is not None:
+        report += f"\tInit Duration: {init_ms:.2f} ms"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    marker = END_MARKER + str(header.get("nonce", "")).encode() + b"\n"
+    text = f"END RequestId: {request_id}\n{report}\n".encode()
+    write_all(1, text + marker)
+    result = {"op": "result", "request_id": request_id, "ok": ok, "fatal": fatal,
+              "duration_ms": duration_ms, "billed_ms": billed_ms, "max_memory_mb": memory_mb,
+              "init_ms": init_ms}
+    return result, out
+
+
+# ---------------------------------------------------------------------------
+# Main loop
+# ---------------------------------------------------------------------------
+
+
+def serve(read_fd: int, write_fd: int) -> int:
+    init_start = time.monotonic()
+    _setup_streams_and_logging()
+    _setup_path()
+    version = ".".join(map(str, sys.version_info[:3]))
+    sys.stdout.write(f"INIT_START Runtime Version: python:{version}\n")
+    handler = load_handler(os.environ.get("_HANDLER", "lambda_function.lambda_handler"))
+    init_ms = (time.monotonic() - init_start) * 1000
+    state = {"init_ms": init_ms,
+             "memory_size": os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+             "max_response": int(os.environ.get("MESHFAAS_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES))}
+    write_all(write_fd, encode_frame({"op": "ready", "init_ms": init_ms, "python": version}))
+    while True:
+        frame = read_frame(read_fd)
+        if frame is None or frame[0].get("op") == "exit":
+            return 0
+        header, out = invoke(handler, frame[0], frame[1], state)
+        write_all(write_fd, encode_frame(header, out))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        sys.stderr.write("usage: bootstrap.py READ_FD WRITE_FD\n")
+        return 2
+    return serve(int(argv[1]), int(argv[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

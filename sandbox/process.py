@@ -1,0 +1,495 @@
+"""One sandbox seen from the host: a jailed bootstrap process and its three pipes.
+
+Theory of operation
+-------------------
+:meth:`SandboxProcess.start` opens three pipes (requests to the jail, results
+from the jail, and the log pipe that is the jail's stdout and stderr; nsjail's
+own messages get a fourth), spawns nsjail (or, for the unsafe backend, the
+bootstrap itself with rlimits) and waits for the bootstrap's ``ready`` frame:
+that is the cold start.
+
+:meth:`SandboxProcess.invoke` sends one ``invoke`` frame and, concurrently,
+reads the result frame and drains the log pipe until the end marker carrying
+this invocation's nonce. The log is never stored whole: a :class:`LogTail`
+keeps the last ``tail_bytes`` and counts the rest, so a handler printing
+100 MB costs the host a few kilobytes. A result frame larger than
+``max_result_bytes`` is a protocol error.
+
+Whatever goes wrong -- the deadline passes, the process dies (an OOM kill by
+the memory cgroup shows up as SIGKILL), a frame is malformed -- the outcome is
+a value (:class:`Outcome`) and the sandbox is marked ``dead`` and killed:
+SIGTERM to nsjail (which SIGKILLs the whole jail and removes its cgroups; a
+handler ignoring SIGTERM cannot delay that), then SIGKILL after a grace. The
+unsafe backend runs in its own session and is killed by process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import secrets
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from sandbox.bootstrap import END_MARKER, FRAME, encode_frame
+from sandbox.spec import CgroupPlan, SandboxSpec, render_nsjail_argv, unsafe_argv, unsafe_rlimits
+
+log = logging.getLogger("sandbox")
+
+KILL_GRACE_S = 2.0
+LOG_AFTER_RESULT_GRACE_S = 1.0
+MAX_HEADER_BYTES = 64 * 1024
+SIGKILL_EXIT = 128 + signal.SIGKILL
+SIGXCPU_EXIT = 128 + signal.SIGXCPU
+Status = Literal["ok", "error", "timeout", "oom", "crash"]
+
+
+class SandboxStartError(Exception):
+    """The sandbox could not start; the message says why and how to fix it."""
+
+
+@attrs.frozen(kw_only=True)
+class Backend:
+    """How sandboxes are started: nsjail (with its binary and cgroup plan) or unsafe."""
+
+    kind: Literal["nsjail", "unsafe"]
+    nsjail_path: str = ""
+    cgroups: CgroupPlan = attrs.field(factory=lambda: CgroupPlan(version="none"))
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What one invocation produced, before the executor dresses it up."""
+
+    status: Status
+    body: bytes = b""
+    """The result JSON when ok; the Lambda error object as JSON otherwise."""
+    duration_ms: float = 0.0
+    billed_ms: int = 0
+    max_memory_mb: int = 0
+    init_ms: float | None = None
+    log_tail: bytes = b""
+    reusable: bool = False
+
+    def error(self) -> dict[str, Any] | None:
+        if self.status == "ok":
+            return None
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            return {"errorMessage": self.body.decode(errors="replace"), "errorType": "Runtime.Unknown"}
+        return value if isinstance(value, dict) else {"errorMessage": str(value), "errorType": "Runtime.Unknown"}
+
+
+def error_body(error_type: str, message: str, request_id: str) -> bytes:
+    return json.dumps({"errorMessage": message, "errorType": error_type,
+                       "requestId": request_id, "stackTrace": []}).encode()
+
+
+# ---------------------------------------------------------------------------
+# The capped log
+# ---------------------------------------------------------------------------
+
+
+class LogTail:
+    """Keeps the last ``limit`` bytes of a byte stream and counts what it dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.dropped += excess
+
+    def take(self) -> bytes:
+        out = bytes(self.data)
+        if self.dropped:
+            out = b"[... %d bytes of log dropped ...]\n" % self.dropped + out
+        self.data = bytearray()
+        self.dropped = 0
+        return out
+
+
+class _LogReader:
+    """Drains the log pipe into a LogTail; stops at the end marker for a nonce."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream, tail_bytes: int) -> None:
+        self.stream = stream
+        self.tail = LogTail(tail_bytes + 256)
+        self.tail_bytes = tail_bytes
+        self.eof = False
+
+    async def until_marker(self, nonce: str) -> bool:
+        marker = END_MARKER + nonce.encode() + b"\n"
+        while not self.eof:
+            chunk = await self.stream.receive_some(1 << 16)
+            if not chunk:
+                self.eof = True
+                return False
+            self.tail.add(chunk)
+            at = self.tail.data.rfind(marker, max(0, len(self.tail.data) - len(chunk) - len(marker)))
+            if at >= 0:
+                del self.tail.data[at:]
+                return True
+        return False
+
+    async def drain_available(self) -> None:
+        with trio.move_on_after(0.05):
+            while not self.eof:
+                chunk = await self.stream.receive_some(1 << 16)
+                if not chunk:
+                    self.eof = True
+                    return
+                self.tail.add(chunk)
+
+    def take(self) -> bytes:
+        data = self.tail.take()
+        if len(data) > self.tail_bytes:
+            data = data[-self.tail_bytes:]
+        return data
+
+
+# ---------------------------------------------------------------------------
+# Frames from the jail
+# ---------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class _FrameReader:
+    def __init__(self, stream: trio.lowlevel.FdStream, max_body: int) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.max_body = max_body
+
+    async def _fill(self, size: int) -> bool:
+        while len(self.buffer) < size:
+            chunk = await self.stream.receive_some(1 << 16)
+            if not chunk:
+                return False
+            self.buffer += chunk
+        return True
+
+    async def read(self) -> tuple[dict[str, Any], bytes] | None:
+        if not await self._fill(FRAME.size):
+            return None
+        head_len, body_len = FRAME.unpack(self.buffer[: FRAME.size])
+        if head_len > MAX_HEADER_BYTES or body_len > self.max_body:
+            raise ProtocolError(f"frame too large: header {head_len} B, body {body_len} B")
+        total = FRAME.size + head_len + body_len
+        if not await self._fill(total):
+            return None
+        head = bytes(self.buffer[FRAME.size: FRAME.size + head_len])
+        body = bytes(self.buffer[FRAME.size + head_len: total])
+        del self.buffer[:total]
+        try:
+            header = json.loads(head)
+        except ValueError as exc:
+            raise ProtocolError(f"bad frame header: {exc}") from None
+        if not isinstance(header, dict):
+            raise ProtocolError("frame header is not an object")
+        return header, body
+
+
+# ---------------------------------------------------------------------------
+# Spawning
+# ---------------------------------------------------------------------------
+
+
+def _unsafe_preexec(limits: tuple[tuple[str, int], ...]) -> Callable[[], None]:
+    def apply() -> None:
+        for name, value in limits:
+            resource.setrlimit(getattr(resource, name), (value, value))
+    return apply
+
+
+START_FIXES = (
+    ("newuser", "user namespaces are unavailable: run the node as root or enable them "
+     "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)"),
+    ("clone(", "nsjail could not create namespaces: run as root or enable user namespaces "
+     "(sysctl kernel.unprivileged_userns_clone=1); in a container, allow CLONE_NEWUSER "
+     "(e.g. --privileged or a seccomp profile permitting unshare/clone)"),
+    ("mount", "a mount failed: check that the interpreter prefix, the code and layer "
+     "folders exist on the host"),
+    ("cgroup", "nsjail could not use cgroups: create the parent cgroup or set "
+     "cgroups='off' in the executor config"),
+    ("seccomp", "the seccomp policy did not compile with this nsjail build"),
+)
+
+
+def explain_start_failure(nsjail_log: str, returncode: int | None, jail_log: str) -> str:
+    """A message saying why nsjail could not start the jail and how to fix it."""
+    lowered = nsjail_log.lower()
+    fixes = [fix for key, fix in START_FIXES if key in lowered]
+    lines = [f"the sandbox did not start (exit status {returncode})."]
+    errors = [ln for ln in nsjail_log.splitlines() if ln.startswith(("[E]", "[F]"))]
+    if errors:
+        lines.append("nsjail said: " + " | ".join(errors[-4:]))
+    if jail_log.strip():
+        lines.append("the jailed process said: " + jail_log.strip()[-1000:])
+    if fixes:
+        lines.append("how to fix: " + "; ".join(fixes))
+    else:
+        lines.append("how to fix: run `nsjail` by hand with the logged argv and -v to see the "
+                     "failing step, or configure the unsafe backend only if this host cannot run nsjail.")
+    return " ".join(lines)
+
+
+class SandboxProcess:
+    """A started sandbox. Use :meth:`start`; then :meth:`invoke` repeatedly; then :meth:`kill`."""
+
+    def __init__(self, spec: SandboxSpec, backend: Backend, *, tail_bytes: int,
+                 max_result_bytes: int) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.tail_bytes = tail_bytes
+        self.max_result_bytes = max_result_bytes
+        self.process: trio.Process | None = None
+        self.state: Literal["new", "idle", "busy", "dead"] = "new"
+        self.init_ms: float | None = None
+        self.killed_by_us = False
+        self._to_jail: trio.lowlevel.FdStream | None = None
+        self._frames: _FrameReader | None = None
+        self._logs: _LogReader | None = None
+        self._nsjail_log_fd: int | None = None
+
+    # -- start ------------------------------------------------------------
+
+    def _argv(self, ctl: tuple[int, int], log_fd: int) -> list[str]:
+        if self.backend.kind == "unsafe":
+            return unsafe_argv(self.spec, ctl_fds=ctl)
+        return render_nsjail_argv(self.spec, nsjail_path=self.backend.nsjail_path,
+                                  cgroups=self.backend.cgroups, ctl_fds=ctl, log_fd=log_fd)
+
+    async def _spawn(self) -> None:
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        log_r, log_w = os.pipe()
+        ns_r, ns_w = os.pipe()
+        child_fds = (req_r, res_w, ns_w)
+        try:
+            argv = self._argv((req_r, res_w), ns_w)
+            options: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": log_w,
+                                       "stderr": log_w, "pass_fds": child_fds}
+            if self.backend.kind == "unsafe":
+                options.update(env=dict(self.spec.env), start_new_session=True,
+                               preexec_fn=_unsafe_preexec(unsafe_rlimits(self.spec)))
+            else:
+                options.update(env={"PATH": "/usr/bin:/bin"})
+            self.process = await trio.lowlevel.open_process(argv, **options)
+        except BaseException:
+            for fd in (req_w, res_r, log_r, ns_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (*child_fds, log_w):
+                os.close(fd)
+        self._to_jail = trio.lowlevel.FdStream(req_w)
+        self._frames = _FrameReader(trio.lowlevel.FdStream(res_r), self.max_result_bytes + 4096)
+        self._logs = _LogReader(trio.lowlevel.FdStream(log_r), self.tail_bytes)
+        os.set_blocking(ns_r, False)
+        self._nsjail_log_fd = ns_r
+
+    async def start(self, init_timeout_s: float) -> None:
+        """Spawn and wait for the bootstrap's ready frame (the handler is imported by then)."""
+        await self._spawn()
+        assert self._frames is not None and self._logs is not None
+        ready: tuple[dict[str, Any], bytes] | None = None
+        with trio.move_on_after(init_timeout_s):
+            try:
+                ready = await self._frames.read()
+            except ProtocolError:
+                ready = None
+        if ready is None or ready[0].get("op") != "ready":
+            await self._fail_start(ready is None and init_timeout_s)
+        assert ready is not None
+        self.init_ms = float(ready[0].get("init_ms") or 0.0)
+        self.state = "idle"
+
+    async def _fail_start(self, timed_out: float | bool) -> None:
+        alive = self.process is not None and self.process.returncode is None
+        await self.kill()
+        assert self._logs is not None
+        await self._logs.drain_available()
+        jail_log = self._logs.take().decode(errors="replace")
+        nsjail_log = self._read_nsjail_log()
+        rc = self.process.returncode if self.process else None
+        if alive and timed_out:
+            raise SandboxStartError(f"the sandbox did not become ready within {timed_out:.1f} s "
+                                    f"(init timeout). Log: {jail_log[-1000:]}")
+        raise SandboxStartError(explain_start_failure(nsjail_log, rc, jail_log))
+
+    def _read_nsjail_log(self) -> str:
+        if self._nsjail_log_fd is None:
+            return ""
+        chunks = []
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self._nsjail_log_fd, 65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    # -- invoke -----------------------------------------------------------
+
+    async def invoke(self, *, request_id: str, payload: bytes, timeout_s: float,
+                     arn: str = "") -> Outcome:
+        """Run one invocation with a wall-clock budget of ``timeout_s``."""
+        if self.state != "idle":
+            raise RuntimeError(f"invoke on a sandbox in state {self.state}")
+        self.state = "busy"
+        nonce = secrets.token_hex(8)
+        header = {"op": "invoke", "request_id": request_id, "deadline_ms": int(timeout_s * 1000),
+                  "arn": arn, "nonce": nonce}
+        outcome = await self._exchange(encode_frame(header, payload), request_id, nonce, timeout_s)
+        if outcome.reusable:
+            self.state = "idle"
+        else:
+            await self.kill()
+        return outcome
+
+    async def _exchange(self, frame: bytes, request_id: str, nonce: str, timeout_s: float) -> Outcome:
+        assert self._to_jail is not None and self._frames is not None and self._logs is not None
+        result: tuple[dict[str, Any], bytes] | None = None
+        problem = ""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._logs.until_marker, nonce)
+            with trio.move_on_after(timeout_s) as scope:
+                try:
+                    await self._to_jail.send_all(frame)
+                    result = await self._frames.read()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    problem = f"pipe to sandbox broke: {exc}"
+                except ProtocolError as exc:
+                    problem = str(exc)
+            if scope.cancelled_caught or result is None:
+                nursery.cancel_scope.cancel()
+            else:
+                nursery.cancel_scope.deadline = trio.current_time() + LOG_AFTER_RESULT_GRACE_S
+        if scope.cancelled_caught:
+            return await self._timed_out(request_id, timeout_s)
+        if result is None:
+            return await self._died(request_id, problem)
+        return self._completed(result)
+
+    def _completed(self, result: tuple[dict[str, Any], bytes]) -> Outcome:
+        header, body = result
+        assert self._logs is not None
+        ok = bool(header.get("ok"))
+        fatal = bool(header.get("fatal"))
+        status: Status = "ok" if ok else "error"
+        if not ok and b'"Runtime.OutOfMemory"' in body[:200]:
+            status = "oom"
+        return Outcome(
+            status=status, body=body,
+            duration_ms=float(header.get("duration_ms", 0.0)),
+            billed_ms=int(header.get("billed_ms", 0)),
+            max_memory_mb=int(header.get("max_memory_mb", 0)),
+            init_ms=header.get("init_ms"),
+            log_tail=self._logs.take(),
+            reusable=not fatal,
+        )
+
+    async def _timed_out(self, request_id: str, timeout_s: float) -> Outcome:
+        await self.kill()
+        assert self._logs is not None
+        await self._logs.drain_available()
+        message = f"Task timed out after {timeout_s:.2f} seconds"
+        tail = self._logs.take() + f"{message}\n".encode()
+        return Outcome(status="timeout", body=error_body("Sandbox.Timedout", message, request_id),
+                       duration_ms=timeout_s * 1000, billed_ms=int(timeout_s * 1000),
+                       log_tail=tail[-self.tail_bytes:])
+
+    async def _died(self, request_id: str, problem: str) -> Outcome:
+        assert self.process is not None and self._logs is not None
+        with trio.move_on_after(KILL_GRACE_S):
+            await self.process.wait()
+        rc = self.process.returncode
+        await self.kill()
+        await self._logs.drain_available()
+        status, error_type, message = self._classify_exit(rc, problem)
+        tail = self._logs.take() + f"{message}\n".encode()
+        return Outcome(status=status, body=error_body(error_type, message, request_id),
+                       log_tail=tail[-self.tail_bytes:])
+
+    def _classify_exit(self, rc: int | None, problem: str) -> tuple[Status, str, str]:
+        memory_limited = self.backend.kind == "nsjail" and self.backend.cgroups.limits_memory
+        if rc in (SIGKILL_EXIT, -signal.SIGKILL) and memory_limited:
+            return ("oom", "Runtime.OutOfMemory",
+                    f"Runtime exited with error: signal: killed (the sandbox ran out of memory: "
+                    f"its limit is {self.spec.memory_mb} MB)")
+        if rc in (SIGXCPU_EXIT, -signal.SIGXCPU):
+            return ("crash", "Runtime.ExitError",
+                    f"Runtime exited with error: CPU time limit ({self.spec.cpu_time_s} s) exceeded")
+        detail = f"exit status {rc}" if rc is not None and rc >= 0 else f"signal {rc}"
+        if problem:
+            detail += f"; {problem}"
+        return "crash", "Runtime.ExitError", f"Runtime exited with error: {detail}"
+
+    # -- stop -------------------------------------------------------------
+
+    async def kill(self) -> None:
+        """End the sandbox (idempotent). Never raises."""
+        self.state = "dead"
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            self.killed_by_us = True
+            self._signal(proc, first=True)
+            with trio.move_on_after(KILL_GRACE_S) as scope:
+                scope.shield = True
+                await proc.wait()
+            if proc.returncode is None:
+                self._signal(proc, first=False)
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+        await self._close_pipes()
+
+    def _signal(self, proc: trio.Process, *, first: bool) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.backend.kind == "unsafe":
+                os.killpg(proc.pid, signal.SIGKILL)
+            elif first:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                proc.kill()
+
+    async def _close_pipes(self) -> None:
+        with trio.CancelScope(shield=True):
+            for stream in (self._to_jail,):
+                if stream is not None:
+                    await stream.aclose()
+        if self._nsjail_log_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._nsjail_log_fd)
+            self._nsjail_log_fd = None
+
+    async def close_all(self) -> None:
+        """Kill and release every descriptor (the executor calls this when it drops the sandbox)."""
+        await self.kill()
+        with trio.CancelScope(shield=True):
+            for reader in (self._frames, self._logs):
+                if reader is not None:
+                    await reader.stream.aclose()
+
+    async def exit_gracefully(self) -> None:
+        """Ask the bootstrap to exit (idle expiry), then make sure it is gone."""
+        if self.state == "idle" and self._to_jail is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self._to_jail.send_all(encode_frame({"op": "exit"}))
+            if self.process is not None:
+                with trio.move_on_after(0.5):
+                    await self.process.wait()
+        await self.close_all()
