@@ -125,10 +125,19 @@ class Model(Protocol[S]):
         """
         ...
 
-    def pending_is_noop(self, op: Op) -> bool:
-        """True when ``op``, pending, can never change the state (a read).
+    def read_only(self, op: Op) -> bool:
+        """True when ``op`` leaves every state it is valid in unchanged (a read).
 
-        Such ops are dropped before the search: they cannot explain anything.
+        The search never backtracks over such an op to try another in its place;
+        answer False when unsure (it only costs time).
+        """
+        ...
+
+    def simplify(self, ops: Sequence[Op]) -> list[Op]:
+        """One key's ops minus pending ops that provably cannot change the verdict.
+
+        Each pending op left in doubles the space to search, so a model should
+        drop those it can (a pending read, at least). Return ``list(ops)`` if unsure.
         """
         ...
 
@@ -196,8 +205,22 @@ class KvModel:
     def init(self) -> Any:
         return None
 
-    def pending_is_noop(self, op: Op) -> bool:
-        return op.kind == "get"
+    def read_only(self, op: Op) -> bool:
+        return op.kind == "get" or (op.kind == "cas" and not op.pending and not op.output)
+
+    def simplify(self, ops: Sequence[Op]) -> list[Op]:
+        """Drop pending gets, and pending puts whose value no read returned.
+
+        A pending get changes nothing. In a key with only put/get/delete, a
+        pending put of a value no completed get returned can be left out: in any
+        linearization that includes it, no read sits between it and the next
+        write, so the same order without it is also valid.
+        """
+        kept = [op for op in ops if not (op.pending and op.kind == "get")]
+        if any(op.kind not in ("put", "get", "delete") for op in kept):
+            return kept
+        seen = [op.output for op in kept if op.kind == "get" and not op.pending]
+        return [op for op in kept if not (op.pending and op.kind == "put" and op.input not in seen)]
 
     def step(self, state: Any, op: Op) -> tuple[bool, Any]:
         kind = op.kind
@@ -287,7 +310,7 @@ def check_linearizable(
     checked = 0
     first_unknown: LinearizabilityResult | None = None
     for key, ops in parts:
-        search = _Search(model, _relevant(model, ops), max_states_per_key)
+        search = _Search(model, model.simplify(ops), max_states_per_key)
         outcome = search.run()
         explored += search.states
         checked += len(ops)
@@ -314,10 +337,8 @@ def partition_by_key(history: Iterable[Op]) -> list[tuple[Hashable, list[Op]]]:
     return sorted(groups.items(), key=lambda item: (type(item[0]).__name__, repr(item[0])))
 
 
-def _relevant(model: Model[Any], ops: Sequence[Op]) -> list[Op]:
-    return [op for op in ops if not (op.pending and model.pending_is_noop(op))]
-
-
+_OUT_OF_BUDGET = -2
+_EXHAUSTED = -3
 _INFINITE = (1, 0)  # sort prefix placing pending returns after every real instant
 
 
@@ -344,15 +365,19 @@ class _Search:
         self.op_of = [-1] + [i for i, _ in entries]
         self.is_return = [False] + [r for _, r in entries]
         n = len(entries)
-        self.nxt = [*range(1, n + 1), -1]
-        self.prv = [-1, *range(0, n)]
+        self.nxt: list[int] = [*range(1, n + 1), -1]
+        self.prv: list[int] = [-1, *range(0, n)]
         self.return_node = [0] * (n + 1)
         call_node = {i: node for node, (i, r) in enumerate(entries, start=1) if not r}
         for node, (i, r) in enumerate(entries, start=1):
             if r:
                 self.return_node[call_node[i]] = node
+        self.state: Any = model.init()
+        self.done = 0  # bitset of the linearized ops' indices
+        self.seen: set[tuple[int, Any]] = {(0, self.state)}
+        self.stack: list[tuple[int, Any, bool]] = []  # (call node, state before, forced)
         self.best_prefix: tuple[Op, ...] = ()
-        self.best_state: Any = model.init()
+        self.best_state: Any = self.state
         self.best_stuck: Op | None = None
 
     def _unlink(self, node: int) -> None:
@@ -377,43 +402,58 @@ class _Search:
 
     def run(self) -> Verdict:
         """Walk the list; see the module docstring. Returns the verdict for this key."""
-        state: Any = self.model.init()
-        done = 0  # bitset of linearized op indices
-        seen: set[tuple[int, Any]] = {(0, state)}
-        stack: list[tuple[int, Any]] = []  # (call node, state before it)
         node = self.nxt[0]
         while node != -1:
             i = self.op_of[node]
-            if self.is_return[node]:
-                if self.ops[i].pending:
-                    return "linearizable"
-                self._note_dead_end(stack, state, i)
-                if not stack:
-                    return "not_linearizable"
-                node, state = stack.pop()
-                done &= ~(1 << self.op_of[node])
-                self._unlift(node)
-                node = self.nxt[node]
-                continue
-            ok, new_state = self.model.step(state, self.ops[i])
-            if ok and (done | (1 << i), new_state) not in seen:
-                if self.states >= self.budget:
+            if not self.is_return[node]:
+                node = self._try_call(node, i)
+                if node == _OUT_OF_BUDGET:
                     return "unknown"
-                self.states += 1
-                stack.append((node, state))
-                state, done = new_state, done | (1 << i)
-                seen.add((done, state))
-                self._lift(node)
-                node = self.nxt[0]
+            elif self.ops[i].pending:
+                return "linearizable"  # only pending ops are left
             else:
-                node = self.nxt[node]
+                node = self._backtrack(i)
+                if node == _EXHAUSTED:
+                    return "not_linearizable"
         return "linearizable"
 
-    def _note_dead_end(self, stack: list[tuple[int, Any]], state: Any, stuck: int) -> None:
-        if self.best_stuck is not None and len(stack) <= len(self.best_prefix):
+    def _try_call(self, node: int, i: int) -> int:
+        """Linearize op ``i`` next if the model allows it and it is new; the next node."""
+        ok, new_state = self.model.step(self.state, self.ops[i])
+        done = self.done | (1 << i)
+        if not ok or (done, new_state) in self.seen:
+            return self.nxt[node]
+        if self.states >= self.budget:
+            return _OUT_OF_BUDGET
+        self.states += 1
+        self.seen.add((done, new_state))
+        self.stack.append((node, self.state, self.model.read_only(self.ops[i])))
+        self.state, self.done = new_state, done
+        self._lift(node)
+        return self.nxt[0]
+
+    def _backtrack(self, stuck: int) -> int:
+        """Undo choices up to the last one with alternatives; the node to try after it.
+
+        A read-only choice (a read, a failed cas) has no alternatives worth
+        trying: it was valid here, so it leaves the state as it is, and placing it
+        as early as possible only loosens the real-time order of the rest; if the
+        search fails after it, it fails before it too.
+        """
+        self._note_dead_end(stuck)
+        while self.stack:
+            node, self.state, forced = self.stack.pop()
+            self.done &= ~(1 << self.op_of[node])
+            self._unlift(node)
+            if not forced:
+                return self.nxt[node]
+        return _EXHAUSTED
+
+    def _note_dead_end(self, stuck: int) -> None:
+        if self.best_stuck is not None and len(self.stack) <= len(self.best_prefix):
             return
-        self.best_prefix = tuple(self.ops[self.op_of[node]] for node, _ in stack)
-        self.best_state = state
+        self.best_prefix = tuple(self.ops[self.op_of[node]] for node, _, _ in self.stack)
+        self.best_state = self.state
         self.best_stuck = self.ops[stuck]
 
     def violation(self, key: Hashable, checked: int, explored: int) -> LinearizabilityResult:
