@@ -81,7 +81,7 @@ def _plan_v2(root: Path) -> CgroupPlan:
         _enable_v2(root)
         parent.mkdir(exist_ok=True)
         _enable_v2(parent)
-        enabled = set((parent / "cgroup.subtree_control").read_text().split())
+        enabled = {c.lstrip("+") for c in (parent / "cgroup.subtree_control").read_text().split()}
     except OSError as exc:
         return CgroupPlan(version="none", reason=f"cgroup v2 at {root} is not delegated: {exc}")
     missing = [c for c in ("memory", "pids") if c not in enabled]

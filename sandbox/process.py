@@ -310,24 +310,28 @@ class SandboxProcess:
         await self._spawn()
         assert self._frames is not None and self._logs is not None
         ready: tuple[dict[str, Any], bytes] | None = None
-        with trio.move_on_after(init_timeout_s):
+        with trio.move_on_after(init_timeout_s) as scope:
             try:
                 ready = await self._frames.read()
             except ProtocolError:
                 ready = None
         if ready is None or ready[0].get("op") != "ready":
-            await self._fail_start(ready is None and init_timeout_s)
+            await self._fail_start(init_timeout_s if scope.cancelled_caught else 0.0)
         assert ready is not None
         self.init_ms = float(ready[0].get("init_ms") or 0.0)
         self.state = "idle"
 
-    async def _fail_start(self, timed_out: float | bool) -> None:
+    async def _fail_start(self, timed_out: float) -> None:
         alive = self.process is not None and self.process.returncode is None
+        if alive and not timed_out and self.process is not None:
+            with trio.move_on_after(KILL_GRACE_S):
+                await self.process.wait()
+            alive = self.process.returncode is None
+        nsjail_log = self._read_nsjail_log()
         await self.kill()
         assert self._logs is not None
         await self._logs.drain_available()
         jail_log = self._logs.take().decode(errors="replace")
-        nsjail_log = self._read_nsjail_log()
         rc = self.process.returncode if self.process else None
         if alive and timed_out:
             raise SandboxStartError(f"the sandbox did not become ready within {timed_out:.1f} s "

@@ -1,0 +1,1 @@
+raise RuntimeError("init blew up")

@@ -1,0 +1,5 @@
+SECRET = "other-function-secret-code"
+
+
+def handler(event, context):
+    return SECRET

@@ -1,0 +1,250 @@
+"""The Lambda contract and the executor's lifecycle, through real nsjail sandboxes."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from sandbox_testlib import HANDLERS, nsjail_problem, sandbox_uid_processes, wait_until
+
+from sandbox.executor import Executor, ExecutorConfig, FunctionSpec
+from sandbox.runtimes import Runtime
+
+MakeFn = Callable[..., FunctionSpec]
+
+
+def result(res: Any) -> Any:
+    assert res.status == "ok", (res.status, res.error, res.log_tail)
+    return json.loads(res.result)
+
+
+async def test_cold_then_warm_module_code_runs_once(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.handler")
+    first = await executor.invoke(fn, "1", b'{"n": 1}', "req-1")
+    second = await executor.invoke(fn, "1", b'{"n": 2}', "req-2")
+    assert result(first) == {"event": {"n": 1}, "calls": 1, "init_count": 1}
+    assert result(second) == {"event": {"n": 2}, "calls": 2, "init_count": 1}
+    assert first.cold_start and not second.cold_start
+    assert first.init_ms is not None and second.init_ms is None
+    assert executor.warm_functions() == {"app-handler:1": 1}
+
+
+async def test_context_object_and_identity(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.context_info", memory_mb=192, timeout_ms=4000, env={"GREETING": "hi"})
+    info = result(await executor.invoke(fn, "7", b"{}", "abc-123"))
+    assert info["function_name"] == "app-context_info"
+    assert info["function_version"] == "7"
+    assert info["invoked_function_arn"] == "arn:aws:lambda:local:000000000000:function:app-context_info:7"
+    assert info["memory_limit_in_mb"] == "192"  # a string, as on AWS Lambda
+    assert info["aws_request_id"] == "abc-123"
+    assert info["log_group_name"] == "/aws/lambda/app-context_info"
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d/\[7\][0-9a-f]{32}", info["log_stream_name"])
+    assert 3000 < info["remaining_ms"] <= 4000
+    assert (info["uid"], info["gid"], info["pid"]) == (65534, 65534, 1)
+    assert info["cwd"] == "/var/task"
+    assert info["env_greeting"] == "hi"
+    assert info["handler_env"] == "app.context_info"
+
+
+async def test_logs_are_captured_per_invocation_with_lambda_lines(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.logs")
+    cold = await executor.invoke(fn, "1", b"{}", "r1")
+    warm = await executor.invoke(fn, "1", b"{}", "r2")
+    assert result(cold) == "logged"
+    lines = warm.log_tail.splitlines()
+    assert lines[0] == "START RequestId: r2 Version: 1"
+    assert "to stdout" in lines and "to stderr" in lines
+    assert any(re.fullmatch(r"\[WARNING\]\t\S+Z\tr2\ta warning", ln) for ln in lines)
+    assert not any("an info" in ln for ln in lines)
+    assert lines[-2] == "END RequestId: r2"
+    report = lines[-1]
+    assert re.fullmatch(r"REPORT RequestId: r2\tDuration: \d+\.\d\d ms\tBilled Duration: \d+ ms\t"
+                        r"Memory Size: 128 MB\tMax Memory Used: \d+ MB", report)
+    assert "r1" not in warm.log_tail  # the previous invocation's log is not repeated
+    assert "Init Duration: " in cold.log_tail.splitlines()[-1]
+    assert "module init ran" in cold.log_tail
+    assert warm.billed_ms >= 1 and warm.billed_ms >= warm.duration_ms
+    assert warm.billed_ms - warm.duration_ms < 1
+    assert warm.max_memory_mb > 0
+
+
+async def test_unhandled_exception_is_lambda_error_and_sandbox_stays_warm(
+        executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.fail")
+    res = await executor.invoke(fn, "1", b'"boom"', "req-x")
+    assert res.status == "error"
+    assert res.error is not None
+    assert res.error["errorType"] == "ValueError"
+    assert res.error["errorMessage"] == "something bad: boom"
+    assert res.error["requestId"] == "req-x"
+    assert any('app.py", line' in frame and "in fail" in frame for frame in res.error["stackTrace"])
+    assert not any("bootstrap.py" in frame for frame in res.error["stackTrace"])
+    assert "[ERROR] ValueError: something bad: boom" in res.log_tail
+    again = await executor.invoke(fn, "1", b'"x"', "req-y")
+    assert not again.cold_start
+
+
+@pytest.mark.parametrize(
+    ("handler", "folder", "error_type", "message"),
+    [
+        ("app_import_error.handler", "basic", "Runtime.ImportModuleError",
+         "Unable to import module 'app_import_error': No module named 'module_that_does_not_exist'"),
+        ("app.no_such_handler", "basic", "Runtime.HandlerNotFound",
+         "Handler 'no_such_handler' missing on module 'app'"),
+        ("nodots", "basic", "Runtime.MalformedHandlerName", "Bad handler 'nodots'"),
+        ("app.handler", "broken", "Runtime.ImportModuleError", "Unable to import module 'app'"),
+    ],
+)
+async def test_init_faults(executor: Executor, make_fn: MakeFn, handler: str, folder: str,
+                           error_type: str, message: str) -> None:
+    fn = make_fn(handler, folder=folder)
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "error"
+    assert res.error is not None
+    assert res.error["errorType"] == error_type
+    assert res.error["errorMessage"].startswith(message)
+    assert executor.warm_functions() == {}  # a sandbox whose init failed is not kept
+
+
+async def test_syntax_error(executor: Executor, make_fn: MakeFn, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "bad.py").write_text("def handler(event, context)\n    return 1\n")
+    fn = FunctionSpec(name="bad", handler="bad.handler", code_dir=str(code),
+                      runtime=make_fn("x.y").runtime)
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.error is not None
+    assert res.error["errorType"] == "Runtime.UserCodeSyntaxError"
+    assert res.error["errorMessage"].startswith("Syntax error in module 'bad'")
+    assert "bad.py" in res.error["stackTrace"][0]
+
+
+async def test_marshal_errors(executor: Executor, make_fn: MakeFn) -> None:
+    res = await executor.invoke(make_fn("app.not_json"), "1", b"{}", "r")
+    assert res.error is not None and res.error["errorType"] == "Runtime.MarshalError"
+    res = await executor.invoke(make_fn("app.echo"), "1", b"{not json", "r")
+    assert res.error is not None and res.error["errorType"] == "Runtime.UnmarshalError"
+
+
+async def test_timeout_kills_and_replaces(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.sleep", timeout_ms=400)
+    res = await executor.invoke(fn, "1", b'{"seconds": 30}', "r-timeout")
+    assert res.status == "timeout"
+    assert res.error is not None
+    assert res.error["errorType"] == "Sandbox.Timedout"
+    assert res.error["errorMessage"] == "Task timed out after 0.40 seconds"
+    assert executor.warm_functions() == {}
+    ok = await executor.invoke(fn, "1", b'{"seconds": 0}', "r-after")
+    assert result(ok) == "slept" and ok.cold_start
+
+
+async def test_crash_is_a_clear_error_and_not_reused(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.exit_now")
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "crash"
+    assert res.error is not None
+    assert res.error["errorType"] == "Runtime.ExitError"
+    assert "exit status 3" in res.error["errorMessage"]
+    assert executor.warm_functions() == {}
+
+
+async def test_response_too_large(executor: Executor, make_fn: MakeFn) -> None:
+    res = await executor.invoke(make_fn("app.echo"), "1", json.dumps("x" * 7_000_000).encode(), "r")
+    assert res.error is not None and res.error["errorType"] == "Function.ResponseSizeTooLarge"
+
+
+async def test_prewarm_and_idle_expiry_down_to_zero(runtimes: dict[str, Runtime], make_fn: MakeFn,
+                                                    tmp_path: Path) -> None:
+    from sandbox_testlib import require_nsjail
+
+    require_nsjail()
+    config = ExecutorConfig(data_dir=str(tmp_path), idle_expiry_ms=300, uid_base=240_000, max_sandboxes=8)
+    async with Executor(config, runtimes=runtimes) as ex:
+        fn = make_fn("app.handler")
+        assert await ex.prewarm(fn, "3", count=2) == 2
+        assert ex.warm_functions() == {"app-handler:3": 2}
+        res = await ex.invoke(fn, "3", b"{}", "r")
+        assert not res.cold_start
+        assert await wait_until(lambda: ex.warm_functions() == {}, timeout_s=5)
+    assert await wait_until(lambda: not sandbox_uid_processes(240_000, 8))
+
+
+async def test_max_per_function_throttles(runtimes: dict[str, Runtime], make_fn: MakeFn,
+                                          tmp_path: Path) -> None:
+    from sandbox_testlib import require_nsjail
+
+    require_nsjail()
+    config = ExecutorConfig(data_dir=str(tmp_path), max_per_function=1, uid_base=250_000, max_sandboxes=4)
+    async with Executor(config, runtimes=runtimes) as ex:
+        fn = make_fn("app.sleep")
+        results = []
+
+        async def call(seconds: float) -> None:
+            results.append(await ex.invoke(fn, "1", json.dumps({"seconds": seconds}).encode(), "r"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, 1.0)
+            await wait_until(lambda: ex.stats()["busy"] == 1)
+            nursery.start_soon(call, 0)
+        statuses = sorted(r.status for r in results)
+    assert statuses == ["ok", "throttled"]
+
+
+async def test_each_runtime_runs_handlers(executor: Executor, make_fn: MakeFn,
+                                          runtimes: dict[str, Runtime]) -> None:
+    assert {"python3.11", "python3.12", "python3.13"} <= set(executor.runtimes())
+    for name in ("python3.11", "python3.12", "python3.13"):
+        info = result(await executor.invoke(make_fn("app.context_info", runtime=name), "1", b"{}", "r"))
+        assert "python{}.{}".format(*info["python"][:2]) == name
+
+
+async def test_missing_runtime_is_a_clear_error(executor: Executor, make_fn: MakeFn) -> None:
+    res = await executor.invoke(make_fn("app.handler", runtime="python2.7"), "1", b"{}", "r")
+    assert res.status == "unavailable"
+    assert res.error is not None
+    assert "runtime 'python2.7' is not available" in res.error["errorMessage"]
+    assert "python3.11" in res.error["errorMessage"]
+
+
+async def test_nsjail_start_failure_says_why_and_how(runtimes: dict[str, Runtime], make_fn: MakeFn,
+                                                      tmp_path: Path) -> None:
+    from sandbox_testlib import require_nsjail
+
+    require_nsjail()
+    config = ExecutorConfig(data_dir=str(tmp_path), uid_base=260_000, max_sandboxes=2)
+    async with Executor(config, runtimes=runtimes) as ex:
+        fn = make_fn("app.handler", folder="does-not-exist")
+        res = await ex.invoke(fn, "1", b"{}", "r")
+    assert res.status == "unavailable"
+    assert res.error is not None
+    assert res.error["errorType"] == "Sandbox.StartError"
+    message = res.error["errorMessage"]
+    assert "did not start" in message and "nsjail said" in message and "how to fix" in message
+
+
+async def test_unsafe_backend_only_by_configuration_and_warns(runtimes: dict[str, Runtime],
+                                                              make_fn: MakeFn, tmp_path: Path) -> None:
+    config = ExecutorConfig(data_dir=str(tmp_path), backend="unsafe")
+    with pytest.warns(RuntimeWarning, match="unsafe"):
+        ex = Executor(config, runtimes=runtimes)
+    async with ex:
+        fn = make_fn("app.handler", folder="basic")
+        assert result(await ex.invoke(fn, "1", b"{}", "r"))["calls"] == 1
+        res = await ex.invoke(make_fn("app.sleep", timeout_ms=300), "1", b'{"seconds": 30}', "r")
+        assert res.status == "timeout"
+    assert ExecutorConfig(data_dir="x").backend == "nsjail"
+
+
+async def test_bootstrap_file_is_the_one_mounted() -> None:
+    # The jail runs sandbox/bootstrap.py from the package; keep the test handlers honest too.
+    assert (HANDLERS / "basic" / "app.py").exists()
+    assert nsjail_problem() is None or isinstance(nsjail_problem(), str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Path(__file__).exists()
