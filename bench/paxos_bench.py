@@ -1,0 +1,154 @@
+"""Committed writes per second and latency: meshfaas's Paxos log beside etcd 3.4.
+
+Usage::
+
+    .venv/bin/pip install -e '.[bench]'      # httpx, for etcd's JSON gateway
+    .venv/bin/python bench/paxos_bench.py                      # etcd, then meshfaas
+    .venv/bin/python bench/paxos_bench.py --target etcd --clients 1,16,256 --seconds 10
+
+Each target is started fresh (three members on loopback, fsync on, temporary
+data directories), driven by the same closed-loop load generator
+(``bench/_loadgen.py``) at each client count, and stopped and cleaned up on
+exit, Ctrl-C or SIGTERM included. etcd is installed from Debian's etcd-server
+and etcd-client packages when missing (apt-get, as root). The meshfaas target
+is a hook (``bench/_meshfaas.py``) until the node process exists; it prints
+why it is unavailable rather than any figure.
+
+Reported per run: committed puts/s in the window, p50/p99/max latency (call to
+acknowledgement), errors, and CPU microseconds per committed put spent by the
+load generator (client) and by the target's processes (server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import _etcd  # bench/ is on sys.path when this script runs
+import _meshfaas
+import attrs
+import trio
+from _loadgen import KvTarget, LoadResult, run_load
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, kernel and Python of this machine."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
+    mem_kib = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem_kib.group(1)) / 2**20, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def print_table(results: list[LoadResult]) -> None:
+    print(
+        f"{'target':<9} {'clients':>7} {'puts/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'errors':>6} {'client us/put':>13} {'server us/put':>13} {'load':>5}"
+    )
+    for r in results:
+        server = f"{r.server_cpu_us_per_put:.0f}" if r.server_cpu_us_per_put is not None else "-"
+        print(
+            f"{r.target:<9} {r.clients:>7} {r.puts_per_s:>9.0f} {r.p50_ms:>8.2f} "
+            f"{r.p99_ms:>8.2f} {r.max_ms:>8.1f} {r.errors:>6} "
+            f"{r.client_cpu_us_per_put:>13.0f} {server:>13} {r.loadavg_1m:>5.1f}"
+        )
+
+
+async def drive(
+    target: KvTarget, clients: list[int], warmup_s: float, measure_s: float
+) -> list[LoadResult]:
+    results = []
+    for n in clients:
+        result = await run_load(target, n, warmup_s=warmup_s, measure_s=measure_s)
+        print_table([result])
+        results.append(result)
+    return results
+
+
+def bench_etcd(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadResult]:
+    binary = _etcd.ensure_installed()
+    report["etcd_version"] = _etcd.etcd_version(binary)
+    print(f"etcd: {report['etcd_version']} ({binary}), 3 members on loopback")
+    print(f"client: {args.etcd_http} over HTTP/1.1 keep-alive to the v3 JSON gateway")
+    report["etcd_http_client"] = args.etcd_http
+    with _etcd.EtcdCluster(binary, http_client=args.etcd_http) as cluster:
+        results = trio.run(drive, cluster, args.clients, args.warmup, args.seconds)
+        if args.check_perf:
+            print("etcdctl check perf --load=l (etcd's own Go gRPC client):")
+            report["etcdctl_check_perf"] = _etcd.check_perf(
+                str(Path(binary).parent), cluster.client_urls
+            )
+            print(report["etcdctl_check_perf"])
+    return results
+
+
+def bench_meshfaas(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadResult]:
+    reason = _meshfaas.unavailable_reason()
+    if reason is not None:
+        print(f"meshfaas target is not available yet: {reason}")
+        report["meshfaas_unavailable"] = reason
+        return []
+    with _meshfaas.open_mesh() as mesh:  # pragma: no cover -- the hook is not written yet
+        results: list[LoadResult] = trio.run(drive, mesh, args.clients, args.warmup, args.seconds)
+        return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", choices=("etcd", "meshfaas", "both"), default="both")
+    p.add_argument(
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 16, 256],
+        help="comma-separated client counts (default 1,16,256)",
+    )
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    p.add_argument(
+        "--etcd-http",
+        choices=("h11", "httpx"),
+        default="h11",
+        help="HTTP client for etcd's gateway: h11 driven directly (default) or httpx",
+    )
+    p.add_argument("--check-perf", action="store_true", help="also run etcdctl check perf")
+    p.add_argument("--json", type=Path, help="write the report here")
+    return p.parse_args(argv)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up exactly like Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    report: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"json": None}}
+    print("machine:", json.dumps(report["machine"]))
+    results: list[LoadResult] = []
+    if args.target in ("etcd", "both"):
+        results += bench_etcd(args, report)
+    if args.target in ("meshfaas", "both"):
+        results += bench_meshfaas(args, report)
+    print()
+    print_table(results)
+    report["results"] = [attrs.asdict(r) | {"puts_per_s": r.puts_per_s} for r in results]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if results or args.target != "meshfaas" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
