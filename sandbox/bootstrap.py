@@ -2,12 +2,13 @@
 
 Theory of operation
 -------------------
-Run as ``python -I bootstrap.py <read_fd> <write_fd>`` inside the jail (or,
+Run as ``python -I -S bootstrap.py <read_fd> <write_fd>`` inside the jail (or,
 for the unsafe backend, as a plain subprocess). Standard library only; works on
 Python 3.11, 3.12 and 3.13.
 
 1. Init (once per sandbox, the cold start): put the task root (``/var/task``)
-   and the dependency layer (``/opt/layer``) first on ``sys.path``, route
+   and the dependency layer (``/opt/layer``, with its ``.pth`` files) first on
+   ``sys.path`` (``-S``: the interpreter's own site-packages stay out), route
    ``logging`` to stdout in Lambda's format, import the handler named by
    ``_HANDLER`` ("module.function") and time it. Import failures do not end the
    process: like Lambda, the handler is replaced by one that raises
@@ -38,11 +39,17 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[Any, Any], Any]
+Json = dict[str, Any]
 
 FRAME = struct.Struct(">II")
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 6_291_556
 END_MARKER = b"\x1emeshfaas-end "
+_HERE_FILE = os.path.abspath(__file__)
 LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
 
 
@@ -51,7 +58,7 @@ LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(m
 # ---------------------------------------------------------------------------
 
 
-def encode_frame(header: dict, body: bytes = b"") -> bytes:
+def encode_frame(header: Json, body: bytes = b"") -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     return FRAME.pack(len(head), len(body)) + head + body
 
@@ -67,7 +74,7 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame(fd: int) -> tuple[dict, bytes] | None:
+def read_frame(fd: int) -> tuple[Json, bytes] | None:
     prefix = _read_exact(fd, FRAME.size)
     if prefix is None:
         return None
@@ -102,15 +109,15 @@ class FaultError(Exception):
         self.trace = trace or []
 
 
-def _user_frames(tb) -> list[str]:
+def _user_frames(tb: Any) -> list[str]:
     frames = traceback.extract_tb(tb)
     for i, frame in enumerate(frames):
-        if not frame.filename.endswith("bootstrap.py"):
+        if os.path.abspath(frame.filename) != _HERE_FILE:
             return traceback.format_list(frames[i:])
     return []
 
 
-def error_object(exc: BaseException, request_id: str) -> dict:
+def error_object(exc: BaseException, request_id: str) -> Json:
     if isinstance(exc, FaultError):
         return {"errorMessage": exc.message, "errorType": exc.error_type,
                 "requestId": request_id, "stackTrace": exc.trace}
@@ -159,7 +166,8 @@ class _RequestIdFilter(logging.Filter):
 
 
 def _setup_streams_and_logging() -> None:
-    for stream in (sys.stdout, sys.stderr):
+    streams: tuple[Any, ...] = (sys.stdout, sys.stderr)
+    for stream in streams:
         stream.reconfigure(write_through=True, line_buffering=False)
     handler = logging.StreamHandler(sys.stdout)
     formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
@@ -178,18 +186,24 @@ def _setup_path() -> None:
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
     sys.path.insert(0, task_root)
     if layer:
+        # addsitedir also honours the layer's .pth files (python runs with -S,
+        # so the interpreter's own site-packages are not on the path).
+        import site
+
+        site.addsitedir(layer)
+        sys.path.remove(layer)
         sys.path.insert(1, layer)
     os.chdir(task_root)
 
 
-def _fault_handler(fault: FaultError):
-    def handler(event, context):
+def _fault_handler(fault: FaultError) -> Handler:
+    def handler(event: Any, context: Any) -> Any:
         raise fault
     handler.fatal = True  # type: ignore[attr-defined]
     return handler
 
 
-def load_handler(spec: str):
+def load_handler(spec: str) -> Handler:
     """Import "module.function"; a failure becomes a handler raising Lambda's fault."""
     try:
         modname, fname = spec.rsplit(".", 1)
@@ -211,7 +225,7 @@ def load_handler(spec: str):
         return _fault_handler(FaultError(
             "Runtime.ImportModuleError", f"Unable to import module '{modname}': {exc!r}",
             _user_frames(exc.__traceback__)))
-    handler = getattr(module, fname, None)
+    handler: Handler | None = getattr(module, fname, None)
     if handler is None:
         return _fault_handler(FaultError(
             "Runtime.HandlerNotFound", f"Handler '{fname}' missing on module '{modname}'"))
@@ -229,7 +243,7 @@ def max_memory_used_mb() -> int:
     return math.ceil(max(own, children) / 1024)
 
 
-def _log_error(error: dict) -> None:
+def _log_error(error: Json) -> None:
     lines = [f"[ERROR] {error['errorType']}: {error['errorMessage']}"]
     if error["stackTrace"]:
         lines.append("Traceback (most recent call last):")
@@ -237,7 +251,7 @@ def _log_error(error: dict) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _call(handler, body: bytes, context: LambdaContext, max_response: int) -> tuple[bool, bytes]:
+def _call(handler: Handler, body: bytes, context: LambdaContext, max_response: int) -> tuple[bool, bytes]:
     try:
         event = json.loads(body) if body else None
     except ValueError as exc:
@@ -253,7 +267,7 @@ def _call(handler, body: bytes, context: LambdaContext, max_response: int) -> tu
     return True, out
 
 
-def invoke(handler, header: dict, body: bytes, state: dict) -> tuple[dict, bytes]:
+def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Json, bytes]:
     """Run one invocation; returns the result frame (header, body)."""
     global _CURRENT_REQUEST_ID
     request_id = str(header.get("request_id", ""))
@@ -284,7 +298,8 @@ def _error_json(error_type: str, message: str, request_id: str) -> bytes:
     return json.dumps(error).encode()
 
 
-def _finish(request_id, start, ok, fatal, out, header, state) -> tuple[dict, bytes]:
+def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes, header: Json,
+            state: Json) -> tuple[Json, bytes]:
     duration_ms = (time.monotonic() - start) * 1000
     billed_ms = max(1, math.ceil(duration_ms))
     memory_mb = max_memory_used_mb()

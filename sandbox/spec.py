@@ -134,7 +134,8 @@ class SandboxSpec:
     """Host uid the jail's uid 65534 maps to; the executor gives each sandbox its own."""
     outside_gid: int = JAIL_GID
     nice_level: int = 0
-    python_flags: tuple[str, ...] = ("-I",)
+    python_flags: tuple[str, ...] = ("-I", "-S")
+    """-I: isolated (no PYTHON* variables, no user site); -S: stdlib only, no site-packages."""
     system_ro_mounts: tuple[str, ...] = SYSTEM_RO_MOUNTS
 
     def __attrs_post_init__(self) -> None:

@@ -130,7 +130,7 @@ def test_spec_rejects_bad_env_names() -> None:
 
 def test_unsafe_backend_rendering() -> None:
     assert unsafe_argv(SPEC, ctl_fds=(5, 6)) == [
-        "/opt/py/bin/python3.12", "-I", "/src/sandbox/bootstrap.py", "5", "6"]
+        "/opt/py/bin/python3.12", "-I", "-S", "/src/sandbox/bootstrap.py", "5", "6"]
     limits = dict(unsafe_rlimits(SPEC))
     assert limits["RLIMIT_FSIZE"] == 16 * 1024 * 1024
     assert limits["RLIMIT_NOFILE"] == 128

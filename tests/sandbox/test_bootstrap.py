@@ -1,0 +1,86 @@
+"""The in-jail runtime's pieces, tested in-process (no jail): framing, handler
+loading faults, error objects and the context object."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sandbox_testlib import HANDLERS
+
+from sandbox import bootstrap
+
+
+def test_frames_round_trip_over_a_pipe() -> None:
+    r, w = os.pipe()
+    try:
+        bootstrap.write_all(w, bootstrap.encode_frame({"op": "x", "n": 1}, b"\x00body"))
+        assert bootstrap.read_frame(r) == ({"op": "x", "n": 1}, b"\x00body")
+        os.close(w)
+        w = -1
+        assert bootstrap.read_frame(r) is None  # EOF
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+@pytest.fixture
+def on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HANDLERS / "basic"))
+    for name in ("app", "app_import_error"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error_type"),
+    [
+        ("nodot", "Runtime.MalformedHandlerName"),
+        ("sys.exit", "Runtime.BuiltInModuleConflict"),
+        ("app_import_error.handler", "Runtime.ImportModuleError"),
+        ("app.missing", "Runtime.HandlerNotFound"),
+        ("no_such_module_xyz.handler", "Runtime.ImportModuleError"),
+    ],
+)
+def test_load_handler_faults(on_path: None, spec: str, error_type: str) -> None:
+    handler = bootstrap.load_handler(spec)
+    assert getattr(handler, "fatal", False)
+    with pytest.raises(bootstrap.FaultError) as info:
+        handler({}, None)
+    assert info.value.error_type == error_type
+
+
+def test_load_handler_syntax_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_syntax_mod.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = bootstrap.load_handler("broken_syntax_mod.f")
+    with pytest.raises(bootstrap.FaultError) as info:
+        handler({}, None)
+    assert info.value.error_type == "Runtime.UserCodeSyntaxError"
+    assert "broken_syntax_mod.py" in info.value.trace[0]
+
+
+def test_error_object_has_lambda_shape_and_skips_bootstrap_frames() -> None:
+    def user_code() -> None:
+        raise KeyError("k")
+
+    try:
+        user_code()
+    except KeyError as exc:
+        error = bootstrap.error_object(exc, "rid")
+    assert set(error) == {"errorMessage", "errorType", "requestId", "stackTrace"}
+    assert error["errorType"] == "KeyError" and error["requestId"] == "rid"
+    assert any("user_code" in frame for frame in error["stackTrace"])
+
+
+def test_context_remaining_time_counts_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "fn")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+    ctx = bootstrap.LambdaContext("rid", time.monotonic() + 2.0, "arn:x")
+    assert 1000 < ctx.get_remaining_time_in_millis() <= 2000
+    assert (ctx.function_name, ctx.memory_limit_in_mb, ctx.aws_request_id) == ("fn", "256", "rid")
+    expired = bootstrap.LambdaContext("rid", time.monotonic() - 5, "arn:x")
+    assert expired.get_remaining_time_in_millis() == 0
