@@ -43,7 +43,7 @@ Parts = list[bytes]
 OnRecv = Callable[[Parts], None]
 
 DEFAULT_OUT_CAPACITY = 1024
-DEFAULT_BATCH = 64
+DEFAULT_BATCH = 256
 
 
 class Counters:
