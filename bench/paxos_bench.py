@@ -128,20 +128,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up exactly like Ctrl-C
+def _term_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM cleans up exactly like Ctrl-C (re-sent as SIGINT, which trio handles safely)."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _term_as_interrupt)
     report: dict[str, Any] = {"machine": machine(), "args": vars(args) | {"json": None}}
     print("machine:", json.dumps(report["machine"]))
     results: list[LoadResult] = []
-    if args.target in ("etcd", "both"):
-        results += bench_etcd(args, report)
-    if args.target in ("meshfaas", "both"):
-        results += bench_meshfaas(args, report)
+    interrupted = False
+    try:
+        if args.target in ("etcd", "both"):
+            results += bench_etcd(args, report)
+        if args.target in ("meshfaas", "both"):
+            results += bench_meshfaas(args, report)
+    except* KeyboardInterrupt:  # trio may wrap it in an exception group
+        interrupted = True
+    if interrupted:
+        print("interrupted: the target's processes were stopped and its files removed")
+        return 130
     print()
     print_table(results)
     report["results"] = [attrs.asdict(r) | {"puts_per_s": r.puts_per_s} for r in results]
