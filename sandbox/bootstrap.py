@@ -16,6 +16,11 @@ Python 3.11, 3.12 and 3.13.
    Runtime.HandlerNotFound / Runtime.MalformedHandlerName on every call, and
    those results are marked fatal so the host never keeps such a sandbox.
    Then one ``ready`` frame goes to the host.
+   A *spare* sandbox (``MESHFAAS_SPARE=1``) is started before the host knows
+   which function it will serve: it sends ``ready`` with ``spare: true`` at
+   once, then waits for a ``load`` frame carrying the function's environment
+   (the host has meanwhile linked the code into its /var/task) and does the
+   init above, so a cold start skips the jail and interpreter start.
 2. Serve: read an ``invoke`` frame, write ``START``, call
    ``handler(event, context)``, write ``END`` and ``REPORT`` (with Init Duration
    on the first call) and an end marker carrying the host's nonce to stdout,
@@ -325,9 +330,25 @@ def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes, he
 # ---------------------------------------------------------------------------
 
 
+def _wait_for_load(read_fd: int, write_fd: int) -> bool:
+    """Spare mode: announce readiness, then take the function's environment from a load frame."""
+    write_all(write_fd, encode_frame({"op": "ready", "spare": True}))
+    frame = read_frame(read_fd)
+    if frame is None or frame[0].get("op") != "load":
+        return False
+    os.environ.pop("MESHFAAS_SPARE", None)
+    env = frame[0].get("env") or {}
+    os.environ.update({str(k): str(v) for k, v in env.items()})
+    return True
+
+
 def serve(read_fd: int, write_fd: int) -> int:
     init_start = time.monotonic()
     _setup_streams_and_logging()
+    if os.environ.get("MESHFAAS_SPARE") == "1":
+        if not _wait_for_load(read_fd, write_fd):
+            return 0
+        init_start = time.monotonic()
     _setup_path()
     version = ".".join(map(str, sys.version_info[:3]))
     sys.stdout.write(f"INIT_START Runtime Version: python:{version}\n")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import time
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
@@ -74,7 +75,10 @@ class ExecutorConfig:
     log_tail_bytes: int = 4096
     max_result_bytes: int = 6_291_556
     uid_base: int = 200_000
-    """Each live sandbox runs as its own host uid in [uid_base, uid_base + max_sandboxes)."""
+    """Each sandbox runs as its own host uid in [uid_base, uid_base + max_sandboxes + max_spares)."""
+    spares_per_shape: int = 1
+    """Spare jails kept ready per shape (runtime, limits, layer) once that shape was used; 0 = off."""
+    max_spares: int = 4
     region: str = "local"
     account: str = "000000000000"
 
@@ -130,6 +134,33 @@ def find_nsjail(configured: str | None) -> str:
 class _Slot:
     sandbox: SandboxProcess
     uid: int
+    task_dir: Path | None = None
+    """For a spare: the host folder mounted at /var/task, filled with the code on claim."""
+    since_s: float = 0.0
+
+
+Shape = tuple[str, int, int, int, int, int, "str | None"]
+
+
+def _shape(function: FunctionSpec) -> Shape:
+    return (function.runtime, function.memory_mb, function.tmp_size_mb, function.max_pids,
+            function.max_open_files, function.max_file_size_mb, function.layer)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) a code tree; symlinks are recreated, never followed."""
+    for folder, dirs, files in os.walk(src):
+        target = dst / os.path.relpath(folder, src)
+        target.mkdir(mode=0o755, exist_ok=True)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            source, dest = os.path.join(folder, name), target / name
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), dest)
+            else:
+                try:
+                    os.link(source, dest, follow_symlinks=False)
+                except OSError:
+                    shutil.copy2(source, dest, follow_symlinks=False)
 
 
 class Executor:
@@ -140,9 +171,15 @@ class Executor:
         self.backend = self._choose_backend()
         self.layers = LayerStore(Path(config.data_dir) / "layers")
         self._pool: Any = _make_pool(config)
-        self._free_uids = list(range(config.uid_base + config.max_sandboxes - 1, config.uid_base - 1, -1))
+        uid_count = config.max_sandboxes + config.max_spares
+        self._free_uids = list(range(config.uid_base + uid_count - 1, config.uid_base - 1, -1))
         self._busy: set[_Slot] = set()
+        self._spares: dict[Shape, list[_Slot]] = {}
+        self._spares_starting: dict[Shape, int] = {}
+        self._spares_settled = trio.Event()
+        self._spares_settled.set()
         self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._closed = False
 
@@ -199,9 +236,24 @@ class Executor:
         return dict(sorted(out.items()))
 
     def stats(self) -> dict[str, Any]:
-        return {"warm": self.warm_functions(), "live": self._pool.total_live(),
-                "busy": len(self._busy), "backend": self.backend.kind,
-                "cgroups": self.backend.cgroups.version}
+        spares = sum(len(v) for v in self._spares.values())
+        starting = sum(self._spares_starting.values())
+        return {"warm": self.warm_functions(), "live": self._pool.total_live() + spares + starting,
+                "busy": len(self._busy), "spares": spares, "spares_starting": starting,
+                "backend": self.backend.kind, "cgroups": self.backend.cgroups.version}
+
+    async def wait_for_spares(self) -> None:
+        """Wait until no spare jail is being started (tests and benchmarks)."""
+        while sum(self._spares_starting.values()):
+            await self._spares_settled.wait()
+
+    async def forget(self, function: FunctionSpec, version: str | None = None) -> int:
+        """Stop the idle sandboxes of a function (one version, or all); returns how many."""
+        victims = self._pool.remove_where(
+            lambda key: key[0] == function.name and (version is None or key[1] == version))
+        for key, slot in victims:
+            await self._drop(key, slot, release=False)
+        return len(victims)
 
     async def prewarm(self, function: FunctionSpec, version: str, count: int = 1) -> int:
         """Start up to ``count`` more warm sandboxes; returns how many started."""
@@ -246,24 +298,45 @@ class Executor:
         with trio.CancelScope(shield=True):
             for key, slot in self._pool.drain():
                 await self._drop(key, slot, release=False)
+            for spares in self._spares.values():
+                for slot in spares:
+                    await self._drop(None, slot, release=False)
+            self._spares.clear()
             for slot in list(self._busy):
                 await slot.sandbox.kill()
         self._wake.set()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Expire idle sandboxes until closed (run in the node's nursery)."""
-        task_status.started()
-        while not self._closed:
-            self._wake = trio.Event()
-            await self.expire_idle()
-            next_s = self._pool.next_expiry_s()
-            with trio.move_on_at(next_s if next_s is not None else trio.current_time() + 3600):
-                await self._wake.wait()
+        """Expire idle sandboxes and start spares until closed (run in the node's nursery)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while not self._closed:
+                self._wake = trio.Event()
+                await self.expire_idle()
+                with trio.move_on_at(self._next_expiry_s()):
+                    await self._wake.wait()
+            self._nursery = None
+
+    def _next_expiry_s(self) -> float:
+        times = [slot.since_s + self.config.idle_expiry_ms / 1000
+                 for spares in self._spares.values() for slot in spares]
+        pool_next = self._pool.next_expiry_s()
+        if pool_next is not None:
+            times.append(pool_next)
+        return min(times) if times else trio.current_time() + 3600
 
     async def expire_idle(self) -> int:
-        expired = self._pool.expired(trio.current_time())
+        now = trio.current_time()
+        expired = self._pool.expired(now)
         for key, slot in expired:
             await self._drop(key, slot, release=False)
+        limit_s = self.config.idle_expiry_ms / 1000
+        for shape in list(self._spares):
+            old = [slot for slot in self._spares[shape] if now - slot.since_s >= limit_s]
+            self._spares[shape] = [slot for slot in self._spares[shape] if slot not in old]
+            for slot in old:
+                await self._drop(None, slot, release=False)
         return len(expired)
 
     # -- internals --------------------------------------------------------
@@ -282,12 +355,98 @@ class Executor:
             return _failure(request_id, "throttled", "TooManyRequestsException",
                             f"Rate Exceeded: {function.name} already has its maximum of live sandboxes",
                             function)
+        spare = self._take_spare(_shape(function))
+        self._want_spares(_shape(function), function)
+        if spare is not None:
+            return await self._claim(key, spare, function, version, runtime, request_id)
         try:
             spec = self._spec(function, version, runtime, self._free_uids.pop())
         except (IndexError, LookupError) as exc:
             self._pool.release(key)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc) or "no free uid", function)
         return await self._spawn(key, spec, function, request_id)
+
+    # -- spares -----------------------------------------------------------
+
+    def _take_spare(self, shape: Shape) -> _Slot | None:
+        spares = self._spares.get(shape)
+        slot = spares.pop() if spares else None
+        if spares is not None and not spares:
+            del self._spares[shape]
+        return slot
+
+    def _want_spares(self, shape: Shape, template: FunctionSpec) -> None:
+        if (self.backend.kind != "nsjail" or self._nursery is None or self._closed
+                or self.config.spares_per_shape <= 0):
+            return
+        have = len(self._spares.get(shape, ())) + self._spares_starting.get(shape, 0)
+        total = sum(len(v) for v in self._spares.values()) + sum(self._spares_starting.values())
+        while have < self.config.spares_per_shape and total < self.config.max_spares:
+            self._spares_starting[shape] = self._spares_starting.get(shape, 0) + 1
+            self._spares_settled = trio.Event()
+            self._nursery.start_soon(self._start_spare, shape, template)
+            have += 1
+            total += 1
+
+    async def _start_spare(self, shape: Shape, template: FunctionSpec) -> None:
+        slot: _Slot | None = None
+        try:
+            slot = await self._spawn_spare(template)
+        except Exception as exc:  # an environment failure: log it, a cold start will say more
+            log.warning("sandbox: spare jail for %s did not start: %s", template.runtime, exc)
+        finally:
+            self._spares_starting[shape] -= 1
+            if not self._spares_starting[shape]:
+                del self._spares_starting[shape]
+            if not self._spares_starting:
+                self._spares_settled.set()
+        if slot is None:
+            return
+        if self._closed:
+            await self._drop(None, slot, release=False)
+            return
+        slot.since_s = trio.current_time()
+        self._spares.setdefault(shape, []).append(slot)
+        self._wake.set()
+
+    async def _spawn_spare(self, template: FunctionSpec) -> _Slot | None:
+        if not self._free_uids:
+            return None
+        uid = self._free_uids.pop()
+        task_dir = Path(self.config.data_dir) / "sandboxes" / str(uid) / "task"
+        slot: _Slot | None = None
+        try:
+            shutil.rmtree(task_dir.parent, ignore_errors=True)
+            task_dir.mkdir(parents=True, mode=0o755)
+            os.chmod(task_dir, 0o755)
+            runtime = pick(self._runtimes, template.runtime)
+            spec = self._spec(template, "spare", runtime, uid, code_dir=str(task_dir), spare=True)
+            sandbox = SandboxProcess(spec, self.backend, tail_bytes=self.config.log_tail_bytes,
+                                     max_result_bytes=self.config.max_result_bytes)
+            slot = _Slot(sandbox=sandbox, uid=uid, task_dir=task_dir)
+            with trio.CancelScope(shield=True):
+                await sandbox.start(self.config.init_timeout_ms / 1000)
+            return slot
+        except BaseException:
+            if slot is not None:
+                await self._drop(None, slot, release=False)
+            else:
+                self._free_uids.append(uid)
+                shutil.rmtree(task_dir.parent, ignore_errors=True)
+            raise
+
+    async def _claim(self, key: Hashable, slot: _Slot, function: FunctionSpec, version: str,
+                     runtime: Runtime, request_id: str) -> _Slot | InvocationResult:
+        assert slot.task_dir is not None
+        try:
+            link_tree(Path(function.code_dir), slot.task_dir)
+            env = self._function_env(function, version, runtime)
+            await slot.sandbox.load(env, self.config.init_timeout_ms / 1000)
+        except (SandboxStartError, OSError, LookupError) as exc:
+            await self._drop(key, slot, release=True)
+            log.error("sandbox for %s failed to start: %s", function.name, exc)
+            return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
+        return slot
 
     async def _spawn(self, key: Hashable, spec: SandboxSpec, function: FunctionSpec,
                      request_id: str) -> _Slot | InvocationResult:
@@ -314,6 +473,8 @@ class Executor:
     async def _drop(self, key: Hashable | None, slot: _Slot, *, release: bool) -> None:
         with trio.CancelScope(shield=True):
             await slot.sandbox.exit_gracefully()
+        if slot.task_dir is not None:
+            shutil.rmtree(slot.task_dir.parent, ignore_errors=True)
         self._free_uids.append(slot.uid)
         if release and key is not None:
             self._pool.release(key)
@@ -327,7 +488,7 @@ class Executor:
                               "(call ensure_layer first)")
         return str(path)
 
-    def _spec(self, function: FunctionSpec, version: str, runtime: Runtime, uid: int) -> SandboxSpec:
+    def _function_env(self, function: FunctionSpec, version: str, runtime: Runtime) -> dict[str, str]:
         layer = self._layer_path(function)
         unsafe = self.backend.kind == "unsafe"
         env = dict(function.env)
@@ -335,9 +496,19 @@ class Executor:
         env["LAMBDA_TASK_ROOT"] = function.code_dir if unsafe else TASK_ROOT
         if layer is not None:
             env["MESHFAAS_LAYER_DIR"] = layer if unsafe else LAYER_ROOT
+        return env
+
+    def _spec(self, function: FunctionSpec, version: str, runtime: Runtime, uid: int, *,
+              code_dir: str | None = None, spare: bool = False) -> SandboxSpec:
+        layer = self._layer_path(function)
+        env = self._function_env(function, version, runtime)
+        if spare:  # only what the interpreter needs before the load frame brings the rest
+            keep = ("LANG", "TZ", "PATH", "LAMBDA_TASK_ROOT", "MESHFAAS_LAYER_DIR", "MESHFAAS_MAX_RESPONSE_BYTES")
+            env = {k: v for k, v in env.items() if k in keep}
+            env["MESHFAAS_SPARE"] = "1"
         return SandboxSpec(
             interpreter=runtime.executable, interpreter_prefix=runtime.prefix,
-            code_dir=function.code_dir, bootstrap_file=BOOTSTRAP_FILE, layer_dir=layer,
+            code_dir=code_dir or function.code_dir, bootstrap_file=BOOTSTRAP_FILE, layer_dir=layer,
             memory_mb=function.memory_mb, timeout_ms=function.timeout_ms,
             max_pids=function.max_pids, max_open_files=function.max_open_files,
             max_file_size_mb=function.max_file_size_mb, tmp_size_mb=function.tmp_size_mb,

@@ -22,7 +22,7 @@ back: the executor releases its slot and kills it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import attrs
@@ -123,6 +123,15 @@ class WarmPool(Generic[S]):
     def next_expiry_s(self) -> float | None:
         times = [idle[0].since_s + self.idle_expiry_s for idle in self._idle.values() if idle]
         return min(times) if times else None
+
+    def remove_where(self, predicate: Callable[[Hashable], bool]) -> list[tuple[Hashable, S]]:
+        """Remove the idle sandboxes whose key matches (their slots are released)."""
+        out = []
+        for key in [k for k in self._idle if predicate(k)]:
+            for entry in self._idle.pop(key):
+                out.append((key, entry.sandbox))
+                self.release(key)
+        return out
 
     def drain(self) -> list[tuple[Hashable, S]]:
         """Remove every idle sandbox (shutdown); their slots are released."""

@@ -260,7 +260,7 @@ class SandboxProcess:
         self.tail_bytes = tail_bytes
         self.max_result_bytes = max_result_bytes
         self.process: trio.Process | None = None
-        self.state: Literal["new", "idle", "busy", "dead"] = "new"
+        self.state: Literal["new", "spare", "idle", "busy", "dead"] = "new"
         self.init_ms: float | None = None
         self.killed_by_us = False
         self._to_jail: trio.lowlevel.FdStream | None = None
@@ -314,6 +314,26 @@ class SandboxProcess:
             try:
                 ready = await self._frames.read()
             except ProtocolError:
+                ready = None
+        if ready is None or ready[0].get("op") != "ready":
+            await self._fail_start(init_timeout_s if scope.cancelled_caught else 0.0)
+        assert ready is not None
+        if ready[0].get("spare"):
+            self.state = "spare"
+            return
+        self.init_ms = float(ready[0].get("init_ms") or 0.0)
+        self.state = "idle"
+
+    async def load(self, env: dict[str, str], init_timeout_s: float) -> None:
+        """Turn a spare into a function's sandbox: send its environment, wait for init."""
+        if self.state != "spare" or self._to_jail is None or self._frames is None:
+            raise RuntimeError(f"load on a sandbox in state {self.state}")
+        ready: tuple[dict[str, Any], bytes] | None = None
+        with trio.move_on_after(init_timeout_s) as scope:
+            try:
+                await self._to_jail.send_all(encode_frame({"op": "load", "env": env}))
+                ready = await self._frames.read()
+            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 ready = None
         if ready is None or ready[0].get("op") != "ready":
             await self._fail_start(init_timeout_s if scope.cancelled_caught else 0.0)

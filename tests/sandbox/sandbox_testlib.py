@@ -45,8 +45,13 @@ def require_nsjail() -> None:
         pytest.skip(message)
 
 
-def sandbox_uid_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES) -> list[int]:
+def sandbox_uid_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES + 4) -> list[int]:
     """Host pids of processes running as any sandbox uid (must be none once sandboxes are gone)."""
+    return [pid for pid, _ in sandbox_processes(uid_base, count)]
+
+
+def sandbox_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES + 4) -> list[tuple[int, int]]:
+    """(host pid, uid) of processes running as any sandbox uid."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -59,7 +64,7 @@ def sandbox_uid_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES) 
             if line.startswith("Uid:"):
                 real = int(line.split()[1])
                 if uid_base <= real < uid_base + count:
-                    pids.append(int(entry))
+                    pids.append((int(entry), real))
     return pids
 
 

@@ -164,15 +164,15 @@ async def test_prewarm_and_idle_expiry_down_to_zero(runtimes: dict[str, Runtime]
     from sandbox_testlib import require_nsjail
 
     require_nsjail()
-    config = ExecutorConfig(data_dir=str(tmp_path), idle_expiry_ms=300, uid_base=240_000, max_sandboxes=8)
+    config = ExecutorConfig(data_dir=str(tmp_path), idle_expiry_ms=1500, uid_base=240_000, max_sandboxes=8)
     async with Executor(config, runtimes=runtimes) as ex:
         fn = make_fn("app.handler")
         assert await ex.prewarm(fn, "3", count=2) == 2
         assert ex.warm_functions() == {"app-handler:3": 2}
         res = await ex.invoke(fn, "3", b"{}", "r")
         assert not res.cold_start
-        assert await wait_until(lambda: ex.warm_functions() == {}, timeout_s=5)
-    assert await wait_until(lambda: not sandbox_uid_processes(240_000, 8))
+        assert await wait_until(lambda: ex.stats()["live"] == 0, timeout_s=10)
+    assert await wait_until(lambda: not sandbox_uid_processes(240_000, 12))
 
 
 async def test_max_per_function_throttles(runtimes: dict[str, Runtime], make_fn: MakeFn,
@@ -248,3 +248,34 @@ async def test_bootstrap_file_is_the_one_mounted() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Path(__file__).exists()
+
+
+async def test_spare_jail_serves_the_next_cold_start_of_its_shape(
+        executor: Executor, make_fn: MakeFn, tmp_path: Path) -> None:
+    first = make_fn("app.handler", name="first")
+    assert result(await executor.invoke(first, "1", b"{}", "r1"))["calls"] == 1
+    await executor.wait_for_spares()
+    assert executor.stats()["spares"] == 1
+    code = tmp_path / "second-code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "__init__.py").write_text("")
+    (code / "pkg" / "mod.py").write_text(
+        "import os\n"
+        "def handler(event, context):\n"
+        "    try:\n"
+        "        leaked = open('/var/task/host_link').read()\n"
+        "    except OSError as exc:\n"
+        "        leaked = type(exc).__name__\n"
+        "    return [context.function_name, os.environ.get('ONLY_SECOND'), leaked]\n")
+    (code / "host_link").symlink_to("/etc/hostname")  # must not be followed on the host
+    second = FunctionSpec(name="second", handler="pkg.mod.handler", code_dir=str(code),
+                          runtime=first.runtime, env={"ONLY_SECOND": "yes"})
+    res = await executor.invoke(second, "1", b"{}", "r2")
+    assert result(res) == ["second", "yes", "FileNotFoundError"]
+    assert res.cold_start and res.init_ms is not None
+    assert "Init Duration" in res.log_tail
+    slot = executor._pool.take(("second", "1", second))
+    assert slot is not None and slot.task_dir is not None  # it was the spare, code linked in
+    executor._pool.put(("second", "1", second), slot, trio.current_time())
+    await executor.wait_for_spares()
+    assert executor.stats()["spares"] == 1  # replenished
