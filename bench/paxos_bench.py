@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/pip install -e '.[bench]'      # httpx, for etcd's JSON gateway
+    .venv/bin/pip install -e '.[bench]'      # grpcio, h11, httpx: the etcd clients
     .venv/bin/python bench/paxos_bench.py                      # etcd, then meshfaas
     .venv/bin/python bench/paxos_bench.py --target etcd --clients 1,16,256 --seconds 10
 
@@ -15,8 +15,11 @@ is a hook (``bench/_meshfaas.py``) until the node process exists; it prints
 why it is unavailable rather than any figure.
 
 Reported per run: committed puts/s in the window, p50/p99/max latency (call to
-acknowledgement), errors, and CPU microseconds per committed put spent by the
-load generator (client) and by the target's processes (server).
+acknowledgement), errors, CPU microseconds per committed put spent by the load
+generator (client) and by the target's processes (server), and the machine's
+1-minute load average (other work on a shared machine shows up there).
+``--check-perf`` also runs ``etcdctl check perf`` (etcd's Go client) against the
+same cluster, as a reference free of Python client overhead.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ import _meshfaas
 import attrs
 import trio
 from _loadgen import KvTarget, LoadResult, run_load
+
+ETCD_CLIENTS = {
+    "grpc": "grpcio, KV.Put over etcd's native gRPC, one channel per client",
+    "h11": "h11 over HTTP/1.1 keep-alive to the v3 JSON gateway (POST /v3/kv/put)",
+    "httpx": "httpx over HTTP/1.1 keep-alive to the v3 JSON gateway (POST /v3/kv/put)",
+}
 
 
 def machine() -> dict[str, Any]:
@@ -82,9 +91,9 @@ def bench_etcd(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadRes
     binary = _etcd.ensure_installed()
     report["etcd_version"] = _etcd.etcd_version(binary)
     print(f"etcd: {report['etcd_version']} ({binary}), 3 members on loopback")
-    print(f"client: {args.etcd_http} over HTTP/1.1 keep-alive to the v3 JSON gateway")
-    report["etcd_http_client"] = args.etcd_http
-    with _etcd.EtcdCluster(binary, http_client=args.etcd_http) as cluster:
+    print(f"client: {ETCD_CLIENTS[args.etcd_client]}")
+    report["etcd_client"] = ETCD_CLIENTS[args.etcd_client]
+    with _etcd.EtcdCluster(binary, client=args.etcd_client) as cluster:
         results = trio.run(drive, cluster, args.clients, args.warmup, args.seconds)
         if args.check_perf:
             print("etcdctl check perf --load=l (etcd's own Go gRPC client):")
@@ -118,10 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     p.add_argument(
-        "--etcd-http",
-        choices=("h11", "httpx"),
-        default="h11",
-        help="HTTP client for etcd's gateway: h11 driven directly (default) or httpx",
+        "--etcd-client",
+        choices=sorted(ETCD_CLIENTS),
+        default="grpc",
+        help="how the load generator talks to etcd (default grpc: etcd's native protocol)",
     )
     p.add_argument("--check-perf", action="store_true", help="also run etcdctl check perf")
     p.add_argument("--json", type=Path, help="write the report here")
