@@ -6,10 +6,13 @@ depends only on the order of operations, never on hashing, so runs replay.
 
 ``BroadcastQueue`` holds the updates waiting to be piggybacked: at most one
 per subject node (a newer update about a node replaces the older one), kept in
-buckets by how many times each was sent. ``take`` hands out the least-sent
-updates first and, among equals, the newest; an update leaves the queue once it
-has been sent ``retransmit_limit`` times. The queue is bounded: past
-``max_size`` the most-sent, oldest update is dropped.
+two priority levels (urgent: failure news and refutations; normal: joins and
+metadata) and, within a level, in buckets by how many times each was sent.
+``take`` hands out urgent updates before normal ones, then the least-sent
+first and, among equals, the one queued (or last sent) most recently; an update leaves the queue once it has
+been sent ``retransmit_limit`` times. So metadata churn can never starve
+failure news. The queue is bounded: past ``max_size`` the most-sent, oldest
+normal update is dropped (urgent ones only when nothing else is left).
 """
 
 from __future__ import annotations
@@ -55,12 +58,17 @@ class IdSet:
         return self._items[rng.randrange(len(self._items))] if self._items else None
 
     def sample(self, rng: random.Random, k: int, accept: Callable[[NodeId], bool]) -> list[NodeId]:
-        """Up to ``k`` distinct random members that ``accept`` (3k tries at most)."""
-        picked: list[NodeId] = []
+        """Up to ``k`` distinct random members that ``accept``.
+
+        Small sets are filtered exhaustively, so a few members are always found;
+        large ones take at most 4k random tries (O(k), never O(n)).
+        """
         items = self._items
-        if not items:
-            return picked
-        for _ in range(3 * k):
+        if len(items) <= 8 * k:
+            candidates = [node for node in items if accept(node)]
+            return rng.sample(candidates, min(k, len(candidates)))
+        picked: list[NodeId] = []
+        for _ in range(4 * k):
             if len(picked) >= k:
                 break
             node = items[rng.randrange(len(items))]
@@ -70,12 +78,13 @@ class IdSet:
 
 
 class _Entry:
-    __slots__ = ("entry_id", "node", "transmits", "update")
+    __slots__ = ("entry_id", "level", "node", "transmits", "update")
 
-    def __init__(self, entry_id: int, node: NodeId, update: Any) -> None:
+    def __init__(self, entry_id: int, node: NodeId, update: Any, level: int) -> None:
         self.entry_id = entry_id
         self.node = node
         self.update = update
+        self.level = level
         self.transmits = 0
 
 
@@ -87,22 +96,23 @@ class BroadcastQueue:
             raise ValueError("max_size must be >= 1")
         self.max_size = max_size
         self._by_node: dict[NodeId, _Entry] = {}
-        self._buckets: list[dict[int, _Entry]] = [{}]
+        # _levels[level][transmits] maps entry id -> entry (insertion order = age)
+        self._levels: list[list[dict[int, _Entry]]] = [[{}], [{}]]
         self._next_id = 0
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._by_node)
 
-    def enqueue(self, node: NodeId, update: Any) -> None:
+    def enqueue(self, node: NodeId, update: Any, *, urgent: bool = False) -> None:
         """Queue ``update`` about ``node``, replacing any older one about it."""
         old = self._by_node.pop(node, None)
         if old is not None:
-            del self._buckets[old.transmits][old.entry_id]
+            del self._levels[old.level][old.transmits][old.entry_id]
         self._next_id += 1
-        entry = _Entry(self._next_id, node, update)
+        entry = _Entry(self._next_id, node, update, 0 if urgent else 1)
         self._by_node[node] = entry
-        self._buckets[0][entry.entry_id] = entry
+        self._levels[entry.level][0][entry.entry_id] = entry
         if len(self._by_node) > self.max_size:
             self._evict_one()
 
@@ -113,31 +123,32 @@ class BroadcastQueue:
     def take(self, count: int, retransmit_limit: int) -> list[Any]:
         """Up to ``count`` updates, least-sent first; each counts as sent once."""
         chosen: list[_Entry] = []
-        for bucket in self._buckets:
-            for entry_id in reversed(bucket):
-                if len(chosen) >= count:
-                    break
-                chosen.append(bucket[entry_id])
-            if len(chosen) >= count:
-                break
+        for buckets in self._levels:
+            for bucket in buckets:
+                for entry_id in reversed(bucket):
+                    if len(chosen) >= count:
+                        break
+                    chosen.append(bucket[entry_id])
         for entry in chosen:
             self._bump(entry, retransmit_limit)
         return [e.update for e in chosen]
 
     def _bump(self, entry: _Entry, retransmit_limit: int) -> None:
-        del self._buckets[entry.transmits][entry.entry_id]
+        buckets = self._levels[entry.level]
+        del buckets[entry.transmits][entry.entry_id]
         entry.transmits += 1
         if entry.transmits >= retransmit_limit:
             del self._by_node[entry.node]
             return
-        while len(self._buckets) <= entry.transmits:
-            self._buckets.append({})
-        self._buckets[entry.transmits][entry.entry_id] = entry
+        while len(buckets) <= entry.transmits:
+            buckets.append({})
+        buckets[entry.transmits][entry.entry_id] = entry
 
     def _evict_one(self) -> None:
-        for bucket in reversed(self._buckets):
-            if bucket:
-                entry = bucket.pop(next(iter(bucket)))
-                del self._by_node[entry.node]
-                self.dropped += 1
-                return
+        for buckets in reversed(self._levels):
+            for bucket in reversed(buckets):
+                if bucket:
+                    entry = bucket.pop(next(iter(bucket)))
+                    del self._by_node[entry.node]
+                    self.dropped += 1
+                    return

@@ -9,8 +9,9 @@ the local health score; the core only stores the results as deadlines.
   ``min = suspicion_mult * max(1, log10(max(1, n))) * probe_interval`` and
   ``max = max_mult * min``. A suspicion timer starts at ``max`` and, with ``c``
   independent confirmations out of the ``k`` wanted, shrinks to
-  ``max - (max - min) * log(c + 1) / log(k + 1)``, never below ``min``. With
-  ``k < 1`` (no confirmations wanted, or plain SWIM) it is ``min`` at once.
+  ``max - (max - min) * log(c + 1) / log(k + 1)``, never below ``min``, where
+  ``k = min(k_wanted, n - 2)``. With ``k < 1`` (a 2-node cluster, or plain
+  SWIM) it is ``min`` at once.
 * Retransmission: an update is piggybacked at most
   ``retransmit_mult * ceil(log10(n + 1))`` times by each node.
 * Local health awareness: a score in ``[0, max_mult - 1]``; probe interval and
@@ -48,12 +49,14 @@ def suspicion_max_ns(max_timeout_mult: float, min_ns: int) -> int:
 
 
 def confirmations_wanted(k: int, n: int) -> int:
-    """How many confirmations drive the timer to its minimum (0 in tiny clusters).
+    """How many confirmations drive the timer to its minimum.
 
     With ``n`` members, at most ``n - 2`` others can confirm (not the suspect,
-    not the first accuser), so asking for more would never be satisfied.
+    not the first accuser), so we ask for ``min(k, n - 2)``. (memberlist asks
+    for none at all when ``n - 2 < k``, which in a 3-node cluster leaves only
+    the minimum timeout for a refutation to travel two gossip hops each way.)
     """
-    return 0 if n - 2 < k else max(0, k)
+    return max(0, min(k, n - 2))
 
 
 def suspicion_timeout_ns(confirmations: int, k: int, min_ns: int, max_ns: int) -> int:

@@ -292,6 +292,9 @@ class Gossip:
         self._relays: dict[int, Relay] = {}
         self._awareness = 0
         self._push_pulls = 0
+        self._view_version = 0  # bumped on every change a push-pull would carry
+        self._snapshot_cache: tuple[int, tuple[MemberState, ...]] | None = None
+        self._sync_backoff_ns = config.push_pull_interval_ns  # shorter just after a join
         # joining and leaving
         self._seeds: list[NodeId] = [s for s in seeds if s != node_id]
         self._joined = False
@@ -301,6 +304,7 @@ class Gossip:
         self._incarnation = self._durable_ceiling + 1
         self._sealed: list[tuple[int, int]] = []  # (ready seq, ceiling) awaiting fsync
         self._unsealed_ceiling: int | None = None
+        self._urgent_self = False  # is our pending self-announcement a refutation?
         self._reserve(self._incarnation)
         self._last_now_ns = now.mono_ns  # the latest monotonic reading seen
         self._deadlines.set(("join",), now.mono_ns)
@@ -354,7 +358,7 @@ class Gossip:
             return
         self._durable_ceiling = durable
         if self._incarnation <= durable and not self._leaving:
-            self._queue.enqueue(self.node_id, self._self_alive())
+            self._queue.enqueue(self.node_id, self._self_alive(), urgent=self._urgent_self)
             if not self._joined and ("join",) in self._deadlines:
                 self._deadlines.set(("join",), self._last_now_ns)  # join at once
 
@@ -400,7 +404,7 @@ class Gossip:
         if self._leaving:
             raise RuntimeError("cannot update metadata after leaving")
         self._meta = meta
-        self._bump_incarnation(self._incarnation + 1)
+        self._bump_incarnation(self._incarnation + 1, urgent=False)
         return self._incarnation
 
     def add_seeds(self, seeds: Iterable[NodeId], now: Now) -> None:
@@ -416,11 +420,12 @@ class Gossip:
         if self._leaving:
             return
         self._leaving = True
+        self._view_version += 1
         for key in (("probe",), ("probe_timeout",), ("push_pull",), ("join",)):
             self._deadlines.cancel(key)
         self._probe = None
         left = Dead(node=self.node_id, incarnation=self._incarnation, accuser=self.node_id)
-        self._queue.enqueue(self.node_id, left)
+        self._queue.enqueue(self.node_id, left, urgent=True)
         targets = self._live.sample(self._rng, max(3, self.config.indirect_checks), _any)
         for target in targets:
             self._outbox.send(target, GossipMsg(updates=(left,)))
@@ -444,11 +449,13 @@ class Gossip:
         self._outbox.persist(TABLE, INCARNATION_KEY, new_ceiling)
         self._unsealed_ceiling = new_ceiling
 
-    def _bump_incarnation(self, incarnation: int) -> None:
+    def _bump_incarnation(self, incarnation: int, *, urgent: bool) -> None:
         self._incarnation = min(incarnation, MAX_INCARNATION)
+        self._view_version += 1
         self._reserve(self._incarnation)
+        self._urgent_self = urgent
         if self._incarnation <= self._durable_ceiling:
-            self._queue.enqueue(self.node_id, self._self_alive())
+            self._queue.enqueue(self.node_id, self._self_alive(), urgent=urgent)
 
     def _self_alive(self) -> Alive:
         return Alive(node=self.node_id, incarnation=self._incarnation, meta=self._meta)
@@ -460,7 +467,7 @@ class Gossip:
         self._count("refutes")
         if self.config.lifeguard:
             self._adjust_awareness(+1)
-        self._bump_incarnation(max(self._incarnation, their_incarnation) + 1)
+        self._bump_incarnation(max(self._incarnation, their_incarnation) + 1, urgent=True)
 
     # ---------------------------------------------------------------- probing
 
@@ -626,34 +633,57 @@ class Gossip:
     # ------------------------------------------------------------- push-pull
 
     def handle_pushpullrequest(self, src: NodeId, msg: PushPullRequest, now: Now) -> None:
-        if not self._merge(src, msg.members, now):
+        if self._merge(src, msg.members, now) is None:
             return
         self._outbox.send(src, PushPullReply(members=self._snapshot()))
 
     def handle_pushpullreply(self, src: NodeId, msg: PushPullReply, now: Now) -> None:
-        if self._merge(src, msg.members, now) and not self._joined:
+        differed = self._merge(src, msg.members, now)
+        if differed is None:
+            return
+        if self._joined and differed == 0:
+            self._sync_backoff_ns = self.config.push_pull_interval_ns  # caught up
+        if not self._joined:
             self._joined = True
             self._deadlines.cancel(("join",))
+            # Catch up with members that joined at the same time: sync again
+            # after 1, 2, 4, ... periods until the regular interval is reached.
+            self._sync_backoff_ns = self.config.probe_interval_ns
+            jitter = self._rng.randrange(self._sync_backoff_ns)
+            self._deadlines.set(("push_pull",), now.mono_ns + self._sync_backoff_ns + jitter)
 
     def _snapshot(self) -> tuple[MemberState, ...]:
+        version = self._view_version * 2 + self._self_durable()
+        if self._snapshot_cache is not None and self._snapshot_cache[0] == version:
+            return self._snapshot_cache[1]
         rows = [MemberState(node=m.node_id, state=m.state, incarnation=m.incarnation, meta=m.meta)
                 for m in self._members.values()]
         if self._self_durable():
             own: StateName = LEFT if self._leaving else ALIVE
             rows.append(MemberState(node=self.node_id, state=own,
                                     incarnation=self._incarnation, meta=self._meta))
-        return tuple(rows)
+        self._snapshot_cache = (version, tuple(rows))
+        return self._snapshot_cache[1]
 
-    def _merge(self, src: NodeId, rows: tuple[MemberState, ...], now: Now) -> bool:
-        if len(rows) > MAX_MEMBERS_PER_SYNC:
+    def _merge(self, src: NodeId, rows: Any, now: Now) -> int | None:
+        """Merge a peer's full view; the number of rows that differed, or None if refused."""
+        if type(rows) is not tuple or len(rows) > MAX_MEMBERS_PER_SYNC:
             self._count("drop_oversized_sync")
-            return False
+            return None
+        differed = 0
+        members = self._members
         for row in rows:
             if type(row) is not MemberState:
                 self._count("drop_malformed_update")
                 continue
+            member = members.get(row.node)
+            if (member is not None and member.state == row.state
+                    and member.incarnation == row.incarnation):
+                continue  # the common case: we agree
+            if row.node != self.node_id or row.incarnation != self._incarnation:
+                differed += 1
             self._merge_row(src, row, now)
-        return True
+        return differed
 
     def _merge_row(self, src: NodeId, row: MemberState, now: Now) -> None:
         if row.state == ALIVE:
@@ -673,6 +703,9 @@ class Gossip:
         self._push_pulls += 1
         interval = _maths.push_pull_interval_ns(self.config.push_pull_interval_ns,
                                                 self.live_count())
+        if self._sync_backoff_ns < interval:
+            self._sync_backoff_ns *= 2
+            interval = min(interval, self._sync_backoff_ns)
         self._deadlines.set(("push_pull",), now.mono_ns + interval)
         target = self._push_pull_target()
         if target is not None and self._self_durable():
@@ -734,8 +767,9 @@ class Gossip:
             return
         old_state, old_meta = member.state, member.meta
         member.incarnation, member.meta = msg.incarnation, msg.meta
+        self._view_version += 1
         self._set_state(member, ALIVE, now)
-        self._queue.enqueue(msg.node, msg)
+        self._queue.enqueue(msg.node, msg, urgent=old_state != ALIVE)
         if old_state in (DEAD, LEFT):
             self._notify("member_joined", member)
         elif old_state == SUSPECT:
@@ -756,6 +790,7 @@ class Gossip:
     def _add_member(self, msg: Alive, now: Now) -> None:
         member = Member(msg.node, msg.incarnation, msg.meta, now.mono_ns)
         self._members[msg.node] = member
+        self._view_version += 1
         self._live.add(msg.node)
         self._insert_probe_order(msg.node)
         self._queue.enqueue(msg.node, msg)
@@ -773,9 +808,10 @@ class Gossip:
             self._confirm(member, msg, now)
             return
         member.incarnation = msg.incarnation
+        self._view_version += 1
         self._set_state(member, SUSPECT, now)
         self._start_suspicion(member, msg.accuser, now)
-        self._queue.enqueue(msg.node, msg)
+        self._queue.enqueue(msg.node, msg, urgent=True)
         self._notify("member_suspect", member)
 
     def _start_suspicion(self, member: Member, accuser: NodeId, now: Now) -> None:
@@ -797,7 +833,7 @@ class Gossip:
             return
         self._count("confirmations")
         self._deadlines.set(("suspect", member.node_id), max(now.mono_ns, suspicion.deadline_ns()))
-        self._queue.enqueue(msg.node, msg)
+        self._queue.enqueue(msg.node, msg, urgent=True)
 
     def _on_suspect_timer(self, key: tuple[Any, ...], now: Now) -> None:
         member = self._members.get(key[1])
@@ -819,9 +855,10 @@ class Gossip:
         if member is None or msg.incarnation < member.incarnation or member.state in (DEAD, LEFT):
             return
         member.incarnation = msg.incarnation
+        self._view_version += 1
         left = msg.accuser == msg.node
         self._set_state(member, LEFT if left else DEAD, now)
-        self._queue.enqueue(msg.node, msg)
+        self._queue.enqueue(msg.node, msg, urgent=True)
         self._notify("member_left" if left else "member_dead", member)
 
     def _set_state(self, member: Member, state: StateName, now: Now) -> None:

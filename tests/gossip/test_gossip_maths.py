@@ -33,7 +33,7 @@ def test_suspicion_max_is_a_multiple_of_min() -> None:
 
 @pytest.mark.parametrize(
     ("k", "n", "expected"),
-    [(3, 100, 3), (3, 5, 3), (3, 4, 0), (3, 2, 0), (0, 100, 0), (2, 4, 2)],
+    [(3, 100, 3), (3, 5, 3), (3, 4, 2), (3, 3, 1), (3, 2, 0), (3, 1, 0), (0, 100, 0), (2, 4, 2)],
 )
 def test_confirmations_wanted(k: int, n: int, expected: int) -> None:
     assert m.confirmations_wanted(k, n) == expected
