@@ -21,10 +21,13 @@ Python 3.11, 3.12 and 3.13.
    once, then waits for a ``load`` frame carrying the function's environment
    (the host has meanwhile linked the code into its /var/task) and does the
    init above, so a cold start skips the jail and interpreter start.
-2. Serve: read an ``invoke`` frame, write ``START``, call
-   ``handler(event, context)``, write ``END`` and ``REPORT`` (with Init Duration
-   on the first call) and an end marker carrying the host's nonce to stdout,
-   then answer one ``result`` frame. Repeat until an ``exit`` frame or EOF.
+2. Serve: read an ``invoke`` frame, call ``handler(event, context)``, flush
+   stdout and stderr, then answer one ``result`` frame carrying the figures of
+   the REPORT line (duration, billed duration, max memory used, init duration
+   on the first call). Repeat until an ``exit`` frame or EOF. The host writes
+   the START / END / REPORT lines around the handler's output itself: as every
+   byte the handler wrote went into the log pipe before the result frame, the
+   host has it all once it has the result, with no marker in the stream.
 
 Frames, both ways: ``>II`` (header length, body length), a UTF-8 JSON header,
 then the body bytes (the event, the result, or the error object as JSON).
@@ -53,7 +56,6 @@ Json = dict[str, Any]
 FRAME = struct.Struct(">II")
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 6_291_556
-END_MARKER = b"\x1emeshfaas-end "
 _HERE_FILE = os.path.abspath(__file__)
 LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
 
@@ -280,7 +282,6 @@ def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Js
     start = time.monotonic()
     context = LambdaContext(request_id, start + header.get("deadline_ms", 3000) / 1000,
                             str(header.get("arn", "")))
-    sys.stdout.write(f"START RequestId: {request_id} Version: {context.function_version}\n")
     fatal = bool(getattr(handler, "fatal", False))
     try:
         ok, out = _call(handler, body, context, state["max_response"])
@@ -294,7 +295,7 @@ def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Js
         ok, error = False, error_object(exc, request_id)
         _log_error(error)
         out = json.dumps(error).encode()
-    return _finish(request_id, start, ok, fatal, out, header, state)
+    return _finish(request_id, start, ok, fatal, out, state)
 
 
 def _error_json(error_type: str, message: str, request_id: str) -> bytes:
@@ -303,22 +304,14 @@ def _error_json(error_type: str, message: str, request_id: str) -> bytes:
     return json.dumps(error).encode()
 
 
-def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes, header: Json,
+def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes,
             state: Json) -> tuple[Json, bytes]:
     duration_ms = (time.monotonic() - start) * 1000
     billed_ms = max(1, math.ceil(duration_ms))
     memory_mb = max_memory_used_mb()
     init_ms = state.pop("init_ms", None)
-    report = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
-              f"Billed Duration: {billed_ms} ms\tMemory Size: {state['memory_size']} MB\t"
-              f"Max Memory Used: {memory_mb} MB")
-    if init_ms is not None:
-        report += f"\tInit Duration: {init_ms:.2f} ms"
     sys.stdout.flush()
     sys.stderr.flush()
-    marker = END_MARKER + str(header.get("nonce", "")).encode() + b"\n"
-    text = f"END RequestId: {request_id}\n{report}\n".encode()
-    write_all(1, text + marker)
     result = {"op": "result", "request_id": request_id, "ok": ok, "fatal": fatal,
               "duration_ms": duration_ms, "billed_ms": billed_ms, "max_memory_mb": memory_mb,
               "init_ms": init_ms}

@@ -290,7 +290,9 @@ class Executor:
         finally:
             self._busy.discard(slot)
             await self._after(key, slot)
-        return _result(request_id, outcome, function, cold)
+        init_ms = outcome.init_ms if outcome.init_ms is not None else slot.sandbox.init_ms
+        return _result(request_id, outcome, function, version, init_ms if cold else None,
+                       self.config.log_tail_bytes)
 
     async def aclose(self) -> None:
         """Stop every sandbox. Idempotent."""
@@ -559,16 +561,55 @@ def _failure(request_id: str, status: Status, error_type: str, message: str,
         init_ms=None, cold_start=False, log_tail="")
 
 
-def _result(request_id: str, outcome: Outcome, function: FunctionSpec, cold: bool) -> InvocationResult:
+def _result(request_id: str, outcome: Outcome, function: FunctionSpec, version: str,
+            init_ms: float | None, tail_bytes: int) -> InvocationResult:
     return InvocationResult(
         request_id=request_id, status=outcome.status,
         result=outcome.body if outcome.status == "ok" else None,
         error=outcome.error(),
         duration_ms=outcome.duration_ms, billed_ms=outcome.billed_ms,
         max_memory_mb=outcome.max_memory_mb, memory_size_mb=function.memory_mb,
-        init_ms=outcome.init_ms if cold else None, cold_start=cold,
-        log_tail=outcome.log_tail.decode(errors="replace"),
+        init_ms=init_ms, cold_start=init_ms is not None,
+        log_tail=format_log(request_id=request_id, version=version, outcome=outcome,
+                            memory_size_mb=function.memory_mb, init_ms=init_ms, tail_bytes=tail_bytes),
     )
+
+
+LAMBDA_STATUS = {"timeout": "timeout", "oom": "error", "crash": "error"}
+
+
+def report_line(*, request_id: str, outcome: Outcome, memory_size_mb: int, init_ms: float | None) -> str:
+    """AWS Lambda's REPORT line (tab-separated), with Status for abnormal ends."""
+    parts = [f"REPORT RequestId: {request_id}", f"Duration: {outcome.duration_ms:.2f} ms",
+             f"Billed Duration: {outcome.billed_ms} ms", f"Memory Size: {memory_size_mb} MB",
+             f"Max Memory Used: {outcome.max_memory_mb} MB"]
+    if init_ms is not None:
+        parts.append(f"Init Duration: {init_ms:.2f} ms")
+    if outcome.status in LAMBDA_STATUS:
+        parts.append(f"Status: {LAMBDA_STATUS[outcome.status]}")
+        error = outcome.error() or {}
+        if outcome.status != "timeout" and error.get("errorType"):
+            parts.append(f"Error Type: {error['errorType']}")
+    return "\t".join(parts)
+
+
+def format_log(*, request_id: str, version: str, outcome: Outcome, memory_size_mb: int,
+               init_ms: float | None, tail_bytes: int) -> str:
+    """The invocation's log as Lambda shows it, cut to its last ``tail_bytes`` bytes."""
+    body = outcome.log if not outcome.log or outcome.log.endswith(b"\n") else outcome.log + b"\n"
+    report = report_line(request_id=request_id, outcome=outcome, memory_size_mb=memory_size_mb,
+                         init_ms=init_ms)
+    text = b"".join([
+        outcome.init_log,
+        f"START RequestId: {request_id} Version: {version}\n".encode(),
+        body,
+        f"END RequestId: {request_id}\n{report}\n".encode(),
+    ])
+    tail = text[-tail_bytes:]
+    skip = 0
+    while skip < min(3, len(tail)) and 0x80 <= tail[skip] < 0xC0:  # a cut UTF-8 sequence
+        skip += 1
+    return tail[skip:].decode(errors="replace")
 
 
 __all__ = ["BOOTSTRAP_FILE", "Executor", "ExecutorConfig", "FunctionSpec", "InvocationResult",

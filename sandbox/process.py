@@ -9,8 +9,9 @@ bootstrap itself with rlimits) and waits for the bootstrap's ``ready`` frame:
 that is the cold start.
 
 :meth:`SandboxProcess.invoke` sends one ``invoke`` frame and, concurrently,
-reads the result frame and drains the log pipe until the end marker carrying
-this invocation's nonce. The log is never stored whole: a :class:`LogTail`
+reads the result frame and drains the log pipe; once the result is in, one
+last read without waiting collects the rest of the handler's output (it was
+all written before the result). The log is never stored whole: a :class:`LogTail`
 keeps the last ``tail_bytes`` and counts the rest, so a handler printing
 100 MB costs the host a few kilobytes. A result frame larger than
 ``max_result_bytes`` is a protocol error.
@@ -28,9 +29,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
-import secrets
 import signal
 import subprocess
 from collections.abc import Callable
@@ -39,13 +40,12 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from sandbox.bootstrap import END_MARKER, FRAME, encode_frame
+from sandbox.bootstrap import FRAME, encode_frame
 from sandbox.spec import CgroupPlan, SandboxSpec, render_nsjail_argv, unsafe_argv, unsafe_rlimits
 
 log = logging.getLogger("sandbox")
 
 KILL_GRACE_S = 2.0
-LOG_AFTER_RESULT_GRACE_S = 1.0
 MAX_HEADER_BYTES = 64 * 1024
 SIGKILL_EXIT = 128 + signal.SIGKILL
 SIGXCPU_EXIT = 128 + signal.SIGXCPU
@@ -76,7 +76,10 @@ class Outcome:
     billed_ms: int = 0
     max_memory_mb: int = 0
     init_ms: float | None = None
-    log_tail: bytes = b""
+    log: bytes = b""
+    """What the handler wrote to stdout/stderr (the last ``tail_bytes``)."""
+    init_log: bytes = b""
+    """What init wrote (a cold start's first invocation only)."""
     reusable: bool = False
 
     def error(self) -> dict[str, Any] | None:
@@ -124,42 +127,42 @@ class LogTail:
 
 
 class _LogReader:
-    """Drains the log pipe into a LogTail; stops at the end marker for a nonce."""
+    """Drains the log pipe into a LogTail: concurrently while the jail works
+    (so a chatty handler never blocks on a full pipe), then once more without
+    waiting when the result frame is in (everything written before it is in the
+    pipe by then)."""
 
     def __init__(self, stream: trio.lowlevel.FdStream, tail_bytes: int) -> None:
         self.stream = stream
-        self.tail = LogTail(tail_bytes + 256)
-        self.tail_bytes = tail_bytes
+        self.tail = LogTail(tail_bytes)
         self.eof = False
 
-    async def until_marker(self, nonce: str) -> bool:
-        marker = END_MARKER + nonce.encode() + b"\n"
+    async def pump(self) -> None:
         while not self.eof:
             chunk = await self.stream.receive_some(1 << 16)
             if not chunk:
                 self.eof = True
-                return False
+                return
             self.tail.add(chunk)
-            at = self.tail.data.rfind(marker, max(0, len(self.tail.data) - len(chunk) - len(marker)))
-            if at >= 0:
-                del self.tail.data[at:]
-                return True
-        return False
 
-    async def drain_available(self) -> None:
-        with trio.move_on_after(0.05):
-            while not self.eof:
-                chunk = await self.stream.receive_some(1 << 16)
-                if not chunk:
-                    self.eof = True
-                    return
-                self.tail.add(chunk)
+    def drain_now(self) -> None:
+        """Read whatever is in the pipe without waiting (no other task may be reading)."""
+        fd = self.stream.fileno()
+        while not self.eof:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.eof = True
+                return
+            if not chunk:
+                self.eof = True
+                return
+            self.tail.add(chunk)
 
     def take(self) -> bytes:
-        data = self.tail.take()
-        if len(data) > self.tail_bytes:
-            data = data[-self.tail_bytes:]
-        return data
+        return self.tail.take()
 
 
 # ---------------------------------------------------------------------------
@@ -262,6 +265,7 @@ class SandboxProcess:
         self.process: trio.Process | None = None
         self.state: Literal["new", "spare", "idle", "busy", "dead"] = "new"
         self.init_ms: float | None = None
+        self.init_log = b""
         self.killed_by_us = False
         self._to_jail: trio.lowlevel.FdStream | None = None
         self._frames: _FrameReader | None = None
@@ -305,40 +309,57 @@ class SandboxProcess:
         os.set_blocking(ns_r, False)
         self._nsjail_log_fd = ns_r
 
+    async def _await_frame(self, request: bytes, timeout_s: float,
+                           ) -> tuple[tuple[dict[str, Any], bytes] | None, bool, str]:
+        """Send ``request`` (if any) and read one frame while draining the log pipe.
+
+        Returns (frame or None, whether the deadline passed, what broke).
+        """
+        assert self._to_jail is not None and self._frames is not None and self._logs is not None
+        frame: tuple[dict[str, Any], bytes] | None = None
+        problem = ""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._logs.pump)
+            with trio.move_on_after(timeout_s) as scope:
+                try:
+                    if request:
+                        await self._to_jail.send_all(request)
+                    frame = await self._frames.read()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    problem = f"pipe to sandbox broke: {exc}"
+                except ProtocolError as exc:
+                    problem = str(exc)
+            nursery.cancel_scope.cancel()
+        self._logs.drain_now()
+        return frame, scope.cancelled_caught, problem
+
     async def start(self, init_timeout_s: float) -> None:
         """Spawn and wait for the bootstrap's ready frame (the handler is imported by then)."""
         await self._spawn()
-        assert self._frames is not None and self._logs is not None
-        ready: tuple[dict[str, Any], bytes] | None = None
-        with trio.move_on_after(init_timeout_s) as scope:
-            try:
-                ready = await self._frames.read()
-            except ProtocolError:
-                ready = None
+        assert self._logs is not None
+        ready, timed_out, _ = await self._await_frame(b"", init_timeout_s)
         if ready is None or ready[0].get("op") != "ready":
-            await self._fail_start(init_timeout_s if scope.cancelled_caught else 0.0)
+            await self._fail_start(init_timeout_s if timed_out else 0.0)
         assert ready is not None
         if ready[0].get("spare"):
             self.state = "spare"
             return
         self.init_ms = float(ready[0].get("init_ms") or 0.0)
+        self.init_log = self._logs.take()
         self.state = "idle"
 
     async def load(self, env: dict[str, str], init_timeout_s: float) -> None:
         """Turn a spare into a function's sandbox: send its environment, wait for init."""
-        if self.state != "spare" or self._to_jail is None or self._frames is None:
+        if self.state != "spare" or self._logs is None:
             raise RuntimeError(f"load on a sandbox in state {self.state}")
-        ready: tuple[dict[str, Any], bytes] | None = None
-        with trio.move_on_after(init_timeout_s) as scope:
-            try:
-                await self._to_jail.send_all(encode_frame({"op": "load", "env": env}))
-                ready = await self._frames.read()
-            except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                ready = None
+        self._logs.take()  # anything a spare wrote before it was claimed is not this function's
+        request = encode_frame({"op": "load", "env": env})
+        ready, timed_out, _ = await self._await_frame(request, init_timeout_s)
         if ready is None or ready[0].get("op") != "ready":
-            await self._fail_start(init_timeout_s if scope.cancelled_caught else 0.0)
+            await self._fail_start(init_timeout_s if timed_out else 0.0)
         assert ready is not None
         self.init_ms = float(ready[0].get("init_ms") or 0.0)
+        self.init_log = self._logs.take()
         self.state = "idle"
 
     async def _fail_start(self, timed_out: float) -> None:
@@ -350,7 +371,7 @@ class SandboxProcess:
         nsjail_log = self._read_nsjail_log()
         await self.kill()
         assert self._logs is not None
-        await self._logs.drain_available()
+        self._logs.drain_now()
         jail_log = self._logs.take().decode(errors="replace")
         rc = self.process.returncode if self.process else None
         if alive and timed_out:
@@ -375,39 +396,20 @@ class SandboxProcess:
         if self.state != "idle":
             raise RuntimeError(f"invoke on a sandbox in state {self.state}")
         self.state = "busy"
-        nonce = secrets.token_hex(8)
         header = {"op": "invoke", "request_id": request_id, "deadline_ms": int(timeout_s * 1000),
-                  "arn": arn, "nonce": nonce}
-        outcome = await self._exchange(encode_frame(header, payload), request_id, nonce, timeout_s)
+                  "arn": arn}
+        frame, timed_out, problem = await self._await_frame(encode_frame(header, payload), timeout_s)
+        if timed_out:
+            outcome = await self._timed_out(request_id, timeout_s)
+        elif frame is None:
+            outcome = await self._died(request_id, problem)
+        else:
+            outcome = self._completed(frame)
         if outcome.reusable:
             self.state = "idle"
         else:
             await self.kill()
         return outcome
-
-    async def _exchange(self, frame: bytes, request_id: str, nonce: str, timeout_s: float) -> Outcome:
-        assert self._to_jail is not None and self._frames is not None and self._logs is not None
-        result: tuple[dict[str, Any], bytes] | None = None
-        problem = ""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._logs.until_marker, nonce)
-            with trio.move_on_after(timeout_s) as scope:
-                try:
-                    await self._to_jail.send_all(frame)
-                    result = await self._frames.read()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    problem = f"pipe to sandbox broke: {exc}"
-                except ProtocolError as exc:
-                    problem = str(exc)
-            if scope.cancelled_caught or result is None:
-                nursery.cancel_scope.cancel()
-            else:
-                nursery.cancel_scope.deadline = trio.current_time() + LOG_AFTER_RESULT_GRACE_S
-        if scope.cancelled_caught:
-            return await self._timed_out(request_id, timeout_s)
-        if result is None:
-            return await self._died(request_id, problem)
-        return self._completed(result)
 
     def _completed(self, result: tuple[dict[str, Any], bytes]) -> Outcome:
         header, body = result
@@ -423,19 +425,24 @@ class SandboxProcess:
             billed_ms=int(header.get("billed_ms", 0)),
             max_memory_mb=int(header.get("max_memory_mb", 0)),
             init_ms=header.get("init_ms"),
-            log_tail=self._logs.take(),
+            log=self._logs.take(),
+            init_log=self._take_init_log(),
             reusable=not fatal,
         )
+
+    def _take_init_log(self) -> bytes:
+        out, self.init_log = self.init_log, b""
+        return out
 
     async def _timed_out(self, request_id: str, timeout_s: float) -> Outcome:
         await self.kill()
         assert self._logs is not None
-        await self._logs.drain_available()
+        self._logs.drain_now()
         message = f"Task timed out after {timeout_s:.2f} seconds"
-        tail = self._logs.take() + f"{message}\n".encode()
         return Outcome(status="timeout", body=error_body("Sandbox.Timedout", message, request_id),
-                       duration_ms=timeout_s * 1000, billed_ms=int(timeout_s * 1000),
-                       log_tail=tail[-self.tail_bytes:])
+                       duration_ms=timeout_s * 1000, billed_ms=math.ceil(timeout_s * 1000),
+                       log=self._logs.take() + f"{message}\n".encode(),
+                       init_log=self._take_init_log())
 
     async def _died(self, request_id: str, problem: str) -> Outcome:
         assert self.process is not None and self._logs is not None
@@ -443,11 +450,11 @@ class SandboxProcess:
             await self.process.wait()
         rc = self.process.returncode
         await self.kill()
-        await self._logs.drain_available()
+        self._logs.drain_now()
         status, error_type, message = self._classify_exit(rc, problem)
-        tail = self._logs.take() + f"{message}\n".encode()
         return Outcome(status=status, body=error_body(error_type, message, request_id),
-                       log_tail=tail[-self.tail_bytes:])
+                       log=self._logs.take() + f"{message}\n".encode(),
+                       init_log=self._take_init_log())
 
     def _classify_exit(self, rc: int | None, problem: str) -> tuple[Status, str, str]:
         memory_limited = self.backend.kind == "nsjail" and self.backend.cgroups.limits_memory
