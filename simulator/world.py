@@ -398,7 +398,8 @@ class World:
                 return
         self.stats["delivered"] += 1
         if self._trace_messages:
-            self.trace("recv", src, dst, self._describe(msg))
+            what = payload.hex() if self.codec is not None else self._describe(msg)
+            self.trace("recv", src, dst, what)
         assert node.core is not None
         node.core.handle(src, msg, node.now(self.time_ns))
         self._drain(node)

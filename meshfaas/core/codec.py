@@ -12,8 +12,8 @@ A frame is one CBOR array::
 
 and a message, wherever it appears (top level, a field, inside a list or a
 value typed ``Any``), is the CBOR tag ``MESSAGE_CBOR_TAG`` wrapping
-``[tag, field1, field2, ...]`` in attrs field order. Frames are encoded in
-CBOR's canonical form, so equal messages give equal bytes whatever
+``[tag, field1, field2, ...]`` in attrs field order. Sets are sent as sorted
+arrays and maps ordered by key, so equal messages give equal bytes whatever
 ``PYTHONHASHSEED`` is.
 
 Decoding trusts nothing. The frame's size is checked before it is parsed;
@@ -94,20 +94,71 @@ def tag_of(cls: type) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
+_SCALARS = frozenset({int, str, bytes, bool, float, type(None)})
+_ENCODERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """The value as plain CBOR data: messages become tagged arrays, sets sorted lists."""
     cls = type(value)
-    tag = _CLS_TO_TAG.get(cls)
-    if tag is None:
-        raise EncodeError(f"cannot encode {cls.__qualname__}: not a registered message")
-    body = [tag]
-    body.extend(getattr(value, f.name) for f in attrs.fields(cls))
-    encoder.encode(cbor2.CBORTag(MESSAGE_CBOR_TAG, body))
+    if cls in _SCALARS:
+        return value
+    encoder = _ENCODERS.get(cls)
+    if encoder is not None:
+        return encoder(value)
+    if cls is tuple or cls is list:
+        return [_plain(v) for v in value]
+    if cls is frozenset or cls is set:
+        return sorted((_plain(v) for v in value), key=cbor2.dumps)
+    if isinstance(value, Mapping):
+        return {k: _plain(value[k]) for k in sorted(value, key=_map_key_order)}
+    if cls in _CLS_TO_TAG:
+        return _compile_encoder(cls)(value)
+    raise EncodeError(f"cannot encode {cls.__qualname__}: not a registered message or plain data")
+
+
+def _map_key_order(key: Any) -> tuple[str, Any]:
+    if type(key) not in (int, str, bytes):
+        raise EncodeError(f"map keys must be int, str or bytes, got {type(key).__qualname__}")
+    return (type(key).__name__, key)
+
+
+def _is_scalar_annotation(tp: Any) -> bool:
+    supertype = getattr(tp, "__supertype__", None)
+    if supertype is not None:
+        return _is_scalar_annotation(supertype)
+    if tp in _SCALARS or tp is None:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return all(_is_scalar_annotation(a) for a in typing.get_args(tp))
+    return False
+
+
+def _compile_encoder(cls: type) -> Callable[[Any], Any]:
+    """An encoder for one message class: scalar fields are taken as they are."""
+    tag = _CLS_TO_TAG[cls]
+    hints = typing.get_type_hints(cls)
+    plan = [(f.name, _is_scalar_annotation(hints.get(f.name, Any))) for f in attrs.fields(cls)]
+
+    def encode(value: Any) -> cbor2.CBORTag:
+        body: list[Any] = [tag]
+        for name, scalar in plan:
+            field = getattr(value, name)
+            body.append(field if scalar and type(field) in _SCALARS else _plain(field))
+        return cbor2.CBORTag(MESSAGE_CBOR_TAG, body)
+
+    _ENCODERS[cls] = encode
+    return encode
 
 
 def to_cbor(value: Any) -> bytes:
-    """Canonical CBOR for any value built of messages and plain data."""
+    """Deterministic CBOR for any value built of messages and plain data.
+
+    Sets are sorted and maps ordered by key before encoding, so equal values
+    give equal bytes whatever the hash seed.
+    """
     try:
-        return cbor2.dumps(value, canonical=True, default=_default)
+        return cbor2.dumps(_plain(value))
     except EncodeError:
         raise
     except Exception as exc:  # cbor2 raises several types for unencodable values

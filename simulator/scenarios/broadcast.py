@@ -42,7 +42,7 @@ from meshfaas.core.types import (
 )
 from simulator.faults import ALL_KINDS, random_plan
 from simulator.scenario import Checker, Run, Scenario, register_scenario
-from simulator.world import NodeBoot, World
+from simulator.world import NetworkConfig, NodeBoot, World
 
 RETRANSMIT_NS = 50 * NS_PER_MS
 Variant = Literal["correct", "ack-before-persist", "no-dedupe"]
@@ -255,8 +255,13 @@ class BroadcastScenario(Scenario):
                    "partitions, clogging, stalls and crashes that lose unsynced writes.")
     default_nodes = 5
     default_duration_s = 10.0
-    liveness_bound_s = 20.0
+    liveness_bound_s = 5.0
     params = {"rate": 20.0, "variant": "correct", "faults": True}
+
+    def network(self, run: Run) -> NetworkConfig:
+        # A slow disk (fsync 0.5 to 5 ms) widens the window between a write and
+        # its sync, where a crash exposes a protocol that acts before persisting.
+        return NetworkConfig(fsync_min_ns=NS_PER_MS // 2, fsync_max_ns=5 * NS_PER_MS)
 
     def setup(self, world: World, run: Run) -> None:
         variant = run.params["variant"]
