@@ -63,15 +63,16 @@ def message(tag: int) -> Callable[[type[T]], type[T]]:
     """Register a frozen attrs class as a wire message under ``tag``."""
 
     def register(cls: type[T]) -> type[T]:
-        if not attrs.has(cls):
-            raise TypeError(f"{cls.__qualname__} is not an attrs class")
+        klass: type = cls
+        if not attrs.has(klass):
+            raise TypeError(f"{klass.__qualname__} is not an attrs class")
         if not isinstance(tag, int) or tag <= 0:
             raise ValueError(f"wire tag must be a positive int, got {tag!r}")
         if tag in _TAG_TO_CLS and _TAG_TO_CLS[tag] is not cls:
             other = _TAG_TO_CLS[tag].__qualname__
             raise ValueError(f"wire tag {tag} already used by {other}")
-        _TAG_TO_CLS[tag] = cls
-        _CLS_TO_TAG[cls] = tag
+        _TAG_TO_CLS[tag] = klass
+        _CLS_TO_TAG[klass] = tag
         return cls
 
     return register

@@ -78,9 +78,9 @@ class BroadcastNode:
         self.out = Outbox()
         self.deadlines = Deadlines()
         # msg_id -> payload for messages we originated (durable table "sent")
-        self.sent: dict[str, bytes] = dict(boot.disk.get("sent", {}))
+        self.sent: dict[str, bytes] = {str(k): v for k, v in boot.disk.get("sent", {}).items()}
         # msg_ids delivered here (durable table "delivered")
-        self.delivered: set[str] = set(boot.disk.get("delivered", {}))
+        self.delivered: set[str] = {str(k) for k in boot.disk.get("delivered", {})}
         # msg_id -> peers that have not acknowledged yet
         self.waiting: dict[str, set[NodeId]] = {}
         # batch seq -> (notes to emit once persisted)
