@@ -20,6 +20,7 @@ def cli() -> None:
 # (module, attribute) pairs; each attribute is a click command or group.
 _COMMANDS: list[tuple[str, str]] = [
     ("meshfaas.cli_sim", "sim"),
+    ("meshfaas.runtime.node", "node_cli"),
 ]
 
 

@@ -9,11 +9,13 @@ effect results and ticks. After each input it *pumps*: it takes every
 ``Ready`` batch the core has and dispatches it under the contract of
 meshfaas.core.types:
 
+* ``notifications`` go first to observers (synchronous callbacks, e.g. the node
+  updating its address book from gossip) and to subscribers' bounded channels
+  (a full one drops, counted);
 * ``send_now`` goes to the transport at once;
 * ``effects`` start at once, each in its own task, through the async handler
   registered for its ``kind``; the :class:`EffectResult` (an error result if no
   handler exists or the handler raised) goes back through ``on_result``;
-* ``notifications`` go to subscribers' bounded channels (a full one drops, counted);
 * ``persist`` joins the *pending* queue, in ``seq`` order. The persister task
   takes everything pending, stages it in the store and runs ``store.sync()`` in a
   worker thread (``trio.to_thread.run_sync``), so the loop keeps running during
@@ -84,6 +86,7 @@ class Driver:
         store: DurableStore,
         clock: Clock,
         handlers: dict[str, EffectHandler] | None = None,
+        aliases: frozenset[str] = frozenset(),
     ) -> None:
         self.core = core
         self.node_id = node_id
@@ -93,6 +96,8 @@ class Driver:
         self.clock = clock
         self.stats = Counters()
         self._handlers: dict[str, EffectHandler] = dict(handlers or {})
+        self._addresses = frozenset({node_id}) | aliases  # what a frame's dst may say
+        self._observers: list[Callable[[Notification], None]] = []
         self._subscribers: list[tuple[frozenset[str] | None, trio.MemorySendChannel[Notification]]] = []
         self._pending: list[Ready] = []
         self._has_pending = trio.Event()
@@ -105,6 +110,12 @@ class Driver:
 
     def register_effect(self, kind: str, handler: EffectHandler) -> None:
         self._handlers[kind] = handler
+
+    def observe(self, observer: Callable[[Notification], None]) -> None:
+        """Call ``observer`` (synchronously, must not block) with every notification,
+        before the sends of the same batch leave: e.g. to learn a new member's
+        address before the reply to it is sent."""
+        self._observers.append(observer)
 
     def subscribe(
         self, kinds: frozenset[str] | None = None, capacity: int = DEFAULT_SUBSCRIBER_CAPACITY
@@ -126,7 +137,7 @@ class Driver:
         except DecodeError:
             self.stats.inc("decode_errors")
             return
-        if env.dst != self.node_id:
+        if env.dst not in self._addresses:
             self.stats.inc("dropped_misaddressed")
             return
         self.deliver(NodeId(env.src), env.msg)
@@ -184,11 +195,11 @@ class Driver:
             self._tick_scope.cancel()
 
     def _dispatch(self, ready: Ready) -> None:
+        for note in ready.notifications:
+            self._notify(note)
         self._send(ready.send_now)
         for effect in ready.effects:
             self._start_effect(effect)
-        for note in ready.notifications:
-            self._notify(note)
         if ready.persist or self._pending or self._syncing:
             self._pending.append(ready)
             self._has_pending.set()
@@ -279,6 +290,8 @@ class Driver:
         self._pump()
 
     def _notify(self, note: Notification) -> None:
+        for observer in self._observers:
+            observer(note)
         for kinds, send in list(self._subscribers):
             if kinds is not None and note.kind not in kinds:
                 continue

@@ -1,0 +1,287 @@
+"""The node process: ``meshfaas node start``.
+
+Theory of operation
+-------------------
+One trio nursery per node. At start the node
+
+1. gets the cluster's CURVE keys (``keys.ensure_cluster_keys``): from its data
+   directory, from ``--keys`` (copied in), or, only for the first node of a new
+   cluster (no ``--join``), freshly created; ``--insecure`` turns CURVE off and warns;
+2. opens its SQLite store (``DATA/node.db``) and refuses to start if a record is
+   damaged (a clear message; the operator decides);
+3. binds the peer ROUTER, the client ROUTER and the event PUB, and prints one JSON
+   line with its endpoints on stdout;
+4. runs the gossip core under the generic :class:`~meshfaas.runtime.driver.Driver`.
+
+*Addresses.* Gossip speaks node ids; the transport's address book maps them to
+peer endpoints. Each node advertises its peer endpoint in its gossip metadata
+(``NodeMeta.peer_addr``), and a driver observer calls ``set_peer`` for every
+member event before the sends of the same batch leave, so a reply to a node we
+just heard of is routable. A seed given by address only (``--join tcp://...``)
+is entered under the address itself as its id; the node accepts frames addressed
+to its own peer endpoint as addressed to itself, so a seed answers a join
+without knowing the joiner's name in advance.
+
+*Clients.* The client ROUTER takes one-frame requests, CBOR-encoded registered
+messages; the reply is one frame. Built in: :class:`NodeStatusRequest` ->
+:class:`NodeStatus` (this node's membership view). The FaaS layer adds its
+request types through :meth:`Node.on_client_request`.
+
+*Events.* Membership notifications are published on the PUB socket under the
+topic ``membership``, CBOR-encoded ``MemberEvent`` values.
+
+*Stopping.* SIGTERM or SIGINT: the node leaves gracefully (gossip ``Leave``),
+gives the announcement ``leave_grace_s`` to go out, then cancels the nursery;
+sockets close, the store closes. A ``kill -9`` leaves the store as its last sync
+left it; the restarted node rejoins with a higher incarnation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import trio
+
+from gossip import Gossip, GossipConfig, Leave, MemberEvent, NodeMeta
+from meshfaas.core.codec import Codec, DecodeError, from_cbor, to_cbor
+from meshfaas.core.types import NS_PER_MS, NodeId, Notification
+from meshfaas.runtime.clock import SystemClock
+from meshfaas.runtime.driver import Driver
+from meshfaas.runtime.keys import KeyFileError, Security, ensure_cluster_keys
+from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
+from meshfaas.runtime.store import SqliteStore
+from meshfaas.runtime.transport import (
+    ClientMessage,
+    ClientRouter,
+    EventPublisher,
+    Network,
+    PeerTransport,
+)
+
+log = logging.getLogger("meshfaas.node")
+
+ClientHandler = Callable[[Any], Awaitable[Any]]
+MEMBERSHIP_TOPIC = b"membership"
+
+
+class NodeStartError(Exception):
+    """The node cannot start (keys, store, addresses): a message for the operator."""
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    node_id: NodeId
+    data_dir: Path
+    peer_bind: str = "tcp://127.0.0.1:*"
+    client_bind: str = "tcp://127.0.0.1:*"
+    events_bind: str | None = None  # default: the client host, any port
+    join: tuple[str, ...] = ()
+    keys: Path | None = None
+    insecure: bool = False
+    gossip: GossipConfig = attrs.field(factory=GossipConfig)
+    role: str = "worker"
+    leave_grace_s: float = 0.5
+    seed: int | None = None
+
+
+def load_security(config: NodeConfig) -> Security:
+    if config.insecure:
+        return Security.insecure()
+    try:
+        keys = ensure_cluster_keys(config.data_dir, given=config.keys, create=not config.join)
+    except KeyFileError as exc:
+        raise NodeStartError(str(exc)) from None
+    return Security.curve(keys)
+
+
+def open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]]]:
+    store = SqliteStore(data_dir / "node.db")
+    loaded = store.load_checked()
+    if not loaded.ok:
+        store.close()
+        damaged = ", ".join(f"{c.table}: {c.reason}" for c in loaded.corrupt[:5])
+        raise NodeStartError(f"the store in {data_dir} is damaged ({loaded.error or damaged}); "
+                             "move it away to rejoin as a fresh node")
+    return store, loaded.tables
+
+
+def _events_bind(config: NodeConfig) -> str:
+    if config.events_bind:
+        return config.events_bind
+    host = config.client_bind.rsplit(":", 1)[0]
+    return f"{host}:*"
+
+
+class Node:
+    """One meshfaas node: transport, store and the gossip core under one nursery."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        security = load_security(config)
+        self.cluster_id = security.keys.cluster_id if security.keys else "insecure"
+        self.codec = Codec(self.cluster_id)
+        self.store, disk = open_store(config.data_dir)
+        self.net = Network(security)
+        self.peer = PeerTransport(self.net, config.node_id, bind=config.peer_bind, codec=self.codec)
+        self.clients = ClientRouter(self.net, bind=config.client_bind)
+        self.events = EventPublisher(self.net, bind=_events_bind(config))
+        self.clock = SystemClock()
+        self.gossip = Gossip(
+            config.gossip, config.node_id, disk, random.Random(config.seed), self.clock.now(),
+            seeds=self._seed_ids(), meta=self._own_meta())
+        self.driver = Driver(self.gossip, node_id=config.node_id, transport=self.peer,
+                             codec=self.codec, store=self.store, clock=self.clock,
+                             aliases=frozenset({self.peer.endpoint}))
+        self.driver.observe(self._on_notification)
+        self._client_handlers: dict[type, ClientHandler] = {NodeStatusRequest: self._status}
+        self._nursery: trio.Nursery | None = None
+
+    def _own_meta(self) -> NodeMeta:
+        return NodeMeta(peer_addr=self.peer.endpoint, client_addr=self.clients.endpoint,
+                        role="voter" if self.config.role == "voter" else "worker")
+
+    def _seed_ids(self) -> tuple[NodeId, ...]:
+        seeds = []
+        for addr in self.config.join:
+            if addr == self.peer.endpoint:
+                continue
+            self.peer.set_peer(NodeId(addr), addr)
+            seeds.append(NodeId(addr))
+        return tuple(seeds)
+
+    def endpoints(self) -> dict[str, str]:
+        return {"node": self.config.node_id, "cluster": self.cluster_id,
+                "peer": self.peer.endpoint, "client": self.clients.endpoint,
+                "events": self.events.endpoint}
+
+    def on_client_request(self, request_type: type, handler: ClientHandler) -> None:
+        """Serve client requests of ``request_type`` (a registered message)."""
+        self._client_handlers[request_type] = handler
+
+    # -- membership ---------------------------------------------------------
+
+    def _on_notification(self, note: Notification) -> None:
+        event = note.data
+        if not isinstance(event, MemberEvent) or event.node_id == self.config.node_id:
+            return
+        if event.meta.peer_addr:
+            self.peer.set_peer(event.node_id, event.meta.peer_addr)
+        log.info("%s: %s %s (incarnation %d)", self.config.node_id, note.kind,
+                 event.node_id, event.incarnation)
+        self.events.publish(MEMBERSHIP_TOPIC, to_cbor([note.kind, event.node_id,
+                                                       event.incarnation, event.state]))
+
+    # -- clients --------------------------------------------------------------
+
+    async def _serve_clients(self) -> None:
+        async for request in self.clients.inbound:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._answer, request)
+
+    async def _answer(self, request: ClientMessage) -> None:
+        try:
+            if len(request.parts) != 1:
+                raise DecodeError("a request is one frame")
+            msg = from_cbor(request.parts[0])
+            handler = self._client_handlers.get(type(msg))
+            reply = (await handler(msg)) if handler is not None else {"error": "unknown request"}
+        except DecodeError as exc:
+            reply = {"error": f"bad request: {exc}"}
+        self.clients.reply(request.routing_id, [to_cbor(reply)])
+
+    async def _status(self, _request: NodeStatusRequest) -> NodeStatus:
+        rows = tuple(MemberRow(node=m.node_id, state=m.state, incarnation=m.incarnation,
+                               peer_addr=m.meta.peer_addr) for m in self.gossip.members())
+        return NodeStatus(node=self.config.node_id, members=rows,
+                          counters=tuple(sorted(self.peer.counters().items())))
+
+    # -- lifetime -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.net.run)
+                for part in (self.peer.run, self.clients.run, self.events.run):
+                    await nursery.start(part)
+                await nursery.start(self.driver.run, self.peer.inbound)
+                nursery.start_soon(self._serve_clients)
+                task_status.started()
+        finally:
+            self.store.close()
+            self.net.close()
+
+    async def stop(self) -> None:
+        """Leave gracefully, then stop every task."""
+        if self._nursery is None:
+            return
+        self.driver.command(Leave())
+        await trio.sleep(self.config.leave_grace_s)  # let the leave announcement go out
+        self._nursery.cancel_scope.cancel()
+
+
+async def run_until_signalled(config: NodeConfig) -> None:
+    node = Node(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            print(json.dumps(node.endpoints()), flush=True)
+            async for signum in signals:
+                log.info("%s: %s, leaving", config.node_id, signal.Signals(signum).name)
+                await node.stop()
+                break
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+@click.group("node")
+def node_cli() -> None:
+    """Run a meshfaas node."""
+
+
+@node_cli.command("start")
+@click.option("--id", "node_id", required=True, help="This node's name in the cluster.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--peer", default="tcp://127.0.0.1:*", show_default=True,
+              help="Endpoint to bind for peers.")
+@click.option("--client", default="tcp://127.0.0.1:*", show_default=True,
+              help="Endpoint to bind for clients.")
+@click.option("--events", default=None, help="Endpoint to bind the event PUB socket.")
+@click.option("--join", default="", help="Comma-separated peer endpoints of existing nodes.")
+@click.option("--keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The cluster's keys/cluster.json, copied into the data directory.")
+@click.option("--insecure", is_flag=True, help="No CURVE (anyone who can connect can join).")
+@click.option("--role", type=click.Choice(["voter", "worker"]), default="worker")
+@click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
+@click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
+def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
+          keys: Path | None, insecure: bool, role: str, probe_interval_ms: int,
+          probe_timeout_ms: int, seed: int | None) -> None:
+    """Start a node and run it until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    gossip = GossipConfig(probe_interval_ns=probe_interval_ms * NS_PER_MS,
+                          probe_timeout_ns=probe_timeout_ms * NS_PER_MS)
+    config = NodeConfig(node_id=NodeId(node_id), data_dir=data_dir, peer_bind=peer,
+                        client_bind=client, events_bind=events,
+                        join=tuple(a.strip() for a in join.split(",") if a.strip()),
+                        keys=keys, insecure=insecure, gossip=gossip, role=role, seed=seed)
+    try:
+        trio.run(run_until_signalled, config)
+    except NodeStartError as exc:
+        raise click.ClickException(str(exc)) from None
