@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/meshfaas up
+	$(BIN)/meshfaas sim --scenario broadcast --seed 1
 
 test: check pytest
 
