@@ -197,6 +197,9 @@ class Node:
             reply = (await handler(msg)) if handler is not None else {"error": "unknown request"}
         except DecodeError as exc:
             reply = {"error": f"bad request: {exc}"}
+        except Exception as exc:  # a handler's bug must not take the node down
+            log.exception("%s: client request failed", self.config.node_id)
+            reply = {"error": f"internal error: {type(exc).__name__}"}
         self.clients.reply(request.routing_id, [to_cbor(reply)])
 
     async def _status(self, _request: NodeStatusRequest) -> NodeStatus:

@@ -238,3 +238,31 @@ async def test_inputs_before_run_are_the_callers_error() -> None:
                     store=GatedStore(log), clock=TrioClock())
     with pytest.raises(RuntimeError, match="not running"):
         driver.command(("send_only", 1))
+
+
+async def test_observers_see_notifications_before_the_batch_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (driver, core, _store, log):
+        driver.observe(lambda note: log.add("observed", note.kind))
+        core.outbox.notify("member_joined")
+        core.outbox.send(PEER, TransportProbe(nonce=1))
+        driver.command(("send_only", 2))
+        assert log.events[:3] == [("observed", "member_joined"), ("send", 1), ("send", 2)]
+
+
+async def test_frames_to_an_alias_are_ours(autojump_clock: trio.testing.MockClock) -> None:
+    log = Log()
+    core = FakeCore(log)
+    driver = Driver(core, node_id=ME, transport=RecordingTransport(log), codec=CODEC,
+                    store=GatedStore(log), clock=TrioClock(),
+                    aliases=frozenset({"tcp://127.0.0.1:7000"}))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        driver.deliver_frame(CODEC.encode(PEER, NodeId("tcp://127.0.0.1:7000"),
+                                          TransportProbe(nonce=1)))
+        driver.deliver_frame(CODEC.encode(PEER, NodeId("tcp://127.0.0.1:7001"),
+                                          TransportProbe(nonce=2)))
+        nursery.cancel_scope.cancel()
+    assert core.handled == [(PEER, TransportProbe(nonce=1))]
+    assert driver.counters()["dropped_misaddressed"] == 1
