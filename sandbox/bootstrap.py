@@ -132,18 +132,31 @@ def error_object(exc: BaseException, request_id: str) -> Json:
             "requestId": request_id, "stackTrace": _user_frames(exc.__traceback__)}
 
 
+def context_fields() -> dict[str, str]:
+    """The context attributes that come from the environment (read once per sandbox)."""
+    env = os.environ
+    return {
+        "function_name": env.get("AWS_LAMBDA_FUNCTION_NAME", ""),
+        "function_version": env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        "memory_limit_in_mb": env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+        "log_group_name": env.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
+        "log_stream_name": env.get("AWS_LAMBDA_LOG_STREAM_NAME", ""),
+    }
+
+
 class LambdaContext:
     """The ``context`` argument: the attributes AWS Lambda's Python runtime gives."""
 
-    def __init__(self, request_id: str, deadline_mono_s: float, invoked_function_arn: str) -> None:
-        env = os.environ
+    def __init__(self, request_id: str, deadline_mono_s: float, invoked_function_arn: str,
+                 static: dict[str, str] | None = None) -> None:
+        fields = static if static is not None else context_fields()
         self.aws_request_id = request_id
         self.invoked_function_arn = invoked_function_arn
-        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.function_name = fields["function_name"]
+        self.function_version = fields["function_version"]
+        self.memory_limit_in_mb = fields["memory_limit_in_mb"]
+        self.log_group_name = fields["log_group_name"]
+        self.log_stream_name = fields["log_stream_name"]
         self.identity = None
         self.client_context = None
         self._deadline_mono_s = deadline_mono_s
@@ -281,7 +294,7 @@ def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Js
     _CURRENT_REQUEST_ID = request_id
     start = time.monotonic()
     context = LambdaContext(request_id, start + header.get("deadline_ms", 3000) / 1000,
-                            str(header.get("arn", "")))
+                            str(header.get("arn", "")), state["context"])
     fatal = bool(getattr(handler, "fatal", False))
     try:
         ok, out = _call(handler, body, context, state["max_response"])
@@ -347,8 +360,7 @@ def serve(read_fd: int, write_fd: int) -> int:
     sys.stdout.write(f"INIT_START Runtime Version: python:{version}\n")
     handler = load_handler(os.environ.get("_HANDLER", "lambda_function.lambda_handler"))
     init_ms = (time.monotonic() - init_start) * 1000
-    state = {"init_ms": init_ms,
-             "memory_size": os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+    state = {"init_ms": init_ms, "context": context_fields(),
              "max_response": int(os.environ.get("MESHFAAS_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES))}
     write_all(write_fd, encode_frame({"op": "ready", "init_ms": init_ms, "python": version}))
     while True:

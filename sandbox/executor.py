@@ -24,6 +24,7 @@ Idle sandboxes expire after ``config.idle_expiry_ms``: ``run`` (started by
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -179,6 +180,8 @@ class Executor:
         self._spares_settled = trio.Event()
         self._spares_settled.set()
         self._wake = trio.Event()
+        self._reaper_at_s = math.inf
+        """When the reaper will next look (it is woken only if something expires sooner)."""
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._closed = False
@@ -263,9 +266,10 @@ class Executor:
             slot = await self._start_slot(function, version)
             if isinstance(slot, InvocationResult):
                 break
-            self._pool.put(_key(function, version), slot, trio.current_time())
+            now = trio.current_time()
+            self._pool.put(_key(function, version), slot, now)
+            self._poke_reaper(now + self.config.idle_expiry_ms / 1000)
             started += 1
-        self._wake.set()
         return started
 
     async def invoke(self, function: FunctionSpec, version: str, payload: bytes, request_id: str,
@@ -316,9 +320,15 @@ class Executor:
             while not self._closed:
                 self._wake = trio.Event()
                 await self.expire_idle()
-                with trio.move_on_at(self._next_expiry_s()):
+                self._reaper_at_s = self._next_expiry_s()
+                with trio.move_on_at(self._reaper_at_s):
                     await self._wake.wait()
             self._nursery = None
+
+    def _poke_reaper(self, expiry_s: float) -> None:
+        if expiry_s < self._reaper_at_s:
+            self._reaper_at_s = expiry_s
+            self._wake.set()
 
     def _next_expiry_s(self) -> float:
         times = [slot.since_s + self.config.idle_expiry_ms / 1000
@@ -409,7 +419,7 @@ class Executor:
             return
         slot.since_s = trio.current_time()
         self._spares.setdefault(shape, []).append(slot)
-        self._wake.set()
+        self._poke_reaper(slot.since_s + self.config.idle_expiry_ms / 1000)
 
     async def _spawn_spare(self, template: FunctionSpec) -> _Slot | None:
         if not self._free_uids:
@@ -427,7 +437,7 @@ class Executor:
                                      max_result_bytes=self.config.max_result_bytes)
             slot = _Slot(sandbox=sandbox, uid=uid, task_dir=task_dir)
             with trio.CancelScope(shield=True):
-                await sandbox.start(self.config.init_timeout_ms / 1000)
+                await sandbox.start(self.config.init_timeout_ms / 1000, self._nursery)
             return slot
         except BaseException:
             if slot is not None:
@@ -458,7 +468,7 @@ class Executor:
                                  max_result_bytes=self.config.max_result_bytes)
         slot = _Slot(sandbox=sandbox, uid=spec.outside_uid)
         try:
-            await sandbox.start(self.config.init_timeout_ms / 1000)
+            await sandbox.start(self.config.init_timeout_ms / 1000, self._nursery)
         except (SandboxStartError, OSError) as exc:
             await self._drop(key, slot, release=True)
             log.error("sandbox for %s failed to start: %s", function.name, exc)
@@ -467,8 +477,9 @@ class Executor:
 
     async def _after(self, key: Hashable, slot: _Slot) -> None:
         if slot.sandbox.state == "idle" and not self._closed:
-            self._pool.put(key, slot, trio.current_time())
-            self._wake.set()
+            now = trio.current_time()
+            self._pool.put(key, slot, now)
+            self._poke_reaper(now + self.config.idle_expiry_ms / 1000)
         else:
             await self._drop(key, slot, release=True)
 

@@ -138,12 +138,15 @@ class _LogReader:
         self.eof = False
 
     async def pump(self) -> None:
-        while not self.eof:
-            chunk = await self.stream.receive_some(1 << 16)
-            if not chunk:
-                self.eof = True
-                return
-            self.tail.add(chunk)
+        try:
+            while not self.eof:
+                chunk = await self.stream.receive_some(1 << 16)
+                if not chunk:
+                    self.eof = True
+                    return
+                self.tail.add(chunk)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.eof = True
 
     def drain_now(self) -> None:
         """Read whatever is in the pipe without waiting (no other task may be reading)."""
@@ -266,6 +269,7 @@ class SandboxProcess:
         self.state: Literal["new", "spare", "idle", "busy", "dead"] = "new"
         self.init_ms: float | None = None
         self.init_log = b""
+        self._pumping = False
         self.killed_by_us = False
         self._to_jail: trio.lowlevel.FdStream | None = None
         self._frames: _FrameReader | None = None
@@ -315,27 +319,43 @@ class SandboxProcess:
 
         Returns (frame or None, whether the deadline passed, what broke).
         """
-        assert self._to_jail is not None and self._frames is not None and self._logs is not None
+        assert self._logs is not None
+        if self._pumping:  # a long-lived task drains the log pipe already
+            result = await self._send_and_read(request, timeout_s)
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._logs.pump)
+                result = await self._send_and_read(request, timeout_s)
+                nursery.cancel_scope.cancel()
+        self._logs.drain_now()
+        return result
+
+    async def _send_and_read(self, request: bytes, timeout_s: float,
+                             ) -> tuple[tuple[dict[str, Any], bytes] | None, bool, str]:
+        assert self._to_jail is not None and self._frames is not None
         frame: tuple[dict[str, Any], bytes] | None = None
         problem = ""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._logs.pump)
-            with trio.move_on_after(timeout_s) as scope:
-                try:
-                    if request:
-                        await self._to_jail.send_all(request)
-                    frame = await self._frames.read()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    problem = f"pipe to sandbox broke: {exc}"
-                except ProtocolError as exc:
-                    problem = str(exc)
-            nursery.cancel_scope.cancel()
-        self._logs.drain_now()
+        with trio.move_on_after(timeout_s) as scope:
+            try:
+                if request:
+                    await self._to_jail.send_all(request)
+                frame = await self._frames.read()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                problem = f"pipe to sandbox broke: {exc}"
+            except ProtocolError as exc:
+                problem = str(exc)
         return frame, scope.cancelled_caught, problem
 
-    async def start(self, init_timeout_s: float) -> None:
-        """Spawn and wait for the bootstrap's ready frame (the handler is imported by then)."""
+    async def start(self, init_timeout_s: float, nursery: trio.Nursery | None = None) -> None:
+        """Spawn and wait for the bootstrap's ready frame (the handler is imported by then).
+
+        With a ``nursery``, one task drains the log pipe for the sandbox's whole
+        life (cheaper per invocation); without, each exchange drains it itself.
+        """
         await self._spawn()
+        if nursery is not None and self._logs is not None:
+            nursery.start_soon(self._logs.pump)
+            self._pumping = True
         assert self._logs is not None
         ready, timed_out, _ = await self._await_frame(b"", init_timeout_s)
         if ready is None or ready[0].get("op") != "ready":
