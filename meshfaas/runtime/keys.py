@@ -16,10 +16,14 @@ can neither send frames that reach the application nor read anything.
 
 Which client keys a server admits is decided by :class:`ZapHandler`, a trio task
 bound on ``inproc://zeromq.zap.01`` in the node's zmq context (libzmq asks it
-about every CURVE handshake; we do not use pyzmq's thread authenticator). It
-admits the cluster's public key and client keys registered with
-:meth:`ZapHandler.allow` (the SDK's keys, later from the replicated state), and
-denies everything else, counting each answer. Sockets set ``ZAP_ENFORCE_DOMAIN``
+about every CURVE handshake; we do not use pyzmq's thread authenticator). Each
+server socket names its ZAP domain (``peer``, ``client``, ``events``). The
+handler admits the cluster's public key and client keys registered with
+:meth:`ZapHandler.allow`, and denies everything else, counting each answer. A
+domain opened with :meth:`ZapHandler.open_domain` (the node opens ``client`` and
+``events``) admits any CURVE client: such a client still needs the cluster's
+*public* key to complete the handshake, the traffic is encrypted, and each
+request is authorized by its API key. The ``peer`` domain is never opened. Sockets set ``ZAP_ENFORCE_DOMAIN``
 so that if the handler is missing, handshakes fail rather than pass.
 
 An insecure mode (no CURVE, no ZAP) exists only through :meth:`Security.insecure`
@@ -46,7 +50,9 @@ from meshfaas.runtime.zsock import Counters, Parts, ZSock
 KEYS_DIR = "keys"
 CLUSTER_FILE = "cluster.json"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-ZAP_DOMAIN = b"meshfaas"
+PEER_DOMAIN = b"peer"  # ZAP domains: which socket a handshake is for
+CLIENT_DOMAIN = b"client"
+EVENTS_DOMAIN = b"events"
 CLUSTER_KEY_LABEL = "cluster"
 
 
@@ -184,11 +190,12 @@ class Security:
     def enabled(self) -> bool:
         return self.keys is not None
 
-    def server(self, sock: zmq.Socket[Any]) -> None:
-        """Make ``sock`` (ROUTER, PUB) a CURVE server checked by the ZAP handler."""
+    def server(self, sock: zmq.Socket[Any], domain: bytes = PEER_DOMAIN) -> None:
+        """Make ``sock`` (ROUTER, PUB) a CURVE server checked by the ZAP handler
+        under ``domain``."""
         if self.keys is None:
             return
-        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain)
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.curve_secretkey = self.keys.secret_key
         sock.curve_publickey = self.keys.public_key
@@ -219,6 +226,7 @@ class ZapHandler:
     def __init__(self, ctx: zmq.Context[Any], keys: ClusterKeys, counters: Counters | None = None):
         self.counters = counters if counters is not None else Counters()
         self._allowed: dict[bytes, str] = {}
+        self._open_domains: set[bytes] = set()
         self.allow(keys.public_key, CLUSTER_KEY_LABEL)
         sock = ctx.socket(zmq.ROUTER)
         sock.bind(ZAP_ENDPOINT)
@@ -231,16 +239,28 @@ class ZapHandler:
     def revoke(self, public_key_z85: bytes) -> None:
         self._allowed.pop(z85.decode(public_key_z85), None)
 
+    def open_domain(self, domain: bytes) -> None:
+        """Admit any CURVE client on sockets of ``domain`` (never the peer domain)."""
+        if domain == PEER_DOMAIN:
+            raise ValueError("the peer domain admits only the cluster's key")
+        self._open_domains.add(domain)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._zsock.run(task_status=task_status)
+
+    def _label(self, domain: bytes, public_key: bytes) -> str | None:
+        label = self._allowed.get(public_key)
+        if label is None and domain in self._open_domains and len(public_key) == 32:
+            label = "client:" + z85.encode(public_key).decode()
+        return label
 
     def _handle_request(self, parts: Parts) -> None:
         # [routing id, b"", version, request id, domain, address, identity, mechanism, creds...]
         if len(parts) < 8 or parts[1] != b"" or parts[2] != b"1.0":
             self.counters.inc("zap.malformed")
             return
-        routing_id, request_id, mechanism = parts[0], parts[3], parts[7]
-        label = self._allowed.get(parts[8]) if mechanism == b"CURVE" and len(parts) > 8 else None
+        routing_id, request_id, domain, mechanism = parts[0], parts[3], parts[4], parts[7]
+        label = self._label(domain, parts[8]) if mechanism == b"CURVE" and len(parts) > 8 else None
         if label is None:
             self.counters.inc("zap.denied")
             reply = [b"400", b"key not allowed", b""]

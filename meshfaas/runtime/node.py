@@ -22,10 +22,13 @@ is entered under the address itself as its id; the node accepts frames addressed
 to its own peer endpoint as addressed to itself, so a seed answers a join
 without knowing the joiner's name in advance.
 
-*Clients.* The client ROUTER takes one-frame requests, CBOR-encoded registered
-messages; the reply is one frame. Built in: :class:`NodeStatusRequest` ->
-:class:`NodeStatus` (this node's membership view). The FaaS layer adds its
-request types through :meth:`Node.on_client_request`.
+*Clients.* The client ROUTER admits any CURVE client that knows the cluster's
+public key (printed as ``public_key``; requests are authorized by API key at
+the application layer); a client without CURVE cannot connect. Requests are one
+frame, answered with one frame. The FaaS layer's protocol plugs in with
+:meth:`Node.on_client_frame` (raw frames) or :meth:`Node.on_client_request`
+(one handler per registered message type). Built in: :class:`NodeStatusRequest`
+-> :class:`NodeStatus` (this node's membership view and transport counters).
 
 *Events.* Membership notifications are published on the PUB socket under the
 topic ``membership``, CBOR-encoded ``MemberEvent`` values.
@@ -70,6 +73,7 @@ from meshfaas.runtime.transport import (
 log = logging.getLogger("meshfaas.node")
 
 ClientHandler = Callable[[Any], Awaitable[Any]]
+FrameHandler = Callable[[bytes], Awaitable[bytes | None]]
 MEMBERSHIP_TOPIC = b"membership"
 
 
@@ -133,8 +137,9 @@ class Node:
         self.store, disk = open_store(config.data_dir)
         self.net = Network(security)
         self.peer = PeerTransport(self.net, config.node_id, bind=config.peer_bind, codec=self.codec)
-        self.clients = ClientRouter(self.net, bind=config.client_bind)
-        self.events = EventPublisher(self.net, bind=_events_bind(config))
+        self.public_key = security.keys.public_key.decode() if security.keys else ""
+        self.clients = ClientRouter(self.net, bind=config.client_bind, any_client_key=True)
+        self.events = EventPublisher(self.net, bind=_events_bind(config), any_client_key=True)
         self.clock = SystemClock()
         self.gossip = Gossip(
             config.gossip, config.node_id, disk, random.Random(config.seed), self.clock.now(),
@@ -144,6 +149,7 @@ class Node:
                              aliases=frozenset({self.peer.endpoint}))
         self.driver.observe(self._on_notification)
         self._client_handlers: dict[type, ClientHandler] = {NodeStatusRequest: self._status}
+        self._frame_handler: FrameHandler | None = None
         self._nursery: trio.Nursery | None = None
 
     def _own_meta(self) -> NodeMeta:
@@ -161,12 +167,18 @@ class Node:
 
     def endpoints(self) -> dict[str, str]:
         return {"node": self.config.node_id, "cluster": self.cluster_id,
-                "peer": self.peer.endpoint, "client": self.clients.endpoint,
-                "events": self.events.endpoint}
+                "public_key": self.public_key, "peer": self.peer.endpoint,
+                "client": self.clients.endpoint, "events": self.events.endpoint}
 
     def on_client_request(self, request_type: type, handler: ClientHandler) -> None:
         """Serve client requests of ``request_type`` (a registered message)."""
         self._client_handlers[request_type] = handler
+
+    def on_client_frame(self, handler: FrameHandler) -> None:
+        """Offer every one-frame client request to ``handler`` first (the client
+        protocol of meshfaas.core.client_proto); it returns the reply frame, or None
+        to let the built-in requests answer."""
+        self._frame_handler = handler
 
     # -- membership ---------------------------------------------------------
 
@@ -189,18 +201,25 @@ class Node:
             self._nursery.start_soon(self._answer, request)
 
     async def _answer(self, request: ClientMessage) -> None:
+        if len(request.parts) == 1 and self._frame_handler is not None:
+            frame = await self._frame_handler(request.parts[0])
+            if frame is not None:
+                self.clients.reply(request.routing_id, [frame])
+                return
+        self.clients.reply(request.routing_id, [to_cbor(await self._builtin(request))])
+
+    async def _builtin(self, request: ClientMessage) -> Any:
         try:
             if len(request.parts) != 1:
                 raise DecodeError("a request is one frame")
             msg = from_cbor(request.parts[0])
             handler = self._client_handlers.get(type(msg))
-            reply = (await handler(msg)) if handler is not None else {"error": "unknown request"}
+            return (await handler(msg)) if handler is not None else {"error": "unknown request"}
         except DecodeError as exc:
-            reply = {"error": f"bad request: {exc}"}
+            return {"error": f"bad request: {exc}"}
         except Exception as exc:  # a handler's bug must not take the node down
             log.exception("%s: client request failed", self.config.node_id)
-            reply = {"error": f"internal error: {type(exc).__name__}"}
-        self.clients.reply(request.routing_id, [to_cbor(reply)])
+            return {"error": f"internal error: {type(exc).__name__}"}
 
     async def _status(self, _request: NodeStatusRequest) -> NodeStatus:
         rows = tuple(MemberRow(node=m.node_id, state=m.state, incarnation=m.incarnation,

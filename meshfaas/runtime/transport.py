@@ -41,7 +41,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from meshfaas.core.codec import DEFAULT_MAX_FRAME_BYTES, Codec, DecodeError, Envelope
 from meshfaas.core.types import NodeId
-from meshfaas.runtime.keys import Security, ZapHandler
+from meshfaas.runtime.keys import (
+    CLIENT_DOMAIN,
+    EVENTS_DOMAIN,
+    PEER_DOMAIN,
+    Security,
+    ZapHandler,
+)
 from meshfaas.runtime.zsock import Counters, Parts, ZSock, last_endpoint
 
 DEFAULT_INBOUND_CAPACITY = 4096
@@ -80,11 +86,19 @@ class Network:
             await trio.sleep_forever()
         await self.zap.run(task_status=task_status)
 
-    def socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
+    def socket(self, kind: int, *, server: bool, domain: bytes = PEER_DOMAIN) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        (self.security.server if server else self.security.client)(sock)
+        if server:
+            self.security.server(sock, domain)
+        else:
+            self.security.client(sock)
         return sock
+
+    def open_domain(self, domain: bytes) -> None:
+        """Admit any CURVE client key on ``domain`` (see keys.ZapHandler)."""
+        if self.zap is not None:
+            self.zap.open_domain(domain)
 
     def close(self) -> None:
         self.ctx.destroy(linger=0)
@@ -297,6 +311,9 @@ class ClientRouter:
     """The node's ROUTER for clients (SDK, CLI, HTTP bridge); CURVE server.
 
     Requests arrive on :attr:`inbound`; :meth:`reply` answers one by routing id.
+    With ``any_client_key`` any CURVE client that knows the cluster's public key
+    may connect (the SDK's ephemeral keys; requests carry API keys); otherwise
+    only the cluster key and keys registered with the ZAP handler.
     ``ROUTER_MANDATORY`` is set so a reply to a client that left is counted
     (``client.dropped_unroutable``) rather than silently lost.
     """
@@ -310,9 +327,12 @@ class ClientRouter:
         out_capacity: int = DEFAULT_PEER_QUEUE * 4,
         hwm: int = DEFAULT_SNDHWM,
         max_msg_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        any_client_key: bool = False,
     ) -> None:
         self.stats = Counters()
-        sock = net.socket(zmq.ROUTER, server=True)
+        if any_client_key:
+            net.open_domain(CLIENT_DOMAIN)
+        sock = net.socket(zmq.ROUTER, server=True, domain=CLIENT_DOMAIN)
         for opt, value in ((zmq.ROUTER_MANDATORY, 1), (zmq.SNDHWM, hwm), (zmq.RCVHWM, hwm),
                            (zmq.MAXMSGSIZE, max_msg_bytes)):
             sock.setsockopt(opt, value)
@@ -352,9 +372,12 @@ class EventPublisher:
     """
 
     def __init__(self, net: Network, *, bind: str = "tcp://127.0.0.1:*",
-                 hwm: int = DEFAULT_SNDHWM * 10, out_capacity: int = DEFAULT_PEER_QUEUE * 4):
+                 hwm: int = DEFAULT_SNDHWM * 10, out_capacity: int = DEFAULT_PEER_QUEUE * 4,
+                 any_client_key: bool = False):
         self.stats = Counters()
-        sock = net.socket(zmq.PUB, server=True)
+        if any_client_key:
+            net.open_domain(EVENTS_DOMAIN)
+        sock = net.socket(zmq.PUB, server=True, domain=EVENTS_DOMAIN)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.bind(bind)
         self.endpoint = last_endpoint(sock)

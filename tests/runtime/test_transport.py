@@ -241,3 +241,29 @@ async def test_insecure_mode_warns_and_works() -> None:
             open_peer_transport(na, A) as ta, open_peer_transport(nb, B) as tb:
         ta.set_peer(B, tb.endpoint)
         assert await send_until_received(ta, B, b"plain", tb.inbound) == b"plain"
+
+
+async def test_open_client_domain_admits_any_curve_key_but_the_peer_domain_does_not(
+    keys: ClusterKeys,
+) -> None:
+    async with open_network(Security.curve(keys)) as net, trio.open_nursery() as nursery:
+        router = ClientRouter(net, any_client_key=True)
+        await nursery.start(router.run)
+        with pytest.raises(ValueError):
+            assert net.zap is not None
+            net.zap.open_domain(b"peer")
+        anyone = raw_socket(zmq.DEALER, router.endpoint, server_key=keys.public_key,
+                            keypair=zmq.curve_keypair())
+        plain = raw_socket(zmq.DEALER, router.endpoint)
+        try:
+            plain.send(b"plain")
+            anyone.send(b"hello")
+            with trio.fail_after(5):
+                msg = await router.inbound.receive()
+            assert msg.parts == (b"hello",)
+            assert router.inbound.statistics().current_buffer_used == 0
+            assert net.counters.get("zap.allowed") >= 1
+            nursery.cancel_scope.cancel()
+        finally:
+            anyone.close(linger=0)
+            plain.close(linger=0)
