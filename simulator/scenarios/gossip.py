@@ -384,6 +384,8 @@ class GossipCrash(GossipScenario):
             "detect_all_seconds_p50": _round(percentile(all_s, 0.5)),
             "detect_all_seconds_p99": _round(percentile(all_s, 0.99)),
             "detect_all_seconds_max": _round(max(all_s)) if all_s else None,
+            "detect_all_seconds_each": [_round(x) for x in all_s],
+            "detect_first_periods_each": [_round(x) for x in first],
             "msgs_per_node_per_period": _round(self.msgs_per_node_per_period(world, world.time_ns)),
         })
         return out
