@@ -141,3 +141,20 @@ def test_convergence_bites_without_reconnection(monkeypatch: pytest.MonkeyPatch)
     r = run_scenario("gossip-crash", seed=3, nodes=6, duration_s=30,
                      params={"crashes": 0, "warmup_s": 5.0}, plan=plan)
     assert any("liveness" in v for v in r.violations)
+
+
+def test_the_trace_does_not_depend_on_pythonhashseed() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("from simulator import run_scenario; "
+            "print(run_scenario('gossip-crash', seed=4, nodes=6, duration_s=25, "
+            "params={'crashes': 1}).trace_hash)")
+    hashes = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120, check=True)
+        hashes.add(out.stdout.strip())
+    assert len(hashes) == 1 and len(next(iter(hashes))) == 64
