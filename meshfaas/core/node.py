@@ -1,0 +1,1032 @@
+"""The mesh node core: gossip, Paxos, the FaaS state machine and routing as one sans-IO core.
+
+Theory of operation
+-------------------
+A :class:`MeshNode` is what one meshfaas node *is*, with every IO left to its
+driver (the trio runtime, or the simulator). It composes two sub-cores:
+
+* a :class:`gossip.Gossip` for membership, failure detection and node
+  metadata (addresses, runtimes, capacity, load, warm sandboxes);
+* a :class:`paxos.Replica` whose state machine is the
+  :class:`~meshfaas.core.faas.FaasStateMachine`;
+
+and adds what belongs to the product: client requests, routing, invocations,
+asynchronous retries and the result store.
+
+*Composition.* Peer messages are dispatched by wire tag range (100-199 gossip,
+200-299 Paxos, 700-749 this module). Each sub-core's Ready batches are merged
+into this core's one :class:`~meshfaas.core.types.Ready`: persisted tables are
+prefixed (``g.`` and ``p.``), after-persist sends stay after-persist, and once
+the merged batch is durable each sub-core hears ``on_persisted`` for the
+batches that went into it. Sub-core notifications are consumed here (a dead
+member becomes a Paxos suspicion, an applied entry answers a waiting client)
+and the ones the outside cares about are passed on.
+
+*Clients.* The driver turns every decoded client request into a
+:class:`ClientCall` command with an opaque ``conn`` it chose, and sends back
+each ``client_reply`` notification (:class:`ClientReply`). Requests are
+planned by :func:`meshfaas.core.faas_api.plan`: answered at once, proposed to
+Paxos (the reply waits until the entry is applied here, hence durable on a
+majority), invoked, or handed to the driver as a ``client_local`` effect
+(blob uploads, recent logs). Proposals travel in *lanes*: Paxos sessions
+``node/boot/lane``, each with at most one command in flight, retried with the
+same sequence number until answered (the session table makes a retry apply
+once).
+
+*Invocations.* The entry node routes (:func:`meshfaas.core.router.pick`:
+live peers with the runtime, warm preferred, two random choices by load) and
+either runs the invocation itself (an ``invoke`` effect) or sends an
+:class:`InvokeRequest`. The target refuses when it is full
+(:class:`InvokeRefused`; the entry tries another peer, at most
+``MAX_ROUTE_ATTEMPTS``) or runs it and answers :class:`InvokeDone`. The entry
+fails a pending invocation explicitly when its target is declared dead or
+when its deadline (the function timeout plus a grace) passes.
+
+*Asynchronous invocations* are accepted through the log (the client's ack
+means a majority has it). The Paxos leader runs them: it proposes
+``StartAsyncAttempt`` (the log then says who runs attempt n, with a lease),
+routes the attempt like a synchronous one, and proposes
+``RecordAsyncAttempt`` with the outcome; a failed attempt is retried after
+the state machine's backoff, and the third failure dead-letters it. A new
+leader records an attempt whose lease expired as failed before retrying it,
+so an attempt is re-run only after a failure (or a presumed one).
+
+*Results.* Every finished invocation's record (status, duration, billed
+duration, memory, cold start, node, log tail, payload up to
+``RESULT_PAYLOAD_MAX_BYTES``) is stored durably on the entry node and the node
+that ran it, kept for ``result_retention_ns``, and found from any node: a
+node that lacks it asks every live peer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from gossip import AddSeeds, Gossip, GossipConfig, Leave, MemberEvent, NodeMeta, UpdateMeta
+from meshfaas.core import client_proto as proto
+from meshfaas.core import faas, faas_api
+from meshfaas.core.codec import message, tag_of
+from meshfaas.core.faas import CodeRef, FaasError, FaasStateMachine, FunctionConfig
+from meshfaas.core.router import MAX_ROUTE_ATTEMPTS, PeerView, RouteRequest, pick
+from meshfaas.core.types import (
+    NS_PER_MS,
+    NS_PER_S,
+    Deadlines,
+    Effect,
+    EffectResult,
+    NodeId,
+    Now,
+    Outbox,
+    Ready,
+)
+from paxos import api as paxos_api
+from paxos.replica import PaxosConfig, Replica
+
+RESULT_PAYLOAD_MAX_BYTES = 256 * 1024
+GOSSIP_TAGS = range(100, 200)
+PAXOS_TAGS = range(200, 300)
+MESH_TAGS = range(700, 750)
+
+
+# ---------------------------------------------------------------------------
+# Configuration, local commands, effects and notifications
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class MeshConfig:
+    """Static settings of one node. Durations in nanoseconds."""
+
+    node_id: str
+    voters: tuple[str, ...]
+    capacity: int = 8
+    runtimes: tuple[str, ...] = ("python3.11",)
+    peer_addr: str = ""
+    client_addr: str = ""
+    http_addr: str = ""
+    lanes: int = 32
+    proposal_retry_ns: int = 500 * NS_PER_MS
+    request_timeout_ns: int = 10 * NS_PER_S
+    invoke_grace_ns: int = 2 * NS_PER_S
+    result_retention_ns: int = 3600 * NS_PER_S
+    max_results: int = 10_000
+    meta_refresh_ns: int = 250 * NS_PER_MS
+    async_scan_ns: int = 200 * NS_PER_MS
+    async_lease_grace_ns: int = 5 * NS_PER_S
+    bootstrap_key: faas.PutApiKey | None = None
+    gossip: GossipConfig = attrs.field(factory=GossipConfig)
+    paxos_heartbeat_ns: int = 40 * NS_PER_MS
+    paxos_election_ns: int = 400 * NS_PER_MS
+    paxos_lease_ns: int = 300 * NS_PER_MS
+    paxos_variant: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ClientCall:
+    """Command: a decoded client request; ``conn`` is the driver's handle for the reply."""
+
+    conn: str
+    request: proto.ClientRequest
+
+
+@attrs.frozen(kw_only=True)
+class JoinMesh:
+    """Command: join through these seeds (node ids the transport can resolve)."""
+
+    seeds: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class LeaveMesh:
+    """Command: leave gracefully (gossip announces it)."""
+
+
+@attrs.frozen(kw_only=True)
+class SetWarm:
+    """Command from the driver: the executor's warm sandboxes (``name:version`` keys)."""
+
+    warm: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ClientReply:
+    """Notification ``client_reply``: send ``response`` back on ``conn``."""
+
+    conn: str
+    response: proto.ClientResponse
+
+
+@attrs.frozen(kw_only=True)
+class InvokeTask:
+    """Effect ``invoke``: run one invocation here. The result value is an InvocationRecord."""
+
+    invocation_id: str
+    function: str
+    version: str
+    code: CodeRef
+    config: FunctionConfig
+    payload: bytes
+    peers: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ReplicateBlob:
+    """Effect ``replicate_blob``: store blob ``sha256`` on a majority, then answer ok."""
+
+    sha256: str
+    size: int
+    peers: tuple[str, ...]
+    majority: int
+
+
+@attrs.frozen(kw_only=True)
+class LocalCall:
+    """Effect ``client_local``: a request only the driver can answer (blobs, logs).
+
+    The result value is the :class:`~meshfaas.core.client_proto.ClientResponse`.
+    """
+
+    request_id: str
+    body: Any
+
+
+# ---------------------------------------------------------------------------
+# Wire messages between nodes (tags 700-749)
+# ---------------------------------------------------------------------------
+
+
+@message(700)
+@attrs.frozen(kw_only=True)
+class InvokeRequest:
+    invocation_id: str
+    function: str
+    version: str
+    code: CodeRef
+    config: FunctionConfig
+    payload: bytes
+
+
+@message(701)
+@attrs.frozen(kw_only=True)
+class InvokeRefused:
+    invocation_id: str
+    reason: str
+
+
+@message(702)
+@attrs.frozen(kw_only=True)
+class InvokeDone:
+    invocation_id: str
+    record: proto.InvocationRecord
+
+
+@message(703)
+@attrs.frozen(kw_only=True)
+class ResultQuery:
+    query_id: int
+    invocation_id: str
+
+
+@message(704)
+@attrs.frozen(kw_only=True)
+class ResultAnswer:
+    query_id: int
+    record: proto.InvocationRecord | None
+
+
+# ---------------------------------------------------------------------------
+# Internal state records
+# ---------------------------------------------------------------------------
+
+
+@attrs.define
+class _Lane:
+    """A Paxos session: at most one proposal in flight."""
+
+    client_id: str
+    seq: int = 0
+    busy: bool = False
+
+
+@attrs.define
+class _Waiting:
+    """A proposal waiting for its result."""
+
+    lane: int
+    seq: int
+    command: Any
+    conn: str | None  # None: the node's own proposal (async scheduling, bootstrap)
+    request_id: str
+    new_key_token: str = ""
+    give_up_ns: int = 0
+
+
+@attrs.define
+class _Routing:
+    """An invocation this node routes: where it is, what it tried, who waits."""
+
+    invocation_id: str
+    function: str
+    version: str
+    code: CodeRef
+    config: FunctionConfig
+    payload: bytes
+    conn: str | None  # a synchronous caller, or None for an async attempt
+    request_id: str
+    tried: set[str]
+    target: str = ""
+    async_attempt: int = 0
+
+
+@attrs.define
+class _Running:
+    """An invocation running here, for ``entry``."""
+
+    entry: str
+    effect_id: int
+
+
+def _timeout_record(route: _Routing, status: proto.InvocationStatus, message_text: str,
+                    node: str) -> proto.InvocationRecord:
+    return proto.InvocationRecord(
+        invocation_id=route.invocation_id, function=route.function, status=status,
+        version=route.version, node=node, error_type="Sandbox.Unavailable"
+        if status == "failed" else "Sandbox.Timedout", error_message=message_text)
+
+
+class MeshNode:
+    """One meshfaas node, as a pure core. See the module docstring."""
+
+    def __init__(self, config: MeshConfig, disk: Mapping[str, Mapping[Hashable, Any]],
+                 rng: random.Random, now: Now, *, seeds: Iterable[str] = (),
+                 restarts: int = 0, disk_lost: bool = False) -> None:
+        self.cfg = config
+        self.node_id = NodeId(config.node_id)
+        self.rng = rng
+        self.out = Outbox()
+        self.deadlines = Deadlines()
+        self.now = now
+        self.counters: dict[str, int] = {}
+        self.sm = FaasStateMachine()
+        self.load = 0  # invocations running here
+        self.warm: tuple[str, ...] = ()
+        gossip_disk, paxos_disk, own_disk = _split_disk(disk)
+        self.gossip = Gossip(config.gossip, self.node_id, gossip_disk, rng, now,
+                             seeds=[NodeId(s) for s in seeds], meta=self._meta())
+        self.paxos = Replica(self._paxos_config(disk_lost), self.sm, rng, paxos_disk, now)
+        boot = int(own_disk.get("meta", {}).get("boots", 0)) + 1
+        self.out.persist("m.meta", "boots", boot)
+        self.lanes = [_Lane(client_id=f"{self.node_id}/{boot}/{i}") for i in range(config.lanes)]
+        self.waiting: dict[tuple[str, int], _Waiting] = {}
+        self.queued: list[_Waiting] = []  # proposals waiting for a free lane
+        self.routing: dict[str, _Routing] = {}
+        self.running: dict[str, _Running] = {}
+        self.effects: dict[int, tuple[str, Any]] = {}  # effect id -> (kind, context)
+        self.next_effect = 0
+        self.results: dict[str, tuple[int, proto.InvocationRecord]] = {
+            str(k): v for k, v in own_disk.get("results", {}).items()}
+        self.queries: dict[int, tuple[str, str, set[str]]] = {}  # id -> (conn, request, asked)
+        self.next_query = 0
+        self.async_running: set[str] = set()  # async request ids this leader dispatched
+        self.sub_batches: dict[int, list[tuple[Any, int]]] = {}
+        self.sub_pending: list[tuple[Any, int]] = []
+        self.last_meta: NodeMeta = self._meta()
+        self.deadlines.set(("meta",), now.mono_ns + config.meta_refresh_ns)
+        self.deadlines.set(("async",), now.mono_ns + config.async_scan_ns)
+        self.deadlines.set(("results",), now.mono_ns + NS_PER_S)
+
+    def _paxos_config(self, disk_lost: bool) -> PaxosConfig:
+        c = self.cfg
+        return PaxosConfig(node_id=c.node_id, voters=tuple(sorted(c.voters)),
+                           heartbeat_interval_ns=c.paxos_heartbeat_ns,
+                           election_timeout_ns=c.paxos_election_ns, lease_ns=c.paxos_lease_ns,
+                           disk_lost=disk_lost, variant=c.paxos_variant)
+
+    def _meta(self) -> NodeMeta:
+        c = self.cfg
+        return NodeMeta(peer_addr=c.peer_addr, client_addr=c.client_addr, http_addr=c.http_addr,
+                        runtimes=tuple(sorted(c.runtimes))[:8], capacity=c.capacity,
+                        load=min(self.load, c.capacity * 4), warm=self.warm[:32],
+                        role="voter" if c.node_id in c.voters else "worker")
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ------------------------------------------------------------ the contract
+
+    def handle(self, src: NodeId, msg: Any, now: Now) -> None:
+        self.now = now
+        tag = tag_of(type(msg))
+        if tag in GOSSIP_TAGS:
+            self.gossip.handle(src, msg, now)
+        elif tag in PAXOS_TAGS:
+            self.paxos.handle(src, msg, now)
+        elif tag in MESH_TAGS:
+            self._handle_mesh(src, msg)
+        else:
+            self._count("dropped_unknown")
+        self._pump()
+
+    def command(self, cmd: Any, now: Now) -> Any:
+        self.now = now
+        if isinstance(cmd, ClientCall):
+            self.cmd_client_call(cmd)
+        elif isinstance(cmd, JoinMesh):
+            self.gossip.command(AddSeeds(seeds=tuple(NodeId(s) for s in cmd.seeds)), now)
+        elif isinstance(cmd, LeaveMesh):
+            self.gossip.command(Leave(), now)
+        elif isinstance(cmd, SetWarm):
+            self.warm = tuple(sorted(cmd.warm))
+        else:
+            raise TypeError(f"MeshNode does not take {type(cmd).__name__}")
+        self._pump()
+        return None
+
+    def tick(self, now: Now) -> None:
+        self.now = now
+        self.gossip.tick(now)
+        self.paxos.tick(now)
+        for key in self.deadlines.pop_due(now.mono_ns):
+            self._on_deadline(key)
+        self._pump()
+
+    def next_deadline(self) -> int | None:
+        found = [d for d in (self.gossip.next_deadline(), self.paxos.next_deadline(),
+                             self.deadlines.next_deadline()) if d is not None]
+        return min(found) if found else None
+
+    def take_ready(self) -> Ready | None:
+        self._pump()
+        ready = self.out.take()
+        if ready is not None and self.sub_pending:
+            self.sub_batches[ready.seq] = self.sub_pending
+            self.sub_pending = []
+        return ready
+
+    def on_persisted(self, seq: int) -> None:
+        for core, sub_seq in self.sub_batches.pop(seq, []):
+            core.on_persisted(sub_seq)
+        self._pump()
+
+    def on_result(self, result: EffectResult, now: Now) -> None:
+        self.now = now
+        kind, context = self.effects.pop(result.effect_id, ("", None))
+        if kind == "invoke":
+            self._on_invoke_result(context, result)
+        elif kind == "replicate_blob":
+            self._on_blob_replicated(context, result)
+        elif kind == "client_local":
+            self._on_local_result(context, result)
+        self._pump()
+
+    # ----------------------------------------------------- merging sub-cores
+
+    def _pump(self) -> None:
+        """Merge every ready sub-core batch into ours, reacting to its notifications."""
+        for _ in range(1_000):
+            progressed = False
+            for prefix, core in (("g.", self.gossip), ("p.", self.paxos)):
+                ready = core.take_ready()
+                if ready is not None:
+                    self._merge(prefix, core, ready)
+                    progressed = True
+            if not progressed:
+                return
+        raise RuntimeError("sub-cores kept producing output: a feedback loop")
+
+    def _merge(self, prefix: str, core: Any, ready: Ready) -> None:
+        for w in ready.persist:
+            self.out.persist(prefix + w.table, w.key, w.value)
+        for o in ready.send_now:
+            self.out.send(o.dst, o.msg)
+        for o in ready.send_after_persist:
+            self.out.send_after_persist(o.dst, o.msg)
+        if ready.persist:
+            self.sub_pending.append((core, ready.seq))
+        else:
+            core.on_persisted(ready.seq)
+        for note in ready.notifications:
+            self._on_sub_note(note.kind, note.data)
+
+    def _on_sub_note(self, kind: str, data: Any) -> None:
+        if kind.startswith("member_") or kind == "meta_changed":
+            self._on_member(kind, data)
+        elif kind == paxos_api.NOTE_RESULT:
+            self._on_paxos_result(data)
+        elif kind == paxos_api.NOTE_APPLIED:
+            self.out.notify(kind, data)
+            self._on_applied(data)
+        elif kind in (paxos_api.NOTE_CHOSEN, paxos_api.NOTE_LEADER):
+            self.out.notify(kind, data)
+
+    # ------------------------------------------------------------ membership
+
+    def _on_member(self, kind: str, event: MemberEvent) -> None:
+        self.out.notify("member", event)
+        if kind in ("member_dead", "member_left"):
+            self.paxos.command(paxos_api.Suspect(node_id=event.node_id), self.now)
+            self._fail_routed_to(event.node_id, f"node {event.node_id} was declared {event.state}")
+        elif kind in ("member_alive", "member_joined"):
+            self.paxos.command(paxos_api.Suspect(node_id=event.node_id, alive=True), self.now)
+
+    def peer_views(self) -> list[PeerView]:
+        """The router's view: every member plus ourselves, from gossip metadata."""
+        views = [PeerView(node=self.node_id, state="alive", runtimes=frozenset(self.cfg.runtimes),
+                          capacity=self.cfg.capacity, load=self.load,
+                          warm=frozenset(self.warm))]
+        for info in self.gossip.members():
+            if info.node_id == self.node_id or info.state not in ("alive", "suspect"):
+                continue
+            meta = info.meta
+            views.append(PeerView(node=info.node_id, state="alive" if info.state == "alive"
+                                  else "suspect", runtimes=frozenset(meta.runtimes),
+                                  capacity=meta.capacity, load=meta.load + self._sent_to(info.node_id),
+                                  warm=frozenset(meta.warm)))
+        return views
+
+    def _sent_to(self, node: str) -> int:
+        return sum(1 for r in self.routing.values() if r.target == node)
+
+    def live_peers(self) -> list[str]:
+        return sorted(i.node_id for i in self.gossip.members()
+                      if i.node_id != self.node_id and i.state in ("alive", "suspect"))
+
+    # --------------------------------------------------------------- clients
+
+    def cmd_client_call(self, call: ClientCall) -> None:
+        body = call.request.body
+        if isinstance(body, proto.GetResult):
+            self._get_result(call, body.invocation_id)
+            return
+        plan = faas_api.plan(self.sm, call.request, node=self.node_id,
+                             wall_ns=self.now.wall_ns, random_bytes=self.rng.randbytes)
+        if isinstance(plan, faas_api.Reply):
+            self._reply(call.conn, plan.response)
+        elif isinstance(plan, faas_api.Propose):
+            self._start_proposal(plan, call.conn)
+        elif isinstance(plan, faas_api.Invoke):
+            self._start_invoke(plan, call.conn)
+        else:
+            self._local(plan, call.conn)
+
+    def _reply(self, conn: str | None, response: proto.ClientResponse) -> None:
+        if conn is not None:
+            self.out.notify("client_reply", ClientReply(conn=conn, response=response))
+
+    def _fail(self, conn: str | None, request_id: str, kind: proto.ErrorKind, text: str) -> None:
+        self._reply(conn, proto.fail(request_id, kind, text))
+
+    def _local(self, plan: faas_api.Local, conn: str) -> None:
+        body = plan.body
+        if isinstance(body, proto.Ping):
+            self._reply(conn, proto.ok(plan.request_id, proto.Pong(node=self.node_id)))
+        elif isinstance(body, proto.Members):
+            self._reply(conn, proto.ok(plan.request_id, self.member_infos()))
+        elif isinstance(body, proto.Status):
+            self._reply(conn, proto.ok(plan.request_id, self.status_info()))
+        else:
+            self._effect("client_local", LocalCall(request_id=plan.request_id, body=body),
+                         (conn, plan.request_id))
+
+    def _on_local_result(self, context: tuple[str, str], result: EffectResult) -> None:
+        conn, request_id = context
+        if result.ok and isinstance(result.value, proto.ClientResponse):
+            self._reply(conn, attrs.evolve(result.value, request_id=request_id))
+        else:
+            self._fail(conn, request_id, "Internal", result.error or "local request failed")
+
+    def member_infos(self) -> list[proto.MemberInfo]:
+        rows = [proto.MemberInfo(node=self.node_id, state="alive",
+                                 client_endpoint=self.cfg.client_addr,
+                                 runtimes=tuple(self.cfg.runtimes), capacity=self.cfg.capacity,
+                                 load=self.load, warm=len(self.warm))]
+        for info in self.gossip.members():
+            if info.node_id == self.node_id:
+                continue
+            state = info.state if info.state in ("alive", "suspect", "dead", "left") else "dead"
+            rows.append(proto.MemberInfo(node=info.node_id, state=state,
+                                         client_endpoint=info.meta.client_addr,
+                                         runtimes=info.meta.runtimes,
+                                         capacity=info.meta.capacity, load=info.meta.load,
+                                         warm=len(info.meta.warm)))
+        return sorted(rows, key=lambda r: r.node)
+
+    def status_info(self) -> proto.StatusInfo:
+        leader = self.paxos.leader_info()
+        loads = {v.node: v.load for v in self.peer_views()}
+        return proto.StatusInfo(node=self.node_id, leader=leader.leader_hint,
+                                commit_index=leader.applied_index,
+                                applied_index=leader.applied_index,
+                                functions=len(self.sm.list_functions()), load=loads)
+
+    # ------------------------------------------------------------- proposals
+
+    def _start_proposal(self, plan: faas_api.Propose, conn: str | None) -> None:
+        cmd = plan.command
+        if isinstance(cmd, faas.DeployFunction):
+            self._replicate_then_propose(plan, conn, cmd.code)
+            return
+        self._propose(plan.command, conn, plan.request_id, plan.new_key_token)
+
+    def _replicate_then_propose(self, plan: faas_api.Propose, conn: str | None,
+                                code: CodeRef) -> None:
+        peers = tuple(self.live_peers())
+        majority = len(self.cfg.voters) // 2 + 1
+        task = ReplicateBlob(sha256=code.sha256, size=code.size_bytes, peers=peers, majority=majority)
+        self._effect("replicate_blob", task, (plan, conn))
+
+    def _on_blob_replicated(self, context: tuple[faas_api.Propose, str | None],
+                            result: EffectResult) -> None:
+        plan, conn = context
+        if not result.ok:
+            self._fail(conn, plan.request_id, "Unavailable",
+                       f"code could not be stored on a majority: {result.error}")
+            return
+        self._propose(plan.command, conn, plan.request_id, plan.new_key_token)
+
+    def _propose(self, command: Any, conn: str | None, request_id: str,
+                 new_key_token: str = "") -> None:
+        waiting = _Waiting(lane=-1, seq=0, command=command, conn=conn, request_id=request_id,
+                           new_key_token=new_key_token,
+                           give_up_ns=self.now.mono_ns + self.cfg.request_timeout_ns)
+        lane = next((i for i, ln in enumerate(self.lanes) if not ln.busy), None)
+        if lane is None:
+            if len(self.queued) >= 10 * len(self.lanes):
+                self._fail(conn, request_id, "Throttled", "too many proposals in flight")
+                return
+            self.queued.append(waiting)
+            return
+        self._send_on_lane(lane, waiting)
+
+    def _send_on_lane(self, lane_index: int, waiting: _Waiting) -> None:
+        lane = self.lanes[lane_index]
+        lane.busy = True
+        lane.seq += 1
+        waiting.lane, waiting.seq = lane_index, lane.seq
+        self.waiting[(lane.client_id, lane.seq)] = waiting
+        self._submit(waiting)
+
+    def _submit(self, waiting: _Waiting) -> None:
+        lane = self.lanes[waiting.lane]
+        self.paxos.command(paxos_api.Propose(client_id=lane.client_id, seq=waiting.seq,
+                                             payload=waiting.command), self.now)
+        self.deadlines.set(("retry", lane.client_id, waiting.seq),
+                           self.now.mono_ns + self.cfg.proposal_retry_ns)
+
+    def _retry_proposal(self, client_id: str, seq: int) -> None:
+        waiting = self.waiting.get((client_id, seq))
+        if waiting is None:
+            return
+        if self.now.mono_ns >= waiting.give_up_ns:
+            self._finish_lane(client_id, seq)
+            self._fail(waiting.conn, waiting.request_id, "Unavailable",
+                       "no Paxos majority answered in time; the change may still apply")
+            return
+        self._submit(waiting)
+
+    def _on_paxos_result(self, result: paxos_api.CommandResult) -> None:
+        waiting = self.waiting.get((result.client_id, result.seq))
+        if waiting is None:
+            return
+        if not result.ok:
+            return  # not-leader / no leader yet: the retry deadline resubmits
+        self._finish_lane(result.client_id, result.seq)
+        self._on_proposal_done(waiting, result.value)
+
+    def _finish_lane(self, client_id: str, seq: int) -> None:
+        waiting = self.waiting.pop((client_id, seq), None)
+        self.deadlines.cancel(("retry", client_id, seq))
+        if waiting is None:
+            return
+        self.lanes[waiting.lane].busy = False
+        if self.queued:
+            self._send_on_lane(waiting.lane, self.queued.pop(0))
+
+    def _on_proposal_done(self, waiting: _Waiting, value: Any) -> None:
+        cmd = waiting.command
+        if isinstance(cmd, faas.StartAsyncAttempt):
+            self._on_attempt_started(cmd, value)
+        elif isinstance(cmd, faas.RecordAsyncAttempt):
+            self.async_running.discard(cmd.request_id)
+        if waiting.conn is not None:
+            self._reply(waiting.conn, faas_api.finish(waiting.request_id, value,
+                                                      new_key_token=waiting.new_key_token))
+
+    def _on_applied(self, applied: paxos_api.Applied) -> None:
+        """After the log moved: bootstrap the first key once, if we lead."""
+        self._maybe_bootstrap_key()
+
+    def _maybe_bootstrap_key(self) -> None:
+        key = self.cfg.bootstrap_key
+        if key is None or self.sm.list_keys() or not self.paxos.leader_info().is_leader:
+            return
+        if any(isinstance(w.command, faas.PutApiKey) for w in self.waiting.values()):
+            return
+        self._propose(key, None, "bootstrap-key")
+
+    # ----------------------------------------------------------- invocations
+
+    def _start_invoke(self, plan: faas_api.Invoke, conn: str | None, attempt: int = 0) -> None:
+        r = plan.resolved
+        route = _Routing(invocation_id=plan.invocation_id, function=r.name, version=r.version,
+                         code=r.code, config=r.config, payload=plan.payload, conn=conn,
+                         request_id=plan.request_id, tried=set(), async_attempt=attempt)
+        self.routing[route.invocation_id] = route
+        self._route(route)
+
+    def _route(self, route: _Routing) -> None:
+        if len(route.tried) >= MAX_ROUTE_ATTEMPTS:
+            self._finish_route(route, None, "Throttled", "every peer tried was full")
+            return
+        request = RouteRequest(function=route.function,
+                               warm_key=f"{route.function}:{route.version}",
+                               runtime=route.config.runtime, exclude=frozenset(route.tried))
+        decision = pick(self.peer_views(), request, self.rng)
+        if decision.node is None:
+            kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
+            text = {"no_runtime": f"no live node has runtime {route.config.runtime}",
+                    "throttled": "every node is at capacity",
+                    "all_excluded": "every node refused"}.get(decision.reason, decision.reason)
+            self._finish_route(route, None, kind, text)
+            return
+        route.target = decision.node
+        route.tried.add(decision.node)
+        deadline = self.now.mono_ns + route.config.timeout_s * NS_PER_S + self.cfg.invoke_grace_ns
+        self.deadlines.set(("invoke", route.invocation_id), deadline)
+        request_msg = InvokeRequest(invocation_id=route.invocation_id, function=route.function,
+                                    version=route.version, code=route.code,
+                                    config=route.config, payload=route.payload)
+        if decision.node == self.node_id:
+            self._run_here(request_msg, self.node_id)
+        else:
+            self.out.send(NodeId(decision.node), request_msg)
+
+    def _run_here(self, req: InvokeRequest, entry: str) -> None:
+        if req.invocation_id in self.running:
+            return  # a duplicate request: the running one will answer
+        if self.load >= self.cfg.capacity:
+            self._count("refused_full")
+            self._deliver_refusal(entry, req.invocation_id, "full")
+            return
+        self.load += 1
+        task = InvokeTask(invocation_id=req.invocation_id, function=req.function,
+                          version=req.version, code=req.code, config=req.config,
+                          payload=req.payload, peers=tuple(self.live_peers()))
+        effect_id = self._effect("invoke", task, req.invocation_id)
+        self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id)
+
+    def _deliver_refusal(self, entry: str, invocation_id: str, reason: str) -> None:
+        if entry == self.node_id:
+            self._on_refused(InvokeRefused(invocation_id=invocation_id, reason=reason))
+        else:
+            self.out.send(NodeId(entry), InvokeRefused(invocation_id=invocation_id, reason=reason))
+
+    def _on_invoke_result(self, invocation_id: str, result: EffectResult) -> None:
+        running = self.running.pop(invocation_id, None)
+        self.load = max(0, self.load - 1)
+        if running is None:
+            return
+        record = result.value if result.ok and isinstance(result.value, proto.InvocationRecord) \
+            else proto.InvocationRecord(invocation_id=invocation_id, function="", status="failed",
+                                        node=self.node_id, error_type="Sandbox.Error",
+                                        error_message=result.error or "the executor failed")
+        record = attrs.evolve(record, node=self.node_id)
+        self._store_result(record)
+        if running.entry == self.node_id:
+            self._on_done(InvokeDone(invocation_id=invocation_id, record=record))
+        else:
+            self.out.send(NodeId(running.entry), InvokeDone(invocation_id=invocation_id,
+                                                            record=_trim(record)))
+
+    def _on_refused(self, msg: InvokeRefused) -> None:
+        route = self.routing.get(msg.invocation_id)
+        if route is None:
+            return
+        self.deadlines.cancel(("invoke", msg.invocation_id))
+        route.target = ""
+        self._route(route)
+
+    def _on_done(self, msg: InvokeDone) -> None:
+        route = self.routing.get(msg.invocation_id)
+        if route is None:
+            return
+        self._store_result(msg.record)
+        self.out.notify("invocation", msg.record)
+        self._finish_route(route, msg.record, None, "")
+
+    def _finish_route(self, route: _Routing, record: proto.InvocationRecord | None,
+                      kind: proto.ErrorKind | None, text: str) -> None:
+        self.routing.pop(route.invocation_id, None)
+        self.deadlines.cancel(("invoke", route.invocation_id))
+        if route.async_attempt:
+            self._record_async(route, record, text)
+            return
+        if record is None:
+            assert kind is not None
+            self._fail(route.conn, route.request_id, kind, text)
+            return
+        self._reply(route.conn, _invoke_response(route.request_id, record))
+
+    def _fail_routed_to(self, node: str, text: str) -> None:
+        for route in sorted(self.routing.values(), key=lambda r: r.invocation_id):
+            if route.target == node:
+                record = _timeout_record(route, "failed", text, node)
+                self._store_result(record)
+                if route.async_attempt:
+                    self._finish_route(route, record, None, text)
+                else:
+                    self._finish_route(route, None, "Unavailable", text)
+
+    def _on_invoke_deadline(self, invocation_id: str) -> None:
+        route = self.routing.get(invocation_id)
+        if route is None:
+            return
+        text = f"no answer from {route.target} within the function timeout"
+        record = _timeout_record(route, "timeout", text, route.target)
+        self._store_result(record)
+        if route.async_attempt:
+            self._finish_route(route, record, None, text)
+        else:
+            self._finish_route(route, None, "Timeout", text)
+
+    # ------------------------------------------------------ mesh messages in
+
+    def _handle_mesh(self, src: NodeId, msg: Any) -> None:
+        if isinstance(msg, InvokeRequest):
+            self._run_here(msg, src)
+        elif isinstance(msg, InvokeRefused):
+            if self._routed_to(msg.invocation_id, src):
+                self._on_refused(msg)
+        elif isinstance(msg, InvokeDone):
+            if self._routed_to(msg.invocation_id, src):
+                self._on_done(msg)
+        elif isinstance(msg, ResultQuery):
+            found = self.results.get(msg.invocation_id)
+            self.out.send(src, ResultAnswer(query_id=msg.query_id,
+                                            record=None if found is None else found[1]))
+        elif isinstance(msg, ResultAnswer):
+            self._on_result_answer(src, msg)
+
+    def _routed_to(self, invocation_id: str, src: str) -> bool:
+        route = self.routing.get(invocation_id)
+        if route is None or route.target != src:
+            self._count("dropped_stray_invoke_reply")
+            return False
+        return True
+
+    # --------------------------------------------------------------- results
+
+    def _store_result(self, record: proto.InvocationRecord) -> None:
+        record = _trim(record)
+        self.results[record.invocation_id] = (self.now.wall_ns, record)
+        self.out.persist("m.results", record.invocation_id, (self.now.wall_ns, record))
+        if len(self.results) > self.cfg.max_results:
+            oldest = min(self.results, key=lambda k: (self.results[k][0], k))
+            del self.results[oldest]
+            self.out.persist("m.results", oldest, None)
+
+    def _expire_results(self) -> None:
+        horizon = self.now.wall_ns - self.cfg.result_retention_ns
+        for key in sorted(k for k, (at, _) in self.results.items() if at < horizon):
+            del self.results[key]
+            self.out.persist("m.results", key, None)
+
+    def _get_result(self, call: ClientCall, invocation_id: str) -> None:
+        rid = call.request.request_id
+        if self.sm.authenticate(call.request.api_key) is None:
+            self._fail(call.conn, rid, "Unauthorized", "unknown or revoked API key")
+            return
+        found = self.results.get(invocation_id)
+        if found is not None:
+            self._reply(call.conn, proto.ok(rid, found[1]))
+            return
+        record = self._async_record(invocation_id)
+        peers = self.live_peers()
+        if not peers:
+            self._result_missing(call.conn, rid, invocation_id, record)
+            return
+        self.next_query += 1
+        self.queries[self.next_query] = (call.conn, rid, set(peers))
+        for peer in peers:
+            self.out.send(NodeId(peer), ResultQuery(query_id=self.next_query,
+                                                    invocation_id=invocation_id))
+        self.deadlines.set(("query", self.next_query, invocation_id),
+                           self.now.mono_ns + NS_PER_S)
+
+    def _async_record(self, invocation_id: str) -> proto.InvocationRecord | None:
+        rec = self.sm.get_async(invocation_id)
+        if rec is None:
+            return None
+        status: proto.InvocationStatus = rec.status if rec.status in (
+            "pending", "running", "succeeded", "failed", "dead_letter") else "pending"
+        return proto.InvocationRecord(invocation_id=rec.request_id, function=rec.function,
+                                      status=status, node=rec.node, attempts=rec.attempts,
+                                      error_type=rec.error_type, error_message=rec.error_message)
+
+    def _on_result_answer(self, src: str, msg: ResultAnswer) -> None:
+        query = self.queries.get(msg.query_id)
+        if query is None:
+            return
+        conn, rid, asked = query
+        asked.discard(src)
+        if msg.record is not None:
+            del self.queries[msg.query_id]
+            self._reply(conn, proto.ok(rid, msg.record))
+        elif not asked:
+            del self.queries[msg.query_id]
+            self._result_missing(conn, rid, "", None)
+
+    def _on_query_deadline(self, query_id: int, invocation_id: str) -> None:
+        query = self.queries.pop(query_id, None)
+        if query is not None:
+            self._result_missing(query[0], query[1], invocation_id,
+                                 self._async_record(invocation_id))
+
+    def _result_missing(self, conn: str, rid: str, invocation_id: str,
+                        record: proto.InvocationRecord | None) -> None:
+        if record is not None:
+            self._reply(conn, proto.ok(rid, record))
+        else:
+            self._fail(conn, rid, "NotFound", f"no invocation {invocation_id} is known")
+
+    # ----------------------------------------------------------- async work
+
+    def _scan_async(self) -> None:
+        """As leader: start due attempts, and fail attempts whose lease expired."""
+        if not self.paxos.leader_info().is_leader:
+            self.async_running.clear()
+            return
+        wall = self.now.wall_ns
+        for rec in self.sm.expired_attempts(wall):
+            if rec.request_id not in self.async_running:
+                self.async_running.add(rec.request_id)
+                self._propose(self._failed_attempt(rec.request_id, rec.attempts,
+                                                   "Sandbox.Lost", "the attempt's lease expired"),
+                              None, "")
+        for rec in self.sm.due_async(wall, limit=16):
+            if rec.request_id in self.async_running or len(self.async_running) > 256:
+                continue
+            self.async_running.add(rec.request_id)
+            self._propose(faas.StartAsyncAttempt(
+                request_id=rec.request_id, attempt=rec.attempts + 1, node=self.node_id,
+                wall_ns=wall, lease_until_wall_ns=wall + self._lease_ns(rec.function)), None, "")
+
+    def _lease_ns(self, function: str) -> int:
+        record = self.sm.get_function(function)
+        timeout_s = record.config.timeout_s if record is not None else faas.TIMEOUT_S_MAX
+        return timeout_s * NS_PER_S + self.cfg.async_lease_grace_ns
+
+    def _failed_attempt(self, request_id: str, attempt: int, error_type: str,
+                        text: str) -> faas.RecordAsyncAttempt:
+        wall = self.now.wall_ns
+        return faas.RecordAsyncAttempt(request_id=request_id, attempt=attempt, ok=False,
+                                       wall_ns=wall, node=self.node_id, error_type=error_type,
+                                       error_message=text,
+                                       retry_at_wall_ns=wall + faas.async_retry_delay_ns(attempt))
+
+    def _on_attempt_started(self, cmd: faas.StartAsyncAttempt, value: Any) -> None:
+        if isinstance(value, FaasError) or not isinstance(value, faas.AsyncRecord):
+            self.async_running.discard(cmd.request_id)
+            return
+        resolved = self.sm.resolve(value.function, value.qualifier or None, 0)
+        if isinstance(resolved, FaasError):
+            self._propose(self._failed_attempt(cmd.request_id, cmd.attempt, "ResourceNotFound",
+                                               resolved.message), None, "")
+            return
+        plan = faas_api.Invoke(request_id="", invocation_id=cmd.request_id, resolved=resolved,
+                               payload=value.payload, caller_key_id="")
+        self._start_invoke(plan, None, attempt=cmd.attempt)
+
+    def _record_async(self, route: _Routing, record: proto.InvocationRecord | None,
+                      text: str) -> None:
+        if record is not None and record.status == "succeeded":
+            cmd = faas.RecordAsyncAttempt(request_id=route.invocation_id,
+                                          attempt=route.async_attempt, ok=True,
+                                          wall_ns=self.now.wall_ns, node=record.node)
+        else:
+            error_type = record.error_type if record is not None else "Sandbox.Unavailable"
+            message_text = record.error_message if record is not None else text
+            cmd = self._failed_attempt(route.invocation_id, route.async_attempt, error_type,
+                                       message_text)
+        self._propose(cmd, None, "")
+
+    # --------------------------------------------------------------- timers
+
+    def _on_deadline(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        kind = key[0]
+        if kind == "retry":
+            self._retry_proposal(key[1], key[2])
+        elif kind == "invoke":
+            self._on_invoke_deadline(key[1])
+        elif kind == "query":
+            self._on_query_deadline(key[1], key[2])
+        elif kind == "meta":
+            self._refresh_meta()
+            self.deadlines.set(key, self.now.mono_ns + self.cfg.meta_refresh_ns)
+        elif kind == "async":
+            self._scan_async()
+            self._maybe_bootstrap_key()
+            self.deadlines.set(key, self.now.mono_ns + self.cfg.async_scan_ns)
+        elif kind == "results":
+            self._expire_results()
+            self.deadlines.set(key, self.now.mono_ns + 60 * NS_PER_S)
+
+    def _refresh_meta(self) -> None:
+        meta = self._meta()
+        if meta != self.last_meta:
+            self.last_meta = meta
+            self.gossip.command(UpdateMeta(meta=meta), self.now)
+
+    # -------------------------------------------------------------- effects
+
+    def _effect(self, kind: str, args: Any, context: Any) -> int:
+        self.next_effect += 1
+        self.effects[self.next_effect] = (kind, context)
+        self.out.effect(Effect(effect_id=self.next_effect, kind=kind, args=args))
+        return self.next_effect
+
+
+def _split_disk(disk: Mapping[str, Mapping[Hashable, Any]]) -> tuple[
+        dict[str, Mapping[Hashable, Any]], dict[str, Mapping[Hashable, Any]],
+        dict[str, Mapping[Hashable, Any]]]:
+    gossip_disk: dict[str, Mapping[Hashable, Any]] = {}
+    paxos_disk: dict[str, Mapping[Hashable, Any]] = {}
+    own: dict[str, Mapping[Hashable, Any]] = {}
+    for table, rows in disk.items():
+        if table.startswith("g."):
+            gossip_disk[table[2:]] = rows
+        elif table.startswith("p."):
+            paxos_disk[table[2:]] = rows
+        elif table.startswith("m."):
+            own[table[2:]] = rows
+    return gossip_disk, paxos_disk, own
+
+
+def _trim(record: proto.InvocationRecord) -> proto.InvocationRecord:
+    """Bound what is stored and sent: the payload beyond the cap is dropped."""
+    if record.payload is not None and len(record.payload) > RESULT_PAYLOAD_MAX_BYTES:
+        return attrs.evolve(record, payload=None,
+                            error_message=record.error_message or "result payload not kept")
+    return record
+
+
+def _invoke_response(request_id: str, record: proto.InvocationRecord) -> proto.ClientResponse:
+    if record.status == "succeeded":
+        return proto.ok(request_id, proto.InvokeResult(
+            invocation_id=record.invocation_id, payload=record.payload or b"",
+            executed_version=record.version, node=record.node, log_tail=record.log_tail))
+    if record.status == "timeout":
+        kind: proto.ErrorKind = "Timeout"
+    elif record.error_type.startswith("Sandbox.Unavailable"):
+        kind = "Unavailable"
+    else:
+        kind = "FunctionError"
+    error = proto.ClientError(kind=kind, message=record.error_message or record.error_type,
+                              error_type=record.error_type, error_message=record.error_message,
+                              invocation_id=record.invocation_id)
+    return proto.ClientResponse(request_id=request_id, ok=False, error=error)
