@@ -19,6 +19,7 @@ version "none" with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -102,3 +103,36 @@ def plan_cgroups(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cg
     if (base / "memory").is_dir():
         return _plan_v1(base, proc_text)
     return CgroupPlan(version="none", reason=f"no cgroup v1 or v2 hierarchy at {root}")
+
+
+def _jail_cgroup_dirs(root: Path, plan: CgroupPlan) -> list[Path]:
+    if plan.version == "v2":
+        parents = [Path(plan.v2_mount)]
+    elif plan.version == "v1":
+        parents = [root / "memory" / plan.v1_memory_parent, root / "pids" / plan.v1_pids_parent]
+        if plan.v1_cpu_available:
+            parents.append(root / "cpu" / plan.v1_cpu_parent)
+    else:
+        return []
+    found: list[Path] = []
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            found.extend(sorted(p for p in parent.iterdir() if p.name.startswith("NSJAIL.")))
+    return found
+
+
+def remove_stale_jail_cgroups(plan: CgroupPlan, root: str = "/sys/fs/cgroup",
+                              proc: str = "/proc") -> int:
+    """Remove the cgroups of jails whose process is gone (left when nsjail was SIGKILLed).
+
+    nsjail names each one after its jail's pid; a cgroup still in use cannot be
+    removed (EBUSY), so this never disturbs a live jail. Returns how many went.
+    """
+    removed = 0
+    for folder in _jail_cgroup_dirs(Path(root), plan):
+        pid = folder.name.split(".", 1)[1]
+        if pid.isdigit() and not os.path.exists(f"{proc}/{pid}"):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+                removed += 1
+    return removed

@@ -28,6 +28,7 @@ import math
 import os
 import secrets
 import shutil
+import stat
 import time
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
@@ -37,7 +38,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from sandbox.cgroups import plan_cgroups
+from sandbox.cgroups import plan_cgroups, remove_stale_jail_cgroups
 from sandbox.layers import LayerStore
 from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
 from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
@@ -157,6 +158,8 @@ def link_tree(src: Path, dst: Path) -> None:
             source, dest = os.path.join(folder, name), target / name
             if os.path.islink(source):
                 os.symlink(os.readlink(source), dest)
+            elif not stat.S_ISREG(os.lstat(source).st_mode):
+                continue  # FIFOs, sockets, devices: never part of a function's code
             else:
                 try:
                     os.link(source, dest, follow_symlinks=False)
@@ -203,6 +206,7 @@ class Executor:
             log.warning("sandbox: no cgroup limits (%s); falling back to rlimits only", plan.reason)
         else:
             log.info("sandbox: %s", plan.reason)
+            remove_stale_jail_cgroups(plan, self.config.cgroup_root)
         return Backend(kind="nsjail", nsjail_path=path, cgroups=plan)
 
     async def __aenter__(self) -> Executor:

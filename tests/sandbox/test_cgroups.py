@@ -55,3 +55,24 @@ def test_no_cgroups_at_all(tmp_path: Path) -> None:
     write(proc, "0::/\n")
     plan = plan_cgroups(str(tmp_path / "nothing"), str(proc))
     assert plan.version == "none" and "no cgroup" in plan.reason
+
+
+def test_stale_jail_cgroups_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    from sandbox.cgroups import remove_stale_jail_cgroups
+
+    root = tmp_path / "cg"
+    for controller in ("memory", "pids", "cpu"):
+        write(root / controller / "cgroup.procs")
+    proc_cgroup = tmp_path / "proc-cgroup"
+    write(proc_cgroup, "4:memory:/\n8:pids:/\n1:cpu:/\n")
+    plan = plan_cgroups(str(root), str(proc_cgroup))
+    fake_proc = tmp_path / "proc"
+    (fake_proc / "123").mkdir(parents=True)
+    stale = root / "memory" / "meshfaas" / "NSJAIL.999"
+    live = root / "pids" / "meshfaas" / "NSJAIL.123"
+    busy = root / "cpu" / "meshfaas" / "NSJAIL.998"
+    for folder in (stale, live, busy):
+        folder.mkdir(parents=True)
+    write(busy / "cgroup.procs", "998\n")  # not empty: rmdir fails, as on a real cgroupfs in use
+    assert remove_stale_jail_cgroups(plan, str(root), str(fake_proc)) == 1
+    assert not stale.exists() and live.exists() and busy.exists()

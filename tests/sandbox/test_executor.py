@@ -139,6 +139,8 @@ async def test_timeout_kills_and_replaces(executor: Executor, make_fn: MakeFn) -
     assert res.error is not None
     assert res.error["errorType"] == "Sandbox.Timedout"
     assert res.error["errorMessage"] == "Task timed out after 0.40 seconds"
+    assert "Task timed out after 0.40 seconds" in res.log_tail
+    assert res.log_tail.rstrip().splitlines()[-1].endswith("\tStatus: timeout")
     assert executor.warm_functions() == {}
     ok = await executor.invoke(fn, "1", b'{"seconds": 0}', "r-after")
     assert result(ok) == "slept" and ok.cold_start
@@ -151,6 +153,7 @@ async def test_crash_is_a_clear_error_and_not_reused(executor: Executor, make_fn
     assert res.error is not None
     assert res.error["errorType"] == "Runtime.ExitError"
     assert "exit status 3" in res.error["errorMessage"]
+    assert res.log_tail.rstrip().endswith("\tStatus: error\tError Type: Runtime.ExitError")
     assert executor.warm_functions() == {}
 
 

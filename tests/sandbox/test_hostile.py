@@ -215,3 +215,11 @@ async def test_printing_100_mb_costs_the_host_little(executor: Executor, make_fn
     assert res.log_tail.rstrip().splitlines()[-1].startswith("REPORT RequestId: attack")
     assert peak - before < 32 * 1024, f"host RSS grew by {peak - before} kB"
     await assert_unaffected(executor, canary)
+
+
+async def test_forged_result_frame_is_refused(executor: Executor, make_fn: MakeFn,
+                                              canary: FunctionSpec) -> None:
+    res = await run(executor, make_fn("hostile.forge_frame", folder="hostile", timeout_ms=5000), {})
+    assert res.status == "crash"
+    assert res.error is not None and "frame too large" in res.error["errorMessage"]
+    await assert_unaffected(executor, canary)

@@ -165,3 +165,12 @@ def flood(event, context):
     for _ in range(event.get("mb", 100)):
         print(chunk)
     return "flooded"
+
+
+def forge_frame(event, context):
+    import struct
+    import sys
+
+    write_fd = int(sys.argv[2])  # the bootstrap's result pipe
+    os.write(write_fd, struct.pack(">II", 10, 2**31))  # claims a 2 GiB body
+    time.sleep(30)
