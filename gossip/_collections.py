@@ -18,6 +18,7 @@ normal update is dropped (urgent ones only when nothing else is left).
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,27 +79,31 @@ class IdSet:
 
 
 class _Entry:
-    __slots__ = ("entry_id", "level", "node", "transmits", "update")
+    __slots__ = ("level", "live", "node", "transmits", "update")
 
-    def __init__(self, entry_id: int, node: NodeId, update: Any, level: int) -> None:
-        self.entry_id = entry_id
+    def __init__(self, node: NodeId, update: Any, level: int) -> None:
         self.node = node
         self.update = update
         self.level = level
         self.transmits = 0
+        self.live = True
 
 
 class BroadcastQueue:
-    """Updates waiting to be piggybacked; see the module docstring."""
+    """Updates waiting to be piggybacked; see the module docstring.
+
+    Each (level, send count) bucket is a deque used as a stack (newest on the
+    right). Replaced or finished entries are only marked dead and skipped when
+    met, so every operation is O(1) amortized.
+    """
 
     def __init__(self, max_size: int) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
         self.max_size = max_size
         self._by_node: dict[NodeId, _Entry] = {}
-        # _levels[level][transmits] maps entry id -> entry (insertion order = age)
-        self._levels: list[list[dict[int, _Entry]]] = [[{}], [{}]]
-        self._next_id = 0
+        # _levels[level][transmits]: the entries of that bucket, oldest on the left
+        self._levels: list[list[deque[_Entry]]] = [[deque()], [deque()]]
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -108,11 +113,10 @@ class BroadcastQueue:
         """Queue ``update`` about ``node``, replacing any older one about it."""
         old = self._by_node.pop(node, None)
         if old is not None:
-            del self._levels[old.level][old.transmits][old.entry_id]
-        self._next_id += 1
-        entry = _Entry(self._next_id, node, update, 0 if urgent else 1)
+            old.live = False
+        entry = _Entry(node, update, 0 if urgent else 1)
         self._by_node[node] = entry
-        self._levels[entry.level][0][entry.entry_id] = entry
+        self._levels[entry.level][0].append(entry)
         if len(self._by_node) > self.max_size:
             self._evict_one()
 
@@ -124,31 +128,36 @@ class BroadcastQueue:
         """Up to ``count`` updates, least-sent first; each counts as sent once."""
         chosen: list[_Entry] = []
         for buckets in self._levels:
-            for bucket in buckets:
-                for entry_id in reversed(bucket):
-                    if len(chosen) >= count:
-                        break
-                    chosen.append(bucket[entry_id])
-        for entry in chosen:
+            for transmits, stack in enumerate(buckets):
+                while stack and len(chosen) < count:
+                    entry = stack.pop()
+                    if entry.live and entry.transmits == transmits:
+                        chosen.append(entry)
+                if len(chosen) >= count:
+                    break
+        for entry in reversed(chosen):  # the newest ends on top of its next bucket
             self._bump(entry, retransmit_limit)
         return [e.update for e in chosen]
 
     def _bump(self, entry: _Entry, retransmit_limit: int) -> None:
-        buckets = self._levels[entry.level]
-        del buckets[entry.transmits][entry.entry_id]
         entry.transmits += 1
         if entry.transmits >= retransmit_limit:
+            entry.live = False
             del self._by_node[entry.node]
             return
+        buckets = self._levels[entry.level]
         while len(buckets) <= entry.transmits:
-            buckets.append({})
-        buckets[entry.transmits][entry.entry_id] = entry
+            buckets.append(deque())
+        buckets[entry.transmits].append(entry)
 
     def _evict_one(self) -> None:
         for buckets in reversed(self._levels):
-            for bucket in reversed(buckets):
-                if bucket:
-                    entry = bucket.pop(next(iter(bucket)))
-                    del self._by_node[entry.node]
-                    self.dropped += 1
-                    return
+            for transmits in range(len(buckets) - 1, -1, -1):
+                stack = buckets[transmits]
+                while stack:
+                    entry = stack.popleft()
+                    if entry.live and entry.transmits == transmits:
+                        entry.live = False
+                        del self._by_node[entry.node]
+                        self.dropped += 1
+                        return
