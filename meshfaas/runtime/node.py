@@ -11,7 +11,11 @@ One trio nursery per node. At start the node
    damaged (a clear message; the operator decides);
 3. binds the peer ROUTER, the client ROUTER and the event PUB, and prints one JSON
    line with its endpoints on stdout;
-4. runs the gossip core under the generic :class:`~meshfaas.runtime.driver.Driver`.
+4. runs the gossip core under the generic :class:`~meshfaas.runtime.driver.Driver`,
+   and any other core added with :meth:`Node.add_core` (Paxos, the FaaS layer)
+   under its own Driver; one :class:`~meshfaas.runtime.demux.Demux` reads the peer
+   transport and hands each message to its core by package; all cores persist to
+   the same store (its sync is safe to call from several drivers).
 
 *Addresses.* Gossip speaks node ids; the transport's address book maps them to
 peer endpoints. Each node advertises its peer endpoint in its gossip metadata
@@ -56,9 +60,10 @@ import trio
 
 from gossip import Gossip, GossipConfig, Leave, MemberEvent, NodeMeta
 from meshfaas.core.codec import Codec, DecodeError, from_cbor, to_cbor
-from meshfaas.core.types import NS_PER_MS, NodeId, Notification
+from meshfaas.core.types import NS_PER_MS, Core, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
-from meshfaas.runtime.driver import Driver
+from meshfaas.runtime.demux import Demux
+from meshfaas.runtime.driver import Driver, EffectHandler
 from meshfaas.runtime.keys import KeyFileError, Security, ensure_cluster_keys
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
 from meshfaas.runtime.store import SqliteStore
@@ -144,10 +149,12 @@ class Node:
         self.gossip = Gossip(
             config.gossip, config.node_id, disk, random.Random(config.seed), self.clock.now(),
             seeds=self._seed_ids(), meta=self._own_meta())
-        self.driver = Driver(self.gossip, node_id=config.node_id, transport=self.peer,
-                             codec=self.codec, store=self.store, clock=self.clock,
-                             aliases=frozenset({self.peer.endpoint}))
+        self.demux = Demux(self.codec, config.node_id, aliases=frozenset({self.peer.endpoint}))
+        self.drivers: dict[str, Driver] = {}
+        self._tasks: list[Callable[[], Awaitable[None]]] = []
+        self.driver = self.add_core("gossip", self.gossip)
         self.driver.observe(self._on_notification)
+        self.disk = disk  # what the store held at start, for cores added later
         self._client_handlers: dict[type, ClientHandler] = {NodeStatusRequest: self._status}
         self._frame_handler: FrameHandler | None = None
         self._nursery: trio.Nursery | None = None
@@ -164,6 +171,22 @@ class Node:
             self.peer.set_peer(NodeId(addr), addr)
             seeds.append(NodeId(addr))
         return tuple(seeds)
+
+    def add_core(self, package: str, core: Core,
+                 handlers: dict[str, EffectHandler] | None = None) -> Driver:
+        """Run ``core`` in this node (before :meth:`run`): its peer messages are those
+        whose classes live in ``package``; it persists to the node's store."""
+        if self._nursery is not None:
+            raise RuntimeError("add cores before the node runs")
+        driver = Driver(core, node_id=self.config.node_id, transport=self.peer,
+                        codec=self.codec, store=self.store, clock=self.clock, handlers=handlers)
+        self.demux.route(package, driver)
+        self.drivers[package] = driver
+        return driver
+
+    def add_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run ``task`` in the node's nursery once the cores run (before :meth:`run`)."""
+        self._tasks.append(task)
 
     def endpoints(self) -> dict[str, str]:
         return {"node": self.config.node_id, "cluster": self.cluster_id,
@@ -225,7 +248,8 @@ class Node:
         rows = tuple(MemberRow(node=m.node_id, state=m.state, incarnation=m.incarnation,
                                peer_addr=m.meta.peer_addr) for m in self.gossip.members())
         return NodeStatus(node=self.config.node_id, members=rows,
-                          counters=tuple(sorted(self.peer.counters().items())))
+                          counters=tuple(sorted((self.peer.counters()
+                                                 | self.demux.counters()).items())))
 
     # -- lifetime -------------------------------------------------------------
 
@@ -236,8 +260,12 @@ class Node:
                 await nursery.start(self.net.run)
                 for part in (self.peer.run, self.clients.run, self.events.run):
                     await nursery.start(part)
-                await nursery.start(self.driver.run, self.peer.inbound)
+                for driver in self.drivers.values():
+                    await nursery.start(driver.run)
+                nursery.start_soon(self.demux.run, self.peer.inbound)
                 nursery.start_soon(self._serve_clients)
+                for task in self._tasks:
+                    nursery.start_soon(task)
                 task_status.started()
         finally:
             self.store.close()
