@@ -21,6 +21,7 @@ def cli() -> None:
 _COMMANDS: list[tuple[str, str]] = [
     ("meshfaas.cli_sim", "sim"),
     ("meshfaas.runtime.node", "node_cli"),
+    ("sandbox.cli", "sandbox_cli"),
 ]
 
 

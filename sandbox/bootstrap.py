@@ -185,10 +185,29 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class Unbuffered:
+    """A text stream that flushes after every write, so stdout and stderr lines
+    reach the log pipe in the order they were written (as on Lambda)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        self._stream.flush()
+        return int(written)
+
+    def writelines(self, lines: Any) -> None:
+        self._stream.writelines(lines)
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _setup_streams_and_logging() -> None:
-    streams: tuple[Any, ...] = (sys.stdout, sys.stderr)
-    for stream in streams:
-        stream.reconfigure(write_through=True, line_buffering=False)
+    sys.stdout = Unbuffered(sys.stdout)
+    sys.stderr = Unbuffered(sys.stderr)
     handler = logging.StreamHandler(sys.stdout)
     formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime

@@ -59,7 +59,7 @@ async def test_logs_are_captured_per_invocation_with_lambda_lines(executor: Exec
     assert result(cold) == "logged"
     lines = warm.log_tail.splitlines()
     assert lines[0] == "START RequestId: r2 Version: 1"
-    assert "to stdout" in lines and "to stderr" in lines
+    assert lines.index("to stdout") < lines.index("to stderr") < 3  # written in order, unbuffered
     assert any(re.fullmatch(r"\[WARNING\]\t\S+Z\tr2\ta warning", ln) for ln in lines)
     assert not any("an info" in ln for ln in lines)
     assert lines[-2] == "END RequestId: r2"
@@ -68,7 +68,9 @@ async def test_logs_are_captured_per_invocation_with_lambda_lines(executor: Exec
                         r"Memory Size: 128 MB\tMax Memory Used: \d+ MB", report)
     assert "r1" not in warm.log_tail  # the previous invocation's log is not repeated
     assert "Init Duration: " in cold.log_tail.splitlines()[-1]
-    assert "module init ran" in cold.log_tail
+    cold_lines = cold.log_tail.splitlines()
+    assert cold_lines.index("module init ran") < cold_lines.index("START RequestId: r1 Version: 1")
+    assert cold_lines[0].startswith("INIT_START Runtime Version: python:3.")
     assert warm.billed_ms >= 1 and warm.billed_ms >= warm.duration_ms
     assert warm.billed_ms - warm.duration_ms < 1
     assert warm.max_memory_mb > 0
@@ -282,3 +284,20 @@ async def test_spare_jail_serves_the_next_cold_start_of_its_shape(
     executor._pool.put(("second", "1", second), slot, trio.current_time())
     await executor.wait_for_spares()
     assert executor.stats()["spares"] == 1  # replenished
+
+
+def test_cli_invoke_runs_a_handler(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from sandbox_testlib import require_nsjail
+
+    from meshfaas.cli import cli
+
+    require_nsjail()
+    runner = CliRunner()
+    out = runner.invoke(cli, ["sandbox", "invoke", str(HANDLERS / "basic"), "app.echo",
+                              "--event", '{"k": [1, 2]}', "--data-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert '{"k": [1, 2]}' in out.output
+    bad = runner.invoke(cli, ["sandbox", "invoke", str(HANDLERS / "basic"), "app.fail",
+                              "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 1 and '"errorType": "ValueError"' in bad.output
