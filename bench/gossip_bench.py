@@ -36,6 +36,9 @@ from simulator.scenarios.gossip import percentile
 Job = tuple[str, int, int, float, dict[str, Any]]
 
 
+FAST = {"codec": "false", "trace": "false"}  # long runs: skip encoding and message tracing
+
+
 def run_one(job: Job) -> dict[str, Any]:
     name, seed, nodes, duration_s, params = job
     started = time.perf_counter()
@@ -94,7 +97,7 @@ def big(args: argparse.Namespace) -> None:
     seeds = [1] if args.quick else list(range(1, 1 + args.seeds))
     jobs: list[Job] = [("gossip-crash", s, nodes, 60 + crashes * 20.0,
                         {"crashes": crashes, "gap_s": 20.0, "warmup_s": 60.0,
-                         "restart": False, "detect_bound_s": 15.0}) for s in seeds]
+                         "restart": False, "detect_bound_s": 15.0, **FAST}) for s in seeds]
     rows = run_all(jobs, args.jobs)
     each = [x for r in rows for x in r["detect_all_seconds_each"]]
     firsts = [x for r in rows for x in r["detect_first_periods_each"]]
@@ -109,7 +112,7 @@ def loss(args: argparse.Namespace) -> None:
     """False deaths at 5% loss, summed over >= 1,000 simulated node-hours."""
     nodes, hours = (20, 0.5) if args.quick else (50, 2.5)
     seeds = range(1, 3 if args.quick else 9)
-    jobs: list[Job] = [("gossip-loss", s, nodes, hours * 3600, {"loss": args.loss})
+    jobs: list[Job] = [("gossip-loss", s, nodes, hours * 3600, {"loss": args.loss, **FAST})
                        for s in seeds]
     rows = run_all(jobs, args.jobs)
     summary("loss", loss=args.loss, node_hours=round(sum(r["node_hours"] for r in rows), 1),
@@ -121,7 +124,8 @@ def loss(args: argparse.Namespace) -> None:
 def flat(args: argparse.Namespace) -> None:
     """Messages per node per protocol period from N=10 to N=1000 (no loss)."""
     sizes = [10, 100] if args.quick else [10, 100, 1000]
-    jobs: list[Job] = [("gossip-loss", 1, n, 240.0, {"loss": 0.0, "warmup_s": 90.0})
+    jobs: list[Job] = [("gossip-loss", 1, n, 240.0,
+                        {"loss": 0.0, "warmup_s": 90.0, "push_pull_s": 30.0, **FAST})
                        for n in sizes]
     rows = run_all(jobs, args.jobs)
     values = {r["nodes"]: r["msgs_per_node_per_period"] for r in rows}
@@ -133,7 +137,7 @@ def slow(args: argparse.Namespace) -> None:
     """One node stalls now and then: false deaths with Lifeguard and with plain SWIM."""
     seeds = range(1, 3 if args.quick else 11)
     duration = 300.0 if args.quick else 1800.0
-    jobs: list[Job] = [("gossip-slow-node", s, 16, duration, {"lifeguard": lg})
+    jobs: list[Job] = [("gossip-slow-node", s, 16, duration, {"lifeguard": lg, **FAST})
                        for s in seeds for lg in (True, False)]
     rows = run_all(jobs, args.jobs)
     on = [r for r in rows if r["lifeguard"]]
@@ -150,7 +154,7 @@ def slow(args: argparse.Namespace) -> None:
 def join(args: argparse.Namespace) -> None:
     """A few nodes, then all the others join at once: periods until all know all."""
     sizes = [50] if args.quick else [100, 500]
-    jobs: list[Job] = [("gossip-join", 1, n, 180.0, {"initial": 4}) for n in sizes]
+    jobs: list[Job] = [("gossip-join", 1, n, 180.0, {"initial": 4, **FAST}) for n in sizes]
     rows = run_all(jobs, args.jobs)
     summary("join", by_nodes={r["nodes"]: {k: r[k] for k in (
         "dissemination_rounds_p50", "dissemination_rounds_p999", "dissemination_rounds_max",
