@@ -202,3 +202,13 @@ NOTE_READ = "paxos.read"
 NOTE_APPLIED = "paxos.applied"
 NOTE_CHOSEN = "paxos.chosen"
 NOTE_LEADER = "paxos.leader"
+NOTE_PROPOSED = "paxos.proposed"
+
+
+@attrs.frozen(kw_only=True)
+class Proposed:
+    """The leader at ``ballot`` proposed ``value`` at slot ``index`` (for checkers and traces)."""
+
+    index: int
+    ballot: Ballot
+    value: Any

@@ -69,6 +69,7 @@ from paxos.api import (
     NOTE_APPLIED,
     NOTE_CHOSEN,
     NOTE_LEADER,
+    NOTE_PROPOSED,
     NOTE_READ,
     NOTE_RESULT,
     ZERO_BALLOT,
@@ -80,6 +81,7 @@ from paxos.api import (
     LeaderInfo,
     LeaderQuery,
     Propose,
+    Proposed,
     Queryable,
     Read,
     ReadResult,
@@ -120,7 +122,7 @@ class PaxosConfig:
 
     node_id: str
     voters: tuple[str, ...]
-    heartbeat_interval_ns: int = 30 * NS_PER_MS
+    heartbeat_interval_ns: int = 40 * NS_PER_MS
     election_timeout_ns: int = 200 * NS_PER_MS
     lease_ns: int = 150 * NS_PER_MS
     max_drift_ppm: int = 1_000
@@ -228,6 +230,7 @@ class Replica:
     def _init_learner_state(self) -> None:
         self.chosen_upto = 0  # every slot <= this is chosen and applied here
         self.config: quorum.Config = ((1, tuple(sorted(self.cfg.voters))),)
+        self.known_nodes: set[str] = set(self.cfg.voters)  # every voter of any config seen
         self.sessions: dict[str, tuple[int, Any]] = {}  # client -> (last seq, result)
         self.waiting: dict[tuple[str, int], bool] = {}  # local clients awaiting a result
         self.known_commit = 0  # highest chosen prefix a leader told us about
@@ -245,6 +248,7 @@ class Replica:
         self.leader_ballot: Ballot = ZERO_BALLOT
         self.suspected: set[str] = set()
         self.promises: dict[str, Promise] = {}
+        self.p1_asked: set[str] = set()  # nodes sent our current Prepare
         self.p1_from = 0
         self.p1_values: dict[int, tuple[Ballot, Batch]] = {}
         self.p1_max_slot = 0
@@ -538,6 +542,7 @@ class Replica:
             if not res.fresh:
                 return
         self.config = quorum.add_change(self.config, index + self.cfg.window, value.voters)
+        self.known_nodes.update(value.voters)
 
     def _apply_session(self, index: int, cmd: Command, *, reconfig: bool = False) -> AppliedCommand:
         last = self.sessions.get(cmd.client_id)
@@ -588,6 +593,8 @@ class Replica:
         self.sm.restore(bytes(sm_bytes))
         self.sessions = {str(c): (int(s), r) for c, s, r in sessions}
         self.config = tuple((int(start), tuple(str(v) for v in voters)) for start, voters in config)
+        for _start, voters in self.config:
+            self.known_nodes.update(voters)
         self.snap_index = self.chosen_upto = index
         self.snap_blob = blob
 
@@ -724,6 +731,7 @@ class Replica:
         if self.role == "leader":
             return
         if self.recovering or not self._is_voter():
+            self._pull_from_someone()  # a learner with no leader in sight asks around
             return
         if self.known_commit > self.chosen_upto + self.cfg.window and self.catchup_peer:
             self.request_catchup(self.catchup_peer)
@@ -733,6 +741,12 @@ class Replica:
                 self.cfg.election_timeout_ns // 4 + 1))
             return
         self.become_candidate()
+
+    def _pull_from_someone(self) -> None:
+        peers = sorted(self.known_nodes - {self.node_id})
+        if peers:
+            self.catchup_peer = NodeId(peers[self.rng.randrange(len(peers))])
+            self._send_catchup_request()
 
     def cmd_suspect(self, cmd: Suspect) -> None:
         if cmd.alive:
@@ -761,10 +775,12 @@ class Replica:
         self.deadlines.set(("retry",), self.now_ns + self.cfg.retry_ns)
         self.broadcast_prepare(self._members())
 
-    def broadcast_prepare(self, targets: Iterable[str]) -> None:
+    def broadcast_prepare(self, targets: Iterable[str], *, again: bool = False) -> None:
+        """Send our Prepare to ``targets`` that have not promised (once, unless ``again``)."""
         msg = Prepare(ballot=self.ballot, from_slot=self.p1_from)
         for peer in targets:
-            if peer not in self.promises:
+            if peer not in self.promises and (again or peer not in self.p1_asked):
+                self.p1_asked.add(peer)
                 if peer == self.node_id:
                     self.handle_prepare(self.node_id, msg)
                 else:
@@ -813,6 +829,7 @@ class Replica:
         was = self.role
         self.role = "follower"
         self.promises, self.p1_values, self.p1_max_slot = {}, {}, 0
+        self.p1_asked = set()
         self.inflight, self.to_send = {}, []
         self.lease_until_ns = 0
         self.hb_sent = {}
@@ -844,9 +861,10 @@ class Replica:
     def on_retry_timer(self, now_ns: int) -> None:
         """Resend what has not been answered: Prepares (candidate) or Accepts (leader)."""
         if self.role == "candidate":
-            self.broadcast_prepare(self._members())
+            self.broadcast_prepare(self._members(), again=True)
         elif self.role == "leader":
             self._resend_accepts(now_ns)
+            self.broadcast_prepare(sorted(self.p1_asked), again=True)
         if self.role != "follower":
             self.deadlines.set(("retry",), now_ns + self.cfg.retry_ns)
 
@@ -945,6 +963,7 @@ class Replica:
 
     def propose(self, slot: int, value: Batch) -> None:
         self.inflight[slot] = _InFlight(value=value, acks=set(), sent_ns=self.now_ns)
+        self.out.notify(NOTE_PROPOSED, Proposed(index=slot, ballot=self.ballot, value=value))
         self.to_send.append((slot, value))
 
     def _flush_accepts(self) -> None:
@@ -1014,7 +1033,7 @@ class Replica:
         for old in [h for h in self.hb_sent if h < self.hb_id - 64]:
             del self.hb_sent[old]
         msg = Heartbeat(ballot=self.ballot, commit_upto=self.chosen_upto, hb_id=self.hb_id)
-        for peer in self._members():
+        for peer in sorted(self.known_nodes):  # learners and removed voters keep up too
             if peer != self.node_id:
                 self.out.send(NodeId(peer), msg)
         self.deadlines.set(("heartbeat",), self.now_ns + self.cfg.heartbeat_interval_ns)
