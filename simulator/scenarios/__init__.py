@@ -3,4 +3,3 @@
 from simulator.scenarios import broadcast  # noqa: F401
 from simulator.scenarios import paxos  # noqa: F401
 from simulator.scenarios import gossip  # noqa: F401
-from simulator.scenarios import mesh  # noqa: F401
