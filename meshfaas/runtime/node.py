@@ -135,6 +135,7 @@ class Node:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self._nursery: trio.Nursery | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         security = load_security(config)
         self.cluster_id = security.keys.cluster_id if security.keys else "insecure"
@@ -157,7 +158,6 @@ class Node:
         self.disk = disk  # what the store held at start, for cores added later
         self._client_handlers: dict[type, ClientHandler] = {NodeStatusRequest: self._status}
         self._frame_handler: FrameHandler | None = None
-        self._nursery: trio.Nursery | None = None
 
     def _own_meta(self) -> NodeMeta:
         return NodeMeta(peer_addr=self.peer.endpoint, client_addr=self.clients.endpoint,

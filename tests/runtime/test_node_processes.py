@@ -45,6 +45,7 @@ class NodeProc:
         self.client = f"tcp://127.0.0.1:{free_port()}"
         self.log_path = root / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.expect_exit = False
         self.sock: zmq.Socket[Any] | None = None
         self._connect_args: tuple[Path, bool] = (self.data_dir, True)
 
@@ -55,6 +56,11 @@ class NodeProc:
                 *extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.expect_exit = False
+
+    def died(self) -> bool:
+        """Exited although nobody stopped it."""
+        return self.proc is not None and not self.expect_exit and self.proc.poll() is not None
 
     def connect(self, keys_from: Path, keyed: bool = True) -> None:
         self.close_socket()
@@ -87,6 +93,7 @@ class NodeProc:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
+        self.expect_exit = True
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout_s: float = 10) -> int:
@@ -110,10 +117,12 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str,
     """Poll ``predicate`` until it holds; on timeout, fail with the nodes' logs."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        if time.monotonic() > deadline:
+        dead = [n.name for n in nodes if n.died()]
+        if dead or time.monotonic() > deadline:
             logs = "\n".join(f"--- {n.name}\n{n.log_path.read_text()[-3000:]}"
                              for n in nodes if n.log_path.exists())
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{logs}")
+            why = f"{dead} exited" if dead else f"timed out after {timeout_s}s"
+            pytest.fail(f"{why} waiting for {what}\n{logs}")
         time.sleep(POLL_S)  # the pace of polling, not a wait for the condition
 
 
