@@ -249,6 +249,12 @@ class Executor:
                 "busy": len(self._busy), "spares": spares, "spares_starting": starting,
                 "backend": self.backend.kind, "cgroups": self.backend.cgroups.version}
 
+    def prepare(self, function: FunctionSpec) -> None:
+        """Start spare jails of this function's shape in the background (e.g. on deploy),
+        so even its first cold start skips the jail and interpreter start."""
+        if function.runtime in self._runtimes:
+            self._want_spares(_shape(function), function)
+
     async def wait_for_spares(self) -> None:
         """Wait until no spare jail is being started (tests and benchmarks)."""
         while sum(self._spares_starting.values()):
@@ -375,11 +381,16 @@ class Executor:
         self._want_spares(_shape(function), function)
         if spare is not None:
             return await self._claim(key, spare, function, version, runtime, request_id)
-        try:
-            spec = self._spec(function, version, runtime, self._free_uids.pop())
-        except (IndexError, LookupError) as exc:
+        if not self._free_uids:
             self._pool.release(key)
-            return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc) or "no free uid", function)
+            return _failure(request_id, "unavailable", "Sandbox.StartError", "no free sandbox uid", function)
+        uid = self._free_uids.pop()
+        try:
+            spec = self._spec(function, version, runtime, uid)
+        except LookupError as exc:
+            self._free_uids.append(uid)
+            self._pool.release(key)
+            return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
         return await self._spawn(key, spec, function, request_id)
 
     # -- spares -----------------------------------------------------------
@@ -462,6 +473,9 @@ class Executor:
             await self._drop(key, slot, release=True)
             log.error("sandbox for %s failed to start: %s", function.name, exc)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
+        except BaseException:  # cancelled mid-start: never leak the jail or its slot
+            await self._drop(key, slot, release=True)
+            raise
         return slot
 
     async def _spawn(self, key: Hashable, spec: SandboxSpec, function: FunctionSpec,
@@ -477,6 +491,9 @@ class Executor:
             await self._drop(key, slot, release=True)
             log.error("sandbox for %s failed to start: %s", function.name, exc)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
+        except BaseException:  # cancelled mid-start: never leak the jail or its slot
+            await self._drop(key, slot, release=True)
+            raise
         return slot
 
     async def _after(self, key: Hashable, slot: _Slot) -> None:

@@ -258,6 +258,9 @@ async def test_bootstrap_file_is_the_one_mounted() -> None:
 async def test_spare_jail_serves_the_next_cold_start_of_its_shape(
         executor: Executor, make_fn: MakeFn, tmp_path: Path) -> None:
     first = make_fn("app.handler", name="first")
+    executor.prepare(first)
+    await executor.wait_for_spares()
+    assert executor.stats()["spares"] == 1
     assert result(await executor.invoke(first, "1", b"{}", "r1"))["calls"] == 1
     await executor.wait_for_spares()
     assert executor.stats()["spares"] == 1
@@ -301,3 +304,15 @@ def test_cli_invoke_runs_a_handler(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["sandbox", "invoke", str(HANDLERS / "basic"), "app.fail",
                               "--data-dir", str(tmp_path)])
     assert bad.exit_code == 1 and '"errorType": "ValueError"' in bad.output
+
+
+async def test_cancelled_callers_leak_nothing(executor: Executor, make_fn: MakeFn) -> None:
+    fn = make_fn("app.sleep", timeout_ms=10_000)
+    with trio.move_on_after(0.01):  # cancelled during the cold start
+        await executor.invoke(fn, "1", b'{"seconds": 5}', "r")
+    with trio.move_on_after(1.0):  # cancelled mid-invocation (once the start is done)
+        await executor.invoke(fn, "2", b'{"seconds": 5}', "r")
+    await executor.wait_for_spares()
+    assert executor.stats()["live"] == executor.stats()["spares"]
+    assert await wait_until(lambda: len(sandbox_uid_processes()) == executor.stats()["live"])
+    assert result(await executor.invoke(fn, "1", b'{"seconds": 0}', "r")) == "slept"
