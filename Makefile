@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/meshfaas sim --scenario broadcast --seed 1
+	$(BIN)/meshfaas up --example examples/hello
 
 test: check pytest
 

@@ -20,7 +20,8 @@ def cli() -> None:
 # (module, attribute) pairs; each attribute is a click command or group.
 _COMMANDS: list[tuple[str, str]] = [
     ("meshfaas.cli_sim", "sim"),
-    ("meshfaas.runtime.node", "node_cli"),
+    ("meshfaas.runtime.mesh", "node_cli"),
+    ("meshfaas.cli_up", "up"),
     ("sandbox.cli", "sandbox_cli"),
 ]
 

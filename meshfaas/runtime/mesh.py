@@ -1,0 +1,759 @@
+"""The FaaS node process: :class:`~meshfaas.core.node.MeshNode` on trio, ZeroMQ, SQLite and nsjail.
+
+Theory of operation
+-------------------
+One trio nursery per node holds: the CURVE network and its ZAP handler, the
+peer transport, the client ROUTER, the event PUB, the generic
+:class:`~meshfaas.runtime.driver.Driver` running the MeshNode core, the
+sandbox :class:`~sandbox.executor.Executor`, and the tasks below. The core
+decides; this module only carries out its effects:
+
+* ``invoke`` -- make sure the function's code is here (fetch its blob from a
+  peer if not, unpack it once into ``DATA/code/<sha256>``), run it in a
+  sandbox, and answer an InvocationRecord. The log tail is published on the
+  event PUB (topic ``log\\0<function>``) and kept for ``RecentLogs``;
+* ``replicate_blob`` -- offer a code blob to every live peer; each pulls it in
+  chunks (:class:`BlobFetch` / :class:`BlobChunk`), checks its SHA-256, stores
+  it and answers :class:`BlobStored`; the effect succeeds once a majority
+  (counting this node) holds it;
+* ``client_local`` -- blob uploads (``UploadChunk``, ``HasBlob``) and recent logs.
+
+Peer frames are read here first: blob-service messages (tags 705-709) are
+served by :class:`BlobService`, everything else goes to the driver, which
+decodes nothing twice. Client frames (the client protocol) become
+``ClientCall`` commands; ``client_reply`` notifications are routed back by the
+``conn`` handle this module chose.
+
+Stopping (SIGTERM or SIGINT): the node stops taking client requests, waits up
+to ``drain_s`` for invocations it is running to finish, leaves the gossip
+group, and closes. Everything acknowledged to a client is already durable on a
+majority (Paxos) or in the result store (synced before the reply leaves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import zipfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import trio
+import zmq
+
+from gossip import GossipConfig, MemberEvent
+from meshfaas.core import client_proto as proto
+from meshfaas.core import faas
+from meshfaas.core.codec import DecodeError, EncodeError, from_cbor, message, to_cbor
+from meshfaas.core.faas_package import PackageError, check_entry_name, normalize_zip
+from meshfaas.core.node import (
+    ClientCall,
+    ClientReply,
+    InvokeTask,
+    JoinMesh,
+    LeaveMesh,
+    LocalCall,
+    MeshConfig,
+    MeshNode,
+    ReplicateBlob,
+    SetWarm,
+)
+from meshfaas.core.types import NS_PER_MS, Effect, EffectResult, NodeId, Notification
+from meshfaas.runtime.clock import SystemClock
+from meshfaas.runtime.driver import Driver
+from meshfaas.runtime.keys import KeyFileError, Security, ensure_cluster_keys
+from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
+from meshfaas.runtime.store import BlobStore, SqliteStore
+from meshfaas.runtime.transport import (
+    ClientMessage,
+    ClientRouter,
+    EventPublisher,
+    Network,
+    PeerTransport,
+)
+from sandbox.executor import Executor, ExecutorConfig, FunctionSpec, InvocationResult
+
+log = logging.getLogger("meshfaas.mesh")
+
+BLOB_CHUNK_BYTES = 1024 * 1024
+BLOB_REQUEST_TIMEOUT_S = 3.0
+BLOB_REPLICATE_TIMEOUT_S = 60.0
+RECENT_LOGS_PER_FUNCTION = 200
+WARM_REFRESH_S = 0.5
+
+
+class NodeStartError(Exception):
+    """The node cannot start (keys, store, addresses): a message for the operator."""
+
+
+# ---------------------------------------------------------------------------
+# Blob service messages (tags 705-709)
+# ---------------------------------------------------------------------------
+
+
+@message(705)
+@attrs.frozen(kw_only=True)
+class BlobOffer:
+    """``sha256`` (``size`` bytes) is stored at the sender: pull it if you lack it."""
+
+    xfer_id: int
+    sha256: str
+    size: int
+
+
+@message(706)
+@attrs.frozen(kw_only=True)
+class BlobStored:
+    """The answer to an offer: the blob is (or could not be) stored here."""
+
+    xfer_id: int
+    sha256: str
+    ok: bool
+    error: str = ""
+
+
+@message(707)
+@attrs.frozen(kw_only=True)
+class BlobFetch:
+    req_id: int
+    sha256: str
+    offset: int
+    length: int
+
+
+@message(708)
+@attrs.frozen(kw_only=True)
+class BlobChunk:
+    req_id: int
+    sha256: str
+    offset: int
+    total: int
+    data: bytes
+    found: bool = True
+
+
+BLOB_MESSAGES = (BlobOffer, BlobStored, BlobFetch, BlobChunk)
+
+
+class BlobService:
+    """Moves content-addressed blobs between nodes, pulling in chunks."""
+
+    def __init__(self, node_id: NodeId, blobs: BlobStore, send: Any) -> None:
+        self.node_id = node_id
+        self.blobs = blobs
+        self._send = send  # send(dst, msg) -> bool
+        self._next = 0
+        self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._pulling: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def _new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def handle(self, src: NodeId, msg: Any) -> None:
+        if isinstance(msg, BlobFetch):
+            self._serve_fetch(src, msg)
+        elif isinstance(msg, BlobOffer):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._take_offer, src, msg)
+        elif isinstance(msg, (BlobChunk, BlobStored)):
+            waiting = self._waiting.get(msg.req_id if isinstance(msg, BlobChunk) else msg.xfer_id)
+            if waiting is not None:
+                waiting[1].append((src, msg))
+                waiting[0].set()
+
+    def _serve_fetch(self, src: NodeId, msg: BlobFetch) -> None:
+        path = self.blobs.path(msg.sha256) if _is_sha(msg.sha256) else None
+        if path is None or not path.exists():
+            self._send(src, BlobChunk(req_id=msg.req_id, sha256=msg.sha256, offset=msg.offset,
+                                      total=0, data=b"", found=False))
+            return
+        length = max(0, min(msg.length, BLOB_CHUNK_BYTES))
+        with path.open("rb") as f:
+            f.seek(msg.offset)
+            data = f.read(length)
+        self._send(src, BlobChunk(req_id=msg.req_id, sha256=msg.sha256, offset=msg.offset,
+                                  total=path.stat().st_size, data=data))
+
+    async def _take_offer(self, src: NodeId, offer: BlobOffer) -> None:
+        ok, error = True, ""
+        if not self.blobs.has(offer.sha256):
+            ok, error = await self.fetch(offer.sha256, offer.size, [src])
+        self._send(src, BlobStored(xfer_id=offer.xfer_id, sha256=offer.sha256, ok=ok, error=error))
+
+    async def _request(self, dst: NodeId, msg: BlobFetch) -> BlobChunk | None:
+        event, box = trio.Event(), list[Any]()
+        self._waiting[msg.req_id] = (event, box)
+        try:
+            if not self._send(dst, msg):
+                return None
+            with trio.move_on_after(BLOB_REQUEST_TIMEOUT_S):
+                await event.wait()
+            return box[0][1] if box else None
+        finally:
+            self._waiting.pop(msg.req_id, None)
+
+    async def fetch(self, sha256: str, size: int, peers: list[str]) -> tuple[bool, str]:
+        """Pull ``sha256`` from the first peer that has it; (ok, error)."""
+        if not _is_sha(sha256):
+            return False, "not a sha256"
+        if self.blobs.has(sha256):
+            return True, ""
+        pulling = self._pulling.get(sha256)
+        if pulling is not None:  # someone else is pulling it: wait for them
+            await pulling.wait()
+            return (True, "") if self.blobs.has(sha256) else (False, "a concurrent pull failed")
+        done = self._pulling[sha256] = trio.Event()
+        try:
+            for peer in peers:
+                data = await self._pull_from(NodeId(peer), sha256, size)
+                if data is not None and hashlib.sha256(data).hexdigest() == sha256:
+                    await trio.to_thread.run_sync(self.blobs.put, data)
+                    return True, ""
+            return False, f"no peer of {len(peers)} had blob {sha256[:12]}"
+        finally:
+            done.set()
+            self._pulling.pop(sha256, None)
+
+    async def _pull_from(self, peer: NodeId, sha256: str, size: int) -> bytes | None:
+        parts: list[bytes] = []
+        offset = 0
+        while True:
+            chunk = await self._request(peer, BlobFetch(req_id=self._new_id(), sha256=sha256,
+                                                        offset=offset, length=BLOB_CHUNK_BYTES))
+            if chunk is None or not chunk.found or chunk.offset != offset:
+                return None
+            parts.append(chunk.data)
+            offset += len(chunk.data)
+            if offset >= chunk.total or not chunk.data:
+                return b"".join(parts) if offset == chunk.total == size else None
+
+    async def replicate(self, task: ReplicateBlob) -> EffectResult:
+        """Offer the blob to every peer; succeed once a majority (with us) stores it."""
+        if not self.blobs.has(task.sha256):
+            return EffectResult(effect_id=0, ok=False, error="the blob was never uploaded here")
+        stored, need = 1, task.majority
+        if stored >= need:
+            return EffectResult(effect_id=0, ok=True)
+        xfer = self._new_id()
+        event, box = trio.Event(), list[Any]()
+        self._waiting[xfer] = (event, box)
+        try:
+            for peer in task.peers:
+                self._send(NodeId(peer), BlobOffer(xfer_id=xfer, sha256=task.sha256, size=task.size))
+            seen: set[str] = set()
+            with trio.move_on_after(BLOB_REPLICATE_TIMEOUT_S):
+                while stored < need:
+                    await event.wait()
+                    event = trio.Event()
+                    self._waiting[xfer] = (event, box)
+                    for src, answer in box:
+                        if answer.ok and src not in seen:
+                            seen.add(src)
+                            stored += 1
+                    box.clear()
+        finally:
+            self._waiting.pop(xfer, None)
+        if stored >= need:
+            return EffectResult(effect_id=0, ok=True)
+        return EffectResult(effect_id=0, ok=False,
+                            error=f"stored on {stored} of the {need} nodes a majority needs")
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+# ---------------------------------------------------------------------------
+# The node
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class MeshProcessConfig:
+    node_id: str
+    data_dir: Path
+    voters: tuple[str, ...]
+    peer_bind: str = "tcp://127.0.0.1:*"
+    client_bind: str = "tcp://127.0.0.1:*"
+    events_bind: str | None = None
+    join: tuple[str, ...] = ()
+    keys: Path | None = None
+    insecure: bool = False
+    capacity: int = 8
+    sandbox_backend: str = "nsjail"
+    bootstrap_key: Path | None = None
+    gossip: GossipConfig = attrs.field(factory=GossipConfig)
+    drain_s: float = 10.0
+    seed: int | None = None
+
+
+def _security(config: MeshProcessConfig) -> Security:
+    if config.insecure:
+        return Security.insecure()
+    try:
+        keys = ensure_cluster_keys(config.data_dir, given=config.keys, create=not config.join)
+    except KeyFileError as exc:
+        raise NodeStartError(str(exc)) from None
+    return Security.curve(keys)
+
+
+def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]]]:
+    store = SqliteStore(data_dir / "node.db")
+    loaded = store.load_checked()
+    if not loaded.ok:
+        store.close()
+        damaged = ", ".join(f"{c.table}: {c.reason}" for c in loaded.corrupt[:5])
+        raise NodeStartError(f"the store in {data_dir} is damaged ({loaded.error or damaged}); "
+                             "move it away to rejoin as a fresh node")
+    return store, loaded.tables
+
+
+def read_bootstrap_key(path: Path | None) -> faas.PutApiKey | None:
+    """The first admin key's public half, written by ``meshfaas up`` (no secret in it)."""
+    if path is None:
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return faas.PutApiKey(key_id=raw["key_id"], name=raw.get("name", "admin"), role="admin",
+                              salt=bytes.fromhex(raw["salt"]),
+                              secret_hash=bytes.fromhex(raw["secret_hash"]), wall_ns=0)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NodeStartError(f"cannot read the bootstrap key {path}: {exc}") from None
+
+
+class MeshProcess:
+    """One meshfaas node process. See the module docstring."""
+
+    def __init__(self, config: MeshProcessConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        security = _security(config)
+        self.cluster_id = security.keys.cluster_id if security.keys else "insecure"
+        self.public_key = security.keys.public_key.decode() if security.keys else ""
+        from meshfaas.core.codec import Codec
+
+        self.codec = Codec(self.cluster_id)
+        self.store, disk = _open_store(config.data_dir)
+        self.blobs = BlobStore(config.data_dir / "blobs")
+        self.code_root = config.data_dir / "code"
+        self.net = Network(security)
+        self.node_id = NodeId(config.node_id)
+        try:
+            self._bind(config)
+        except zmq.ZMQError as exc:
+            self.store.close()
+            self.net.close()
+            raise NodeStartError(f"cannot bind the node's sockets: {exc}") from None
+        self.executor = Executor(ExecutorConfig(
+            data_dir=str(config.data_dir), backend=config.sandbox_backend,  # type: ignore[arg-type]
+            max_sandboxes=max(config.capacity * 2, 8), max_per_function=config.capacity))
+        self.clock = SystemClock()
+        seeds = self._seed_ids()
+        mesh_config = MeshConfig(
+            node_id=config.node_id, voters=tuple(config.voters), capacity=config.capacity,
+            runtimes=tuple(self.executor.runtimes()), peer_addr=self.peer.endpoint,
+            client_addr=self.clients.endpoint, bootstrap_key=read_bootstrap_key(config.bootstrap_key),
+            gossip=config.gossip)
+        rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
+        self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds)
+        self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
+                             codec=self.codec, store=self.store, clock=self.clock,
+                             aliases=frozenset({self.peer.endpoint}))
+        self.blob_service = BlobService(self.node_id, self.blobs, self._send_peer)
+        self.driver.observe(self._on_notification)
+        self.driver.register_effect("invoke", self._effect_invoke)
+        self.driver.register_effect("replicate_blob", self._effect_replicate)
+        self.driver.register_effect("client_local", self._effect_local)
+        self._conns: dict[str, bytes] = {}
+        self._next_conn = 0
+        self._recent: dict[str, deque[proto.LogEvent]] = {}
+        self._uploads: dict[str, tuple[int, Any]] = {}
+        self._accepting = True
+        self._nursery: trio.Nursery | None = None
+
+    def _bind(self, config: MeshProcessConfig) -> None:
+        self.peer = PeerTransport(self.net, self.node_id, bind=config.peer_bind, codec=self.codec)
+        self.clients = ClientRouter(self.net, bind=config.client_bind, any_client_key=True)
+        host = config.client_bind.rsplit(":", 1)[0]
+        self.events = EventPublisher(self.net, bind=config.events_bind or f"{host}:*",
+                                     any_client_key=True)
+
+    def _seed_ids(self) -> list[str]:
+        seeds = []
+        for addr in self.config.join:
+            if addr != self.peer.endpoint:
+                self.peer.set_peer(NodeId(addr), addr)
+                seeds.append(addr)
+        return seeds
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"node": self.config.node_id, "cluster": self.cluster_id,
+                "public_key": self.public_key, "peer": self.peer.endpoint,
+                "client": self.clients.endpoint, "events": self.events.endpoint,
+                "runtimes": self.executor.runtimes()}
+
+    # -- peers ------------------------------------------------------------------
+
+    def _send_peer(self, dst: NodeId, msg: Any) -> bool:
+        try:
+            frame = self.codec.encode(self.node_id, dst, msg)
+        except EncodeError:
+            log.exception("cannot encode %s", type(msg).__name__)
+            return False
+        return self.peer.send(dst, frame)
+
+    async def _read_peers(self) -> None:
+        addresses = {self.node_id, self.peer.endpoint}  # a seed is addressed by its endpoint
+        async for frame in self.peer.inbound:
+            try:
+                env = self.codec.decode(frame)
+            except DecodeError:
+                self.peer.stats.inc("decode_errors")
+                continue
+            if env.dst not in addresses:
+                self.peer.stats.inc("dropped_misaddressed")
+                continue
+            if isinstance(env.msg, BLOB_MESSAGES):
+                self.blob_service.handle(NodeId(env.src), env.msg)
+            else:
+                self.driver.deliver(NodeId(env.src), env.msg)
+
+    def _on_notification(self, note: Notification) -> None:
+        if note.kind == "member" and isinstance(note.data, MemberEvent):
+            event = note.data
+            if event.node_id != self.node_id and event.meta.peer_addr:
+                self.peer.set_peer(event.node_id, event.meta.peer_addr)
+        elif note.kind == "client_reply" and isinstance(note.data, ClientReply):
+            self._send_reply(note.data)
+        elif note.kind == "invocation" and isinstance(note.data, proto.InvocationRecord):
+            self._publish_invocation(note.data)
+
+    # -- clients ----------------------------------------------------------------
+
+    async def _serve_clients(self) -> None:
+        async for request in self.clients.inbound:
+            self._on_client(request)
+
+    def _on_client(self, request: ClientMessage) -> None:
+        if len(request.parts) != 1:
+            return
+        try:
+            decoded = proto.decode_request(request.parts[0])
+        except DecodeError as exc:
+            if self._operator_request(request):
+                return
+            self.clients.reply(request.routing_id, [proto.encode(proto.fail(
+                "", "BadRequest", f"malformed request: {exc}"))])
+            return
+        if not self._accepting:
+            self.clients.reply(request.routing_id, [proto.encode(proto.fail(
+                decoded.request_id, "Unavailable", "the node is shutting down"))])
+            return
+        self._next_conn += 1
+        conn = str(self._next_conn)
+        self._conns[conn] = request.routing_id
+        self.driver.command(ClientCall(conn=conn, request=decoded))
+
+    def _operator_request(self, request: ClientMessage) -> bool:
+        """The membership probe operators and tests use (needs the cluster's keys)."""
+        try:
+            msg = from_cbor(request.parts[0])
+        except DecodeError:
+            return False
+        if not isinstance(msg, NodeStatusRequest):
+            return False
+        rows = tuple(MemberRow(node=m.node_id, state=m.state, incarnation=m.incarnation,
+                               peer_addr=m.meta.peer_addr) for m in self.core.gossip.members())
+        status = NodeStatus(node=self.node_id, members=rows,
+                            counters=tuple(sorted(self.peer.counters().items())))
+        self.clients.reply(request.routing_id, [to_cbor(status)])
+        return True
+
+    def _send_reply(self, reply: ClientReply) -> None:
+        routing_id = self._conns.pop(reply.conn, None)
+        if routing_id is None:
+            return
+        try:
+            frame = proto.encode(reply.response)
+        except EncodeError as exc:
+            frame = proto.encode(proto.fail(reply.response.request_id, "Internal",
+                                            f"the answer could not be encoded: {exc}"))
+        self.clients.reply(routing_id, [frame])
+
+    # -- events -----------------------------------------------------------------
+
+    def _publish_invocation(self, record: proto.InvocationRecord) -> None:
+        if record.function:
+            event = proto.LogEvent(function=record.function, invocation_id=record.invocation_id,
+                                   node=record.node, wall_ns=self.clock.now().wall_ns,
+                                   text=record.log_tail)
+            recent = self._recent.setdefault(record.function,
+                                             deque(maxlen=RECENT_LOGS_PER_FUNCTION))
+            recent.append(event)
+            self.events.publish(proto.log_topic(record.function), proto.encode(event))
+        self.events.publish(proto.INVOCATION_TOPIC_PREFIX + record.function.encode(),
+                            proto.encode(attrs.evolve(record, payload=None)))
+
+    # -- effects ------------------------------------------------------------------
+
+    async def _effect_invoke(self, effect: Effect) -> EffectResult:
+        task: InvokeTask = effect.args
+        ok, error = await self.blob_service.fetch(task.code.sha256, task.code.size_bytes,
+                                                  list(task.peers))
+        if not ok:
+            return _failed(effect, task, "Sandbox.CodeUnavailable", error)
+        try:
+            code_dir = await trio.to_thread.run_sync(self._unpacked, task.code.sha256)
+        except (PackageError, OSError) as exc:
+            return _failed(effect, task, "Sandbox.BadCode", str(exc))
+        layer = None
+        if task.config.requirements:
+            try:
+                layer = await self.executor.ensure_layer(task.config.requirements,
+                                                         task.config.runtime)
+            except Exception as exc:  # a failed pip install is the deploy's error, shown as is
+                return _failed(effect, task, "Runtime.DependencyError", str(exc))
+        spec = FunctionSpec(name=task.function, handler=task.config.handler, code_dir=str(code_dir),
+                            runtime=task.config.runtime, memory_mb=task.config.memory_mb,
+                            timeout_ms=task.config.timeout_s * 1000, env=task.config.env,
+                            layer=layer)
+        started = self.clock.now().wall_ns
+        result = await self.executor.invoke(spec, task.version, task.payload, task.invocation_id)
+        return EffectResult(effect_id=effect.effect_id, ok=True,
+                            value=_record(task, result, self.node_id, started))
+
+    def _unpacked(self, sha256: str) -> Path:
+        """The code blob unpacked (once) into DATA/code/<sha256>, world-readable."""
+        target = self.code_root / sha256
+        if target.exists():
+            return target
+        data = self.blobs.get(sha256)
+        if data is None:
+            raise OSError(f"blob {sha256} vanished")
+        package = normalize_zip(data)  # refuses names that would land outside the folder
+        self.code_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.code_root, prefix=".unpack-"))
+        with zipfile.ZipFile(io.BytesIO(package.zip_bytes)) as archive:
+            for info in archive.infolist():
+                if info.is_dir() or check_entry_name(info.filename) is not None:
+                    continue
+                path = staging / info.filename
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.read(info))
+                path.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
+        for folder in [staging, *[p for p in staging.rglob("*") if p.is_dir()]]:
+            folder.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # a concurrent unpack won
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    async def _effect_replicate(self, effect: Effect) -> EffectResult:
+        result = await self.blob_service.replicate(effect.args)
+        return attrs.evolve(result, effect_id=effect.effect_id)
+
+    async def _effect_local(self, effect: Effect) -> EffectResult:
+        call: LocalCall = effect.args
+        response = await self._local(call)
+        return EffectResult(effect_id=effect.effect_id, ok=True, value=response)
+
+    async def _local(self, call: LocalCall) -> proto.ClientResponse:
+        body, rid = call.body, call.request_id
+        if isinstance(body, proto.HasBlob):
+            return proto.ok(rid, self.blobs.has(body.sha256) if _is_sha(body.sha256) else False)
+        if isinstance(body, proto.UploadChunk):
+            return await self._upload(rid, body)
+        if isinstance(body, proto.RecentLogs):
+            recent = list(self._recent.get(body.name, ()))[-max(1, min(body.limit, 1000)):]
+            return proto.ok(rid, recent)
+        return proto.fail(rid, "BadRequest", f"unsupported request {type(body).__name__}")
+
+    async def _upload(self, rid: str, chunk: proto.UploadChunk) -> proto.ClientResponse:
+        if not _is_sha(chunk.sha256):
+            return proto.fail(rid, "BadRequest", "sha256 must be 64 lowercase hex digits")
+        if chunk.total_bytes > faas.CODE_MAX_BYTES or chunk.total_bytes < 0:
+            return proto.fail(rid, "BadRequest", f"code over {faas.CODE_MAX_BYTES} bytes")
+        if self.blobs.has(chunk.sha256):
+            return proto.ok(rid, proto.BlobProgress(received_bytes=chunk.total_bytes, complete=True))
+        received, buf = self._uploads.get(chunk.sha256, (0, bytearray()))
+        if chunk.offset == 0:
+            received, buf = 0, bytearray()
+        if chunk.offset != received:
+            return proto.fail(rid, "BadRequest", f"expected offset {received}, got {chunk.offset}")
+        buf.extend(chunk.data)
+        received += len(chunk.data)
+        if received > chunk.total_bytes:
+            self._uploads.pop(chunk.sha256, None)
+            return proto.fail(rid, "BadRequest", "more data than total_bytes")
+        if received < chunk.total_bytes:
+            self._uploads[chunk.sha256] = (received, buf)
+            return proto.ok(rid, proto.BlobProgress(received_bytes=received, complete=False))
+        self._uploads.pop(chunk.sha256, None)
+        data = bytes(buf)
+        if hashlib.sha256(data).hexdigest() != chunk.sha256:
+            return proto.fail(rid, "BadRequest", "the uploaded bytes do not match their sha256")
+        try:
+            normalize_zip(data)
+        except PackageError as exc:
+            return proto.fail(rid, "BadRequest", f"refused code package: {exc}")
+        await trio.to_thread.run_sync(self.blobs.put, data)
+        return proto.ok(rid, proto.BlobProgress(received_bytes=received, complete=True))
+
+    # -- lifetime -----------------------------------------------------------------
+
+    async def _refresh_warm(self) -> None:
+        last: tuple[str, ...] = ()
+        while True:
+            warm = tuple(sorted(f"{name}" for name in self.executor.warm_functions()))
+            if warm != last:
+                last = warm
+                self.driver.command(SetWarm(warm=warm))
+            await trio.sleep(WARM_REFRESH_S)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.net.run)
+                for part in (self.peer.run, self.clients.run, self.events.run,
+                             self.blob_service.run, self.executor.run):
+                    await nursery.start(part)
+                await nursery.start(self.driver.run)
+                nursery.start_soon(self._read_peers)
+                nursery.start_soon(self._serve_clients)
+                nursery.start_soon(self._refresh_warm)
+                if self.config.join:
+                    self.driver.command(JoinMesh(seeds=tuple(self._seed_ids())))
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.executor.aclose()
+            self.store.close()
+            self.net.close()
+
+    async def stop(self) -> None:
+        """Stop taking requests, let running invocations finish, leave, close."""
+        if self._nursery is None:
+            return
+        self._accepting = False
+        with trio.move_on_after(self.config.drain_s):
+            while self.core.running or self.core.routing:
+                await trio.sleep(0.05)
+        self.driver.command(LeaveMesh())
+        await trio.sleep(0.3)  # let the leave announcement and last replies go out
+        self._nursery.cancel_scope.cancel()
+
+
+def _failed(effect: Effect, task: InvokeTask, error_type: str, text: str) -> EffectResult:
+    record = proto.InvocationRecord(invocation_id=task.invocation_id, function=task.function,
+                                    status="failed", version=task.version, error_type=error_type,
+                                    error_message=text[:4096], memory_mb=task.config.memory_mb)
+    return EffectResult(effect_id=effect.effect_id, ok=True, value=record)
+
+
+_STATUS: dict[str, proto.InvocationStatus] = {"ok": "succeeded", "timeout": "timeout"}
+
+
+def _record(task: InvokeTask, result: InvocationResult, node: str,
+            started_wall_ns: int) -> proto.InvocationRecord:
+    status = _STATUS.get(result.status, "failed")
+    error = result.error or {}
+    return proto.InvocationRecord(
+        invocation_id=task.invocation_id, function=task.function, status=status,
+        version=task.version, node=node, start_wall_ns=started_wall_ns,
+        duration_ns=int(result.duration_ms * 1_000_000), billed_duration_ms=result.billed_ms,
+        memory_mb=result.memory_size_mb, max_memory_used_mb=result.max_memory_mb,
+        cold_start=result.cold_start, log_tail=result.log_tail[-proto.LOG_TAIL_MAX_BYTES:],
+        payload=result.result if status == "succeeded" else None,
+        error_type=str(error.get("errorType", "")),
+        error_message=str(error.get("errorMessage", ""))[:4096])
+
+
+async def run_until_signalled(config: MeshProcessConfig) -> None:
+    node = MeshProcess(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            print(json.dumps(node.endpoints()), flush=True)
+            async for signum in signals:
+                log.info("%s: %s, stopping", config.node_id, signal.Signals(signum).name)
+                await node.stop()
+                break
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------
+# CLI: meshfaas node start
+# ---------------------------------------------------------------------------
+
+
+@click.group("node")
+def node_cli() -> None:
+    """Run a meshfaas node."""
+
+
+@node_cli.command("start")
+@click.option("--id", "node_id", required=True, help="This node's name in the cluster.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--peer", default="tcp://127.0.0.1:*", show_default=True,
+              help="Endpoint to bind for peers.")
+@click.option("--client", default="tcp://127.0.0.1:*", show_default=True,
+              help="Endpoint to bind for clients.")
+@click.option("--events", default=None, help="Endpoint to bind the event PUB socket.")
+@click.option("--join", default="", help="Comma-separated peer endpoints of existing nodes.")
+@click.option("--voters", default="", help="Comma-separated ids of the Paxos voters "
+              "(default: this node alone).")
+@click.option("--keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The cluster's keys/cluster.json, copied into the data directory.")
+@click.option("--insecure", is_flag=True, help="No CURVE (anyone who can connect can join).")
+@click.option("--capacity", type=click.IntRange(1, 1024), default=8, show_default=True,
+              help="Invocations this node runs at once.")
+@click.option("--sandbox", "sandbox_backend", type=click.Choice(["nsjail", "unsafe"]),
+              default="nsjail", show_default=True,
+              help="'unsafe' runs user code without isolation: only where nsjail cannot run.")
+@click.option("--bootstrap-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The first admin key's public half (written by `meshfaas up`).")
+@click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
+@click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
+def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
+          voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
+          bootstrap_key: Path | None, probe_interval_ms: int, probe_timeout_ms: int,
+          seed: int | None) -> None:
+    """Start a node and run it until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    gossip = GossipConfig(probe_interval_ns=probe_interval_ms * NS_PER_MS,
+                          probe_timeout_ns=probe_timeout_ms * NS_PER_MS)
+    voter_ids = tuple(v.strip() for v in voters.split(",") if v.strip()) or (node_id,)
+    config = MeshProcessConfig(
+        node_id=node_id, data_dir=data_dir, voters=voter_ids, peer_bind=peer, client_bind=client,
+        events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
+        keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
+        bootstrap_key=bootstrap_key, gossip=gossip, seed=seed)
+    try:
+        trio.run(run_until_signalled, config)
+    except NodeStartError as exc:
+        raise click.ClickException(str(exc)) from None
+
