@@ -335,3 +335,7 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # python -m meshfaas.runtime.node start ... (the gossip-only node)
+    node_cli()

@@ -50,7 +50,7 @@ class NodeProc:
         self._connect_args: tuple[Path, bool] = (self.data_dir, True)
 
     def start(self, *extra: str) -> None:
-        args = [sys.executable, "-m", "meshfaas", "node", "start", "--id", self.name,
+        args = [sys.executable, "-m", "meshfaas.runtime.node", "start", "--id", self.name,
                 "--data-dir", str(self.data_dir), "--peer", self.peer, "--client", self.client,
                 "--probe-interval-ms", str(PROBE_MS), "--probe-timeout-ms", str(PROBE_MS // 4),
                 *extra]
@@ -213,7 +213,7 @@ def _other_cluster_keys(tmp_path: Path) -> Path:
 
 def test_a_joiner_without_keys_is_refused_at_start(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "meshfaas", "node", "start", "--id", "x",
+        [sys.executable, "-m", "meshfaas.runtime.node", "start", "--id", "x",
          "--data-dir", str(tmp_path / "x"), "--join", "tcp://127.0.0.1:1"],
         capture_output=True, timeout=30, env={**os.environ})
     assert result.returncode != 0
