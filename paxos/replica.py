@@ -957,8 +957,8 @@ class Replica:
         if self.queue:
             cmds, self.queue = self.queue[:self.cfg.batch_max], self.queue[self.cfg.batch_max:]
             return Batch(ballot=self.ballot, cmds=tuple(cmds))
-        if slot <= self.establish_slot:
-            return _noop(self.ballot)
+        if slot <= self.establish_slot or any(start > slot for start, _ in self.config):
+            return _noop(self.ballot)  # establish our ballot, or bring a new config into force
         return None
 
     def propose(self, slot: int, value: Batch) -> None:
