@@ -178,7 +178,7 @@ def test_the_fencing_token_is_the_leaders_ballot_and_grows() -> None:
     c.command(leader, Propose(client_id="a", seq=1, payload=["put", "k", "v"]))
     assert c.wait_result("a", 1).fencing == info.ballot
     c.world.crash(leader)
-    new = c.wait_for(lambda: (lambda l: l if l and l != leader else None)(c.leader()))
+    new = c.wait_for(lambda: (lambda found: found if found and found != leader else None)(c.leader()))
     new_info = c.core(new).leader_info()
     assert new_info.ballot > info.ballot
     c.command(new, Propose(client_id="a", seq=2, payload=["get", "k"]))
@@ -244,7 +244,7 @@ def test_voters_are_replaced_through_the_log() -> None:
                            for n in ("n3", "n4", "n5")))
     c.world.crash(NodeId("n1"))
     c.world.crash(NodeId("n2"))
-    new = c.wait_for(lambda: (lambda l: l if l in ("n3", "n4", "n5") else None)(c.leader()))
+    new = c.wait_for(lambda: (lambda found: found if found in ("n3", "n4", "n5") else None)(c.leader()))
     c.command(new, Propose(client_id="a", seq=1, payload=["put", "k", "after"]))
     assert c.wait_result("a", 1).ok
     c.wait_for(lambda: all(c.core(n).sm.data.get("k") == "after" for n in ("n3", "n4", "n5")))
