@@ -280,6 +280,7 @@ class Executor:
             self._pool.put(_key(function, version), slot, now)
             self._poke_reaper(now + self.config.idle_expiry_ms / 1000)
             started += 1
+        self._want_spares(_shape(function), function)
         return started
 
     async def invoke(self, function: FunctionSpec, version: str, payload: bytes, request_id: str,
@@ -304,6 +305,8 @@ class Executor:
         finally:
             self._busy.discard(slot)
             await self._after(key, slot)
+            if cold:  # replace the spare only now, so its start does not slow this cold start
+                self._want_spares(_shape(function), function)
         init_ms = outcome.init_ms if outcome.init_ms is not None else slot.sandbox.init_ms
         return _result(request_id, outcome, function, version, init_ms if cold else None,
                        self.config.log_tail_bytes)
@@ -378,7 +381,6 @@ class Executor:
                             f"Rate Exceeded: {function.name} already has its maximum of live sandboxes",
                             function)
         spare = self._take_spare(_shape(function))
-        self._want_spares(_shape(function), function)
         if spare is not None:
             return await self._claim(key, spare, function, version, runtime, request_id)
         if not self._free_uids:
