@@ -1,4 +1,4 @@
-"""Nodes in one process (fast): join, status over the client port, leave."""
+"""Nodes in one process (fast): join, status over the client port, bad frames, leave."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import trio
 import zmq
 
 from gossip import GossipConfig
-from meshfaas.core.codec import from_cbor, to_cbor
+from meshfaas.core.codec import Codec, from_cbor, to_cbor
 from meshfaas.core.types import NS_PER_MS, NodeId
-from meshfaas.runtime.keys import cluster_key_path
-from meshfaas.runtime.messages import NodeStatus, NodeStatusRequest
+from meshfaas.runtime.keys import cluster_key_path, read_keys
+from meshfaas.runtime.messages import NodeStatus, NodeStatusRequest, TransportProbe
 from meshfaas.runtime.node import Node, NodeConfig
 
 from .helpers import wait_until
@@ -50,6 +50,41 @@ async def test_two_nodes_join_answer_status_and_leave(tmp_path: Path) -> None:
         assert isinstance(status, NodeStatus)
         assert [(m.node, m.state) for m in status.members] == [("a", "alive"), ("b", "alive")]
         assert dict(status.counters)["delivered"] >= 1
+        await _bad_frames_are_counted_and_harmless(first, tmp_path)
         await second.stop()
         await wait_until(lambda: state(first, "b") == "left", what="b to have left")
         nursery.cancel_scope.cancel()
+
+
+async def _bad_frames_are_counted_and_harmless(node: Node, tmp_path: Path) -> None:
+    """A keyed peer sending junk: every frame is a counted drop; the node runs on."""
+    keys = read_keys(cluster_key_path(tmp_path / "a"))
+    codec = Codec(keys.cluster_id)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_serverkey = keys.public_key
+    sock.curve_publickey, sock.curve_secretkey = keys.public_key, keys.secret_key
+    sock.connect(node.peer.endpoint)
+    before = node.demux.counters()
+    frames = [b"", b"\x9f" * 1000, codec.encode("b", "a", TransportProbe(nonce=1))[:-3],
+              Codec("elsewhere").encode("b", "a", TransportProbe(nonce=1)),
+              codec.encode("b", "a", TransportProbe(nonce=1))]  # no core for runtime messages
+    try:
+        for frame in frames:
+            sock.send(frame)
+        await wait_until(lambda: _drops(node) - _drops_in(before) == len(frames),
+                         what="every bad frame counted")
+    finally:
+        sock.close(linger=0)
+    counts = node.demux.counters()
+    assert counts["decode_errors"] - before.get("decode_errors", 0) == 4
+    assert counts["dropped_no_core"] - before.get("dropped_no_core", 0) == 1
+    assert node.gossip.state_of(NodeId("b")) == "alive"
+
+
+def _drops_in(counts: dict[str, int]) -> int:
+    return counts.get("decode_errors", 0) + counts.get("dropped_no_core", 0)
+
+
+def _drops(node: Node) -> int:
+    return _drops_in(node.demux.counters())
