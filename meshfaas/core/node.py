@@ -317,7 +317,8 @@ class MeshNode:
         gossip_disk, paxos_disk, own_disk = _split_disk(disk)
         self.gossip = Gossip(config.gossip, self.node_id, gossip_disk, rng, now,
                              seeds=[NodeId(s) for s in seeds], meta=self._meta())
-        self.paxos = Replica(self._paxos_config(disk_lost), self.sm, rng, paxos_disk, now)
+        self.paxos = Replica(self._paxos_config(disk_lost), _SlotApply(self.sm), rng, paxos_disk,
+                             now)
         boot = int(own_disk.get("meta", {}).get("boots", 0)) + 1
         self.out.persist("m.meta", "boots", boot)
         self.lanes = [_Lane(client_id=f"{self.node_id}/{boot}/{i}") for i in range(config.lanes)]
@@ -332,6 +333,8 @@ class MeshNode:
         self.queries: dict[int, tuple[str, str, set[str]]] = {}  # id -> (conn, request, asked)
         self.next_query = 0
         self.async_running: set[str] = set()  # async request ids this leader dispatched
+        # (request id, attempts, status) -> our monotonic ns when we first saw it so
+        self.async_seen: dict[tuple[str, int, str], int] = {}
         self.sub_batches: dict[int, list[tuple[Any, int]]] = {}
         self.sub_pending: list[tuple[Any, int]] = []
         self.last_meta: NodeMeta = self._meta()
@@ -623,6 +626,8 @@ class MeshNode:
             return
         if self.now.mono_ns >= waiting.give_up_ns:
             self._finish_lane(client_id, seq)
+            if isinstance(waiting.command, (faas.StartAsyncAttempt, faas.RecordAsyncAttempt)):
+                self.async_running.discard(waiting.command.request_id)  # the next scan retries
             self._fail(waiting.conn, waiting.request_id, "Unavailable",
                        "no Paxos majority answered in time; the change may still apply")
             return
@@ -896,24 +901,59 @@ class MeshNode:
     # ----------------------------------------------------------- async work
 
     def _scan_async(self) -> None:
-        """As leader: start due attempts, and fail attempts whose lease expired."""
+        """As leader: start due attempts, and fail attempts whose lease expired.
+
+        Wall clocks of different nodes may disagree (the simulator skews them by
+        up to 1000 s), and the times in an :class:`~meshfaas.core.faas.AsyncRecord`
+        were read on whichever leader proposed them. So this leader also times
+        every open record on its own monotonic clock from when it first saw it in
+        its current state: a running attempt expires only once its lease has
+        passed here, and a pending retry is due by the wall rule or once its
+        backoff has passed here.
+        """
         if not self.paxos.leader_info().is_leader:
             self.async_running.clear()
+            self.async_seen.clear()
             return
         wall = self.now.wall_ns
-        for rec in self.sm.expired_attempts(wall):
-            if rec.request_id not in self.async_running:
+        open_records = self._open_async()
+        for rec in open_records:
+            if rec.status == "running" and self._async_held_ns(rec) >= self._lease_ns(rec.function) \
+                    and rec.request_id not in self.async_running:
                 self.async_running.add(rec.request_id)
                 self._propose(self._failed_attempt(rec.request_id, rec.attempts,
                                                    "Sandbox.Lost", "the attempt's lease expired"),
                               None, "")
-        for rec in self.sm.due_async(wall, limit=16):
+        started = 0
+        for rec in open_records:
+            if rec.status != "pending" or not self._async_due(rec, wall) or started >= 16:
+                continue
             if rec.request_id in self.async_running or len(self.async_running) > 256:
                 continue
+            started += 1
             self.async_running.add(rec.request_id)
             self._propose(faas.StartAsyncAttempt(
                 request_id=rec.request_id, attempt=rec.attempts + 1, node=self.node_id,
                 wall_ns=wall, lease_until_wall_ns=wall + self._lease_ns(rec.function)), None, "")
+
+    def _open_async(self) -> list[faas.AsyncRecord]:
+        """Pending and running records, oldest first; forget timings of the others."""
+        records = sorted((r for r in self.sm.asyncs.values() if r.status in ("pending", "running")),
+                         key=lambda r: (r.next_attempt_at_wall_ns, r.request_id))
+        keys = {(r.request_id, r.attempts, r.status) for r in records}
+        self.async_seen = {k: v for k, v in self.async_seen.items() if k in keys}
+        return records
+
+    def _async_held_ns(self, rec: faas.AsyncRecord) -> int:
+        """How long this leader has seen ``rec`` in its current state (monotonic)."""
+        key = (rec.request_id, rec.attempts, rec.status)
+        return self.now.mono_ns - self.async_seen.setdefault(key, self.now.mono_ns)
+
+    def _async_due(self, rec: faas.AsyncRecord, wall_ns: int) -> bool:
+        held_ns = self._async_held_ns(rec)
+        if rec.next_attempt_at_wall_ns <= wall_ns or rec.attempts == 0:
+            return True
+        return held_ns >= faas.async_retry_delay_ns(min(rec.attempts, len(faas.ASYNC_RETRY_DELAYS_NS)))
 
     def _lease_ns(self, function: str) -> int:
         record = self.sm.get_function(function)
@@ -989,6 +1029,30 @@ class MeshNode:
         self.effects[self.next_effect] = (kind, context)
         self.out.effect(Effect(effect_id=self.next_effect, kind=kind, args=args))
         return self.next_effect
+
+
+class _SlotApply:
+    """The state machine as Paxos sees it: several commands may share one slot.
+
+    Paxos batches many commands into one log slot and applies each with the
+    slot's index; :meth:`FaasStateMachine.apply` refuses an index that is not
+    above the last one. Commands of one slot are in order within it, so a repeat
+    of the last index is let through (found by the ``mesh`` simulator scenario).
+    """
+
+    def __init__(self, sm: FaasStateMachine) -> None:
+        self.sm = sm
+
+    def apply(self, index: int, command: Any) -> Any:
+        if index == self.sm.last_index:
+            self.sm.last_index = index - 1
+        return self.sm.apply(index, command)
+
+    def snapshot(self) -> bytes:
+        return self.sm.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.sm.restore(data)
 
 
 def _split_disk(disk: Mapping[str, Mapping[Hashable, Any]]) -> tuple[

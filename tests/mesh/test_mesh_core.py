@@ -1,0 +1,173 @@
+"""MeshNode in a small simulated World: keys, deploys, invocations, routing, failures, results."""
+
+from __future__ import annotations
+
+from meshfaas.core import auth, faas
+from meshfaas.core import client_proto as proto
+from meshfaas.core.types import NodeId
+from mesh_harness import Mesh
+
+
+def started(**kwargs: object) -> Mesh:
+    mesh = Mesh(**kwargs)  # type: ignore[arg-type]
+    mesh.start()
+    return mesh
+
+
+def error_kind(response: proto.ClientResponse) -> str:
+    assert not response.ok, f"expected an error, got {response.value!r}"
+    assert response.error is not None
+    return response.error.kind
+
+
+def test_bootstrap_key_is_on_every_node_and_works_everywhere() -> None:
+    mesh = started()
+    for node in mesh.ids:
+        keys = mesh.core(node).sm.list_keys()
+        assert [k.key_id for k in keys] == [mesh.put_key.key_id]
+        assert keys[0].role == "admin"
+        response = mesh.request(node, proto.Ping())
+        assert response.ok and response.value == proto.Pong(node=node)
+
+
+def test_deploy_then_invoke_from_every_node() -> None:
+    mesh = started()
+    deployed = mesh.deploy("n2")
+    assert deployed.created and deployed.function.revision == 1
+    mesh.wait_for(lambda: all(mesh.core(n).sm.get_function("hello") for n in mesh.ids),
+                  within_s=2, what="the function on every node")
+    for node in mesh.ids:
+        response = mesh.request(node, proto.Invoke(name="hello", payload=b"{}"))
+        assert response.ok, response.error
+        result = response.value
+        assert isinstance(result, proto.InvokeResult)
+        assert result.payload == b'{"ran_on":"' + result.node.encode() + b'"}'
+        assert result.executed_version == faas.LATEST
+    listed = mesh.request("n3", proto.ListFunctions())
+    assert [f.name for f in listed.value] == ["hello"]
+
+
+def test_invoking_a_missing_function_is_not_found() -> None:
+    mesh = started()
+    assert error_kind(mesh.request("n1", proto.Invoke(name="ghost", payload=b"{}"))) == "NotFound"
+    event = proto.Invoke(name="ghost", payload=b"{}", invocation_type="Event")
+    assert error_kind(mesh.request("n2", event)) == "NotFound"
+    assert mesh.runs == []
+
+
+def test_a_bad_api_key_is_unauthorized() -> None:
+    mesh = started()
+    stranger = auth.make_api_key(bytes(range(auth.random_bytes_needed()))).token
+    for token in (stranger, "not-a-key", mesh.token[:-1] + ("x" if mesh.token[-1] != "x" else "y")):
+        assert error_kind(mesh.request("n1", proto.ListFunctions(), token=token)) == "Unauthorized"
+    assert error_kind(mesh.request("n1", proto.GetResult(invocation_id="n1~00"),
+                                   token=stranger)) == "Unauthorized"
+
+
+def test_a_viewer_key_cannot_deploy_but_can_read() -> None:
+    mesh = started()
+    viewer = mesh.make_key("viewer")
+    mesh.wait_for(lambda: len(mesh.core("n3").sm.list_keys()) == 2, within_s=2,
+                  what="the new key on n3")
+    deploy = proto.Deploy(name="hello", code=faas.CodeRef(sha256="cd" * 32, size_bytes=1),
+                          handler="app.handler")
+    assert error_kind(mesh.request("n3", deploy, token=viewer)) == "Forbidden"
+    listed = mesh.request("n3", proto.ListFunctions(), token=viewer)
+    assert listed.ok and listed.value == []
+
+
+def test_async_invoke_with_the_same_idempotency_key_gives_the_same_id() -> None:
+    mesh = started()
+    mesh.deploy()
+    body = proto.Invoke(name="hello", payload=b"{}", invocation_type="Event",
+                        idempotency_key="order-42")
+    first = mesh.request("n1", body)
+    second = mesh.request("n3", body)
+    other = mesh.request("n2", proto.Invoke(name="hello", payload=b"{}",
+                                            invocation_type="Event", idempotency_key="order-43"))
+    assert first.ok and second.ok and other.ok
+    assert first.value == second.value
+    assert other.value != first.value
+    invocation_id = first.value.invocation_id
+    mesh.wait_for(lambda: mesh.core("n2").sm.get_async(invocation_id).status == "succeeded",
+                  within_s=5, what="the async invocation to succeed")
+    assert len(mesh.runs_of(invocation_id)) == 1
+
+
+def test_a_full_node_refuses_and_the_router_tries_another() -> None:
+    refusals = 0
+    for seed in range(1, 6):
+        mesh = started(seed=seed, capacity=1, auto=False)
+        mesh.deploy()
+        mesh.run_for(1)
+        conns = [mesh.call(node, proto.Invoke(name="hello", payload=b"{}")) for node in mesh.ids]
+        mesh.wait_for(lambda m=mesh: len(m.runs) == 3, within_s=3, what="three invocations running")
+        assert sorted(r.node for r in mesh.runs) == mesh.ids  # one per node: capacity 1 each
+        refusals += sum(mesh.core(n).counters.get("refused_full", 0) for n in mesh.ids)
+        late = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}"))
+        assert error_kind(late) == "Throttled"
+        mesh.finish_all()
+        for conn in conns:
+            assert mesh.wait_reply(conn).ok
+    assert refusals > 0, "no node was ever full when asked: the refusal path never ran"
+
+
+def test_killing_the_node_running_a_sync_invocation_answers_unavailable() -> None:
+    mesh = started(capacity={"n1": 0, "n2": 8, "n3": 8}, auto=False)
+    mesh.deploy(timeout_s=60)  # the caller must hear of the death, not of a timeout
+    conn = mesh.call("n1", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=2, what="the invocation to start")
+    runner = mesh.runs[0].node
+    assert runner != "n1"
+    mesh.world.crash(runner)
+    response = mesh.wait_reply(conn, within_s=15)
+    assert error_kind(response) == "Unavailable"
+    assert runner in response.error.message
+
+
+def test_an_async_invocation_whose_node_crashes_is_retried_and_completes() -> None:
+    mesh = started(auto=False)
+    mesh.deploy(timeout_s=2)
+    accepted = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}",
+                                               invocation_type="Event"))
+    assert accepted.ok
+    invocation_id = accepted.value.invocation_id
+    mesh.wait_for(lambda: mesh.runs_of(invocation_id), within_s=5, what="the first attempt")
+    runner = mesh.runs_of(invocation_id)[0].node
+    mesh.world.crash(runner)
+    mesh.auto = True
+    mesh.finish_all()  # the crashed node's result is never heard
+    survivor = next(n for n in mesh.ids if n != runner)
+    mesh.wait_for(lambda: mesh.core(survivor).sm.get_async(invocation_id).status == "succeeded",
+                  within_s=120, what="the retried attempt to succeed")
+    record = mesh.core(survivor).sm.get_async(invocation_id)
+    assert record.attempts == 2
+    assert record.node != runner
+    assert len(mesh.runs_of(invocation_id)) == 2
+
+
+def test_get_result_from_a_node_that_did_not_run_it() -> None:
+    mesh = started(capacity={"n1": 0, "n2": 8, "n3": 0})
+    mesh.deploy()
+    invoked = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}"))
+    assert invoked.ok and invoked.value.node == "n2"
+    found = mesh.request("n3", proto.GetResult(invocation_id=invoked.value.invocation_id))
+    assert found.ok, found.error
+    assert found.value.status == "succeeded" and found.value.node == "n2"
+    missing = mesh.request("n3", proto.GetResult(invocation_id="n1~feedface"))
+    assert error_kind(missing) == "NotFound"
+
+
+def test_results_survive_a_restart() -> None:
+    mesh = started(capacity={"n1": 0, "n2": 8, "n3": 0})
+    mesh.deploy()
+    invoked = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}"))
+    invocation_id = invoked.value.invocation_id
+    mesh.run_for(0.5)  # the result store's writes are synced
+    for node in ("n1", "n2"):
+        mesh.world.crash(NodeId(node))
+        mesh.world.restart(NodeId(node))
+    assert invocation_id in mesh.core("n1").results
+    mesh.start()
+    found = mesh.request("n2", proto.GetResult(invocation_id=invocation_id))
+    assert found.ok and found.value.payload == b'{"ran_on":"n2"}'
