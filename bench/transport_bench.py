@@ -6,7 +6,9 @@
   127.0.0.1; A sends a 64-byte frame to B, B's task sends it back. Measured with
   CURVE (the default) and with the insecure mode. Round trip p50/p99 one at a time,
   then throughput with a window of 256 frames in flight (round trips per second).
-* reference: a bare pyzmq REQ/REP echo between two threads, blocking calls.
+* references: a bare pyzmq REQ/REP echo between two threads, blocking calls; a
+  bare DEALER/ROUTER echo with both ends in one trio loop (no owner tasks, no
+  channels, no CURVE), the floor for anything trio-driven.
 """
 
 from __future__ import annotations
@@ -101,6 +103,54 @@ async def bench_transport(security: Security, rtt_n: int, msg_n: int) -> dict[st
     }
 
 
+async def _wait_in(sock: zmq.Socket[Any]) -> None:
+    while not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        await trio.lowlevel.wait_readable(int(sock.getsockopt(zmq.FD)))
+
+
+async def _recv(sock: zmq.Socket[Any]) -> list[bytes]:
+    while True:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            await _wait_in(sock)
+
+
+async def bench_raw_trio(rtt_n: int, msg_n: int) -> dict[str, Any]:
+    """A bare DEALER/ROUTER echo, both ends in one trio loop, no owner tasks or channels."""
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+
+    async def echo() -> None:
+        while True:
+            router.send_multipart(await _recv(router))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        samples = []
+        for i in range(rtt_n + 200):
+            t0 = time.perf_counter_ns()
+            dealer.send(PAYLOAD)
+            await _recv(dealer)
+            if i >= 200:
+                samples.append((time.perf_counter_ns() - t0) / 1000)
+        sent = received = 0
+        t_start = time.perf_counter()
+        while received < msg_n:
+            while sent < msg_n and sent - received < WINDOW:
+                dealer.send(PAYLOAD)
+                sent += 1
+            await _recv(dealer)
+            received += 1
+        rate = msg_n / (time.perf_counter() - t_start)
+        nursery.cancel_scope.cancel()
+    ctx.destroy(linger=0)
+    return {"p50_us": statistics.median(samples), "p99_us": percentile(samples, 0.99),
+            "rt_per_s": rate}
+
+
 def bench_reqrep(n: int) -> dict[str, Any]:
     ctx = zmq.Context()
     rep = ctx.socket(zmq.REP)
@@ -145,6 +195,8 @@ def main() -> None:
         insecure = Security.insecure()
     rows = {
         "bare pyzmq REQ/REP (2 threads, 1 in flight)": bench_reqrep(args.round_trips),
+        "bare DEALER/ROUTER, one trio loop": trio.run(bench_raw_trio, args.round_trips,
+                                                      args.messages),
         "transport, CURVE": trio.run(
             bench_transport, Security.curve(keys), args.round_trips, args.messages
         ),
