@@ -84,3 +84,24 @@ def test_context_remaining_time_counts_down(monkeypatch: pytest.MonkeyPatch) -> 
     assert (ctx.function_name, ctx.memory_limit_in_mb, ctx.aws_request_id) == ("fn", "256", "rid")
     expired = bootstrap.LambdaContext("rid", time.monotonic() - 5, "arn:x")
     assert expired.get_remaining_time_in_millis() == 0
+
+
+@pytest.mark.parametrize(
+    ("nsjail_log", "hint"),
+    [
+        ("[E][2026][1] initNs():1 clone(flags=CLONE_NEWUSER|CLONE_NEWNS) failed: Operation not permitted",
+         "enable user namespaces"),
+        ("[E][2026][1] buildMountTree():328 Failed to mount mandatory point: '/var/task'",
+         "check that the interpreter prefix"),
+        ("[E][2026][1] initCgroup():1 Could not create cgroup '/sys/fs/cgroup/memory/x'",
+         "cgroups='off'"),
+        ("[F][2026][1] main():359 Couldn't prepare sandboxing policy", "run `nsjail` by hand"),
+    ],
+)
+def test_start_failure_explains_why_and_how_to_fix(nsjail_log: str, hint: str) -> None:
+    from sandbox.process import explain_start_failure
+
+    message = explain_start_failure(nsjail_log, 255, "")
+    assert "did not start (exit status 255)" in message
+    assert "nsjail said: " + nsjail_log in message
+    assert hint in message

@@ -233,16 +233,20 @@ async def test_nsjail_start_failure_says_why_and_how(runtimes: dict[str, Runtime
     assert "did not start" in message and "nsjail said" in message and "how to fix" in message
 
 
-async def test_unsafe_backend_only_by_configuration_and_warns(runtimes: dict[str, Runtime],
-                                                              make_fn: MakeFn, tmp_path: Path) -> None:
+async def test_unsafe_backend_only_by_configuration_and_warns(
+        runtimes: dict[str, Runtime], make_fn: MakeFn, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     config = ExecutorConfig(data_dir=str(tmp_path), backend="unsafe")
     with pytest.warns(RuntimeWarning, match="unsafe"):
         ex = Executor(config, runtimes=runtimes)
+    caplog.clear()
     async with ex:
         fn = make_fn("app.handler", folder="basic")
         assert result(await ex.invoke(fn, "1", b"{}", "r"))["calls"] == 1
         res = await ex.invoke(make_fn("app.sleep", timeout_ms=300), "1", b'{"seconds": 30}', "r")
         assert res.status == "timeout"
+    starts = [r for r in caplog.records if r.levelname == "WARNING" and "'unsafe'" in r.getMessage()]
+    assert len(starts) == 2  # one warning per sandbox start
     assert ExecutorConfig(data_dir="x").backend == "nsjail"
 
 
