@@ -114,7 +114,8 @@ class Driver:
     def observe(self, observer: Callable[[Notification], None]) -> None:
         """Call ``observer`` (synchronously, must not block) with every notification,
         before the sends of the same batch leave: e.g. to learn a new member's
-        address before the reply to it is sent."""
+        address before the reply to it is sent. An observer must not call back
+        into this driver (``command``, ``deliver``): it runs inside a pump."""
         self._observers.append(observer)
 
     def subscribe(
