@@ -102,6 +102,7 @@ class Driver:
         self._pending: list[Ready] = []
         self._has_pending = trio.Event()
         self._syncing = False
+        self._pumping = False
         self._nursery: trio.Nursery | None = None
         self._tick_scope: trio.CancelScope | None = None
         self._tick_deadline: int | None = None
@@ -114,8 +115,8 @@ class Driver:
     def observe(self, observer: Callable[[Notification], None]) -> None:
         """Call ``observer`` (synchronously, must not block) with every notification,
         before the sends of the same batch leave: e.g. to learn a new member's
-        address before the reply to it is sent. An observer must not call back
-        into this driver (``command``, ``deliver``): it runs inside a pump."""
+        address before the reply to it is sent. An observer may call ``command``:
+        the output joins the running pump, after this batch."""
         self._observers.append(observer)
 
     def subscribe(
@@ -190,8 +191,14 @@ class Driver:
     # -- the pump -----------------------------------------------------------------
 
     def _pump(self) -> None:
-        while (ready := self.core.take_ready()) is not None:
-            self._dispatch(ready)
+        if self._pumping:  # an input from inside a pump: the running pump takes it
+            return
+        self._pumping = True
+        try:
+            while (ready := self.core.take_ready()) is not None:
+                self._dispatch(ready)
+        finally:
+            self._pumping = False
         if self._tick_scope is not None and self.core.next_deadline() != self._tick_deadline:
             self._tick_scope.cancel()
 

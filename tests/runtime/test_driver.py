@@ -249,6 +249,10 @@ async def test_observers_see_notifications_before_the_batch_is_sent(
         core.outbox.send(PEER, TransportProbe(nonce=1))
         driver.command(("send_only", 2))
         assert log.events[:3] == [("observed", "member_joined"), ("send", 1), ("send", 2)]
+        # An observer may issue a command: its batch follows the current one.
+        driver.observe(lambda note: note.kind == "ping" and driver.command(("send_only", 9)))
+        driver.command(("notify", "ping"))
+        assert log.events[-3:] == [("on_persisted", 2), ("send", 9), ("on_persisted", 3)]
 
 
 async def test_frames_to_an_alias_are_ours(autojump_clock: trio.testing.MockClock) -> None:
