@@ -98,17 +98,28 @@ class Mesh:
         return args
 
     def start(self) -> None:
-        for i, node_id in enumerate(self.ids):
-            log = open(self.data_dir / f"{node_id}.log", "a")  # noqa: SIM115 (kept for the child)
-            proc = subprocess.Popen(self._args(i, node_id), stdout=subprocess.PIPE, stderr=log,
-                                    text=True, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
-            self.procs[node_id] = proc
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line:
-                raise click.ClickException(
-                    f"node {node_id} did not start; see {self.data_dir / (node_id + '.log')}")
-            self.info[node_id] = json.loads(line)
+        for i in range(len(self.ids)):
+            self.start_node(i)
+
+    def start_node(self, i: int) -> None:
+        """Start node ``i`` (again) and read its endpoints line."""
+        node_id = self.ids[i]
+        log = open(self.data_dir / f"{node_id}.log", "a")  # noqa: SIM115 (kept for the child)
+        proc = subprocess.Popen(self._args(i, node_id), stdout=subprocess.PIPE, stderr=log,
+                                text=True, start_new_session=True, preexec_fn=_die_with_parent)
+        self.procs[node_id] = proc
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            proc.wait()
+            raise click.ClickException(
+                f"node {node_id} did not start; see {self.data_dir / (node_id + '.log')}")
+        self.info[node_id] = json.loads(line)
+
+    def kill(self, node_id: str) -> None:
+        """kill -9 one node (for failure tests)."""
+        proc = self.procs[node_id]
+        proc.kill()
+        proc.wait()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         for proc in self.procs.values():

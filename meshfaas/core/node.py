@@ -505,6 +505,12 @@ class MeshNode:
         if isinstance(body, proto.GetResult):
             self._get_result(call, body.invocation_id)
             return
+        if self.sm.authenticate(call.request.api_key) is None and not self.caught_up():
+            # A key this replica does not know yet may be in entries it has not
+            # applied: say "try elsewhere", not "unauthorized".
+            self._fail(call.conn, call.request.request_id, "Unavailable",
+                       f"{self.node_id} is catching up with the log")
+            return
         plan = faas_api.plan(self.sm, call.request, node=self.node_id,
                              wall_ns=self.now.wall_ns, random_bytes=self.rng.randbytes)
         if isinstance(plan, faas_api.Reply):
@@ -515,6 +521,13 @@ class MeshNode:
             self._start_invoke(plan, call.conn)
         else:
             self._local(plan, call.conn)
+
+    def caught_up(self) -> bool:
+        """True when this replica has applied everything a leader told it is chosen."""
+        info = self.paxos.leader_info()
+        if info.is_leader:
+            return True
+        return info.leader_hint is not None and self.paxos.chosen_upto >= self.paxos.known_commit
 
     def _reply(self, conn: str | None, response: proto.ClientResponse) -> None:
         if conn is not None:

@@ -1,0 +1,210 @@
+"""Real node processes on loopback: a mesh deploys and invokes, survives kill -9 of its
+leader without losing an acknowledged deploy, and fails or retries invocations whose
+node dies, explicitly.
+
+Every wait is on a condition with a deadline; every process started here is stopped.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshfaas.cli_up import Mesh, _ensure_admin_key
+from meshfaas.client import Client, MeshfaasError, Timeout, Unavailable
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
+SLEEPY = Path(__file__).resolve().parent / "handlers" / "sleepy"
+
+
+def _free_base_port(count: int) -> int:
+    """A base port with ``count`` free ports after it (checked by binding each)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range on loopback")
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except MeshfaasError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+
+
+class LocalMesh:
+    def __init__(self, root: Path, nodes: int) -> None:
+        self.root = root
+        self.api_key = _ensure_admin_key(root)
+        self.mesh = Mesh(root, nodes, _free_base_port(3 * nodes), "nsjail", capacity=4)
+
+    def start(self) -> None:
+        self.mesh.start()
+        for node in self.mesh.ids:
+            with self.client(node) as client:
+                wait_for(lambda c=client: c.list_functions() is not None, 60,
+                         f"{node} to accept the admin key")
+
+    def client(self, node: str | None = None, **kwargs: Any) -> Client:
+        endpoints = ([self.mesh.info[node]["client"]] if node else self.mesh.endpoints())
+        key = self.mesh.info[self.mesh.ids[0]]["public_key"]
+        return Client(endpoints, self.api_key, server_public_key=key, **kwargs)
+
+    def leader(self) -> str:
+        return wait_for(lambda: self.client().status().leader, 30, "a leader")
+
+    def stop(self) -> None:
+        self.mesh.stop()
+
+
+@pytest.fixture
+def mesh3(tmp_path: Path) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(tmp_path, 3)
+    try:
+        mesh.start()
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_deploy_then_invoke_through_every_node_and_resume(tmp_path: Path) -> None:
+    mesh = LocalMesh(tmp_path, 3)
+    try:
+        mesh.start()
+        mesh.client().deploy("hello", str(EXAMPLE), handler="app.handler")
+        for node in mesh.mesh.ids:
+            with mesh.client(node) as client:
+                out = client.invoke("hello", {"name": node})
+                assert out["greeting"] == f"Hello, {node}!"
+    finally:
+        mesh.stop()
+    again = LocalMesh(tmp_path, 3)  # the same data directory: the same mesh
+    again.mesh.base_port = mesh.mesh.base_port
+    try:
+        again.start()
+        with again.client() as client:
+            assert [f.name for f in client.list_functions()] == ["hello"]
+            assert client.invoke("hello", {"name": "again"})["greeting"] == "Hello, again!"
+    finally:
+        again.stop()
+
+
+def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh3: LocalMesh) -> None:
+    with mesh3.client() as client:
+        client.deploy("hello", str(EXAMPLE), handler="app.handler")
+    acked: list[str] = []
+    invoke_ok: list[float] = []
+    stop = threading.Event()
+
+    def deployer() -> None:
+        with mesh3.client(timeout_s=10) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    client.deploy(f"f{i}", str(EXAMPLE), handler="app.handler")
+                    acked.append(f"f{i}")
+                except MeshfaasError:
+                    pass
+
+    def invoker() -> None:
+        with mesh3.client(timeout_s=10) as client:
+            while not stop.is_set():
+                try:
+                    client.invoke("hello", {"name": "x"})
+                    invoke_ok.append(time.monotonic())
+                except MeshfaasError:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=deployer), threading.Thread(target=invoker)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(acked) >= 3 and invoke_ok, 60, "deploys and invocations flowing")
+        leader = mesh3.leader()
+        mesh3.mesh.kill(leader)
+        killed_at = time.monotonic()
+        wait_for(lambda: any(t > killed_at for t in invoke_ok), 30, "an invocation after the kill")
+        n_acked = len(acked)
+        wait_for(lambda: len(acked) > n_acked, 30, "a deploy acknowledged after the kill")
+        mesh3.mesh.start_node(mesh3.mesh.ids.index(leader))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    expected = {"hello", *acked}
+    for node in mesh3.mesh.ids:  # every node, the restarted one too, has every acked deploy
+        with mesh3.client(node) as client:
+            wait_for(lambda c=client: expected <= {f.name for f in c.list_functions()}, 60,
+                     f"{node} to hold every acknowledged deploy")
+
+
+def _running_on(mesh: LocalMesh, client: Client) -> str:
+    def busy() -> str | None:
+        loads = client.status().load
+        return next((n for n, load in sorted(loads.items()) if load > 0), None)
+
+    return wait_for(busy, 20, "the invocation to start somewhere")
+
+
+def test_a_node_killed_mid_invocation(mesh3: LocalMesh) -> None:
+    with mesh3.client() as client:
+        client.deploy("sleepy", str(SLEEPY), handler="app.handler", timeout_s=20)
+        client.invoke("sleepy", {"seconds": 0})  # warm the path
+    errors: list[Exception] = []
+
+    def caller() -> None:
+        with mesh3.client("n1", timeout_s=60) as client:
+            try:
+                client.invoke("sleepy", {"seconds": 15})
+            except MeshfaasError as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    with mesh3.client("n1") as observer:
+        victim = _running_on(mesh3, observer)
+    if victim == "n1":  # the entry node ran it: killing it cuts the caller off too
+        mesh3.mesh.kill("n1")
+    else:
+        mesh3.mesh.kill(victim)
+    thread.join(90)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], (Unavailable, Timeout)), errors
+    mesh3.mesh.start_node(mesh3.mesh.ids.index(victim))
+
+    # Asynchronous: the attempt on a dead node is retried elsewhere and succeeds.
+    with mesh3.client() as client:
+        invocation = client.invoke_async("sleepy", {"seconds": 2})
+        victim = _running_on(mesh3, client)
+        mesh3.mesh.kill(victim)
+    survivors = [n for n in mesh3.mesh.ids if n != victim]
+    with mesh3.client(survivors[0], timeout_s=10) as client:
+        record = wait_for(lambda: (r := client.result(invocation)).status == "succeeded" and r,
+                          120, "the async invocation to be retried and succeed")
+        assert record.attempts >= 2
