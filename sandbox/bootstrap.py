@@ -70,29 +70,40 @@ def encode_frame(header: Json, body: bytes = b"") -> bytes:
     return FRAME.pack(len(head), len(body)) + head + body
 
 
-def _read_exact(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
+class FrameReader:
+    """Reads frames from a pipe, taking whatever the pipe holds per read (one
+    syscall per frame in the usual case) and keeping the rest for the next."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def _fill(self, size: int) -> bool:
+        while len(self.buffer) < size:
+            chunk = os.read(self.fd, max(1 << 16, size - len(self.buffer)))
+            if not chunk:
+                return False
+            self.buffer += chunk
+        return True
+
+    def read(self) -> tuple[Json, bytes] | None:
+        if not self._fill(FRAME.size):
             return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+        head_len, body_len = FRAME.unpack_from(self.buffer)
+        if head_len + body_len > MAX_REQUEST_BYTES:
+            raise ValueError("frame too large")
+        end = FRAME.size + head_len + body_len
+        if not self._fill(end):
+            return None
+        head = bytes(self.buffer[FRAME.size:FRAME.size + head_len]) or b"{}"
+        body = bytes(self.buffer[FRAME.size + head_len:end])
+        del self.buffer[:end]
+        return json.loads(head), body
 
 
 def read_frame(fd: int) -> tuple[Json, bytes] | None:
-    prefix = _read_exact(fd, FRAME.size)
-    if prefix is None:
-        return None
-    head_len, body_len = FRAME.unpack(prefix)
-    if head_len + body_len > MAX_REQUEST_BYTES:
-        raise ValueError("frame too large")
-    head = _read_exact(fd, head_len) if head_len else b"{}"
-    body = _read_exact(fd, body_len) if body_len else b""
-    if head is None or body is None:
-        return None
-    return json.loads(head), body
+    """One frame from ``fd`` with a throwaway reader (tests; it may read past the frame)."""
+    return FrameReader(fd).read()
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -355,10 +366,10 @@ def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes,
 # ---------------------------------------------------------------------------
 
 
-def _wait_for_load(read_fd: int, write_fd: int) -> bool:
+def _wait_for_load(reader: FrameReader, write_fd: int) -> bool:
     """Spare mode: announce readiness, then take the function's environment from a load frame."""
     write_all(write_fd, encode_frame({"op": "ready", "spare": True}))
-    frame = read_frame(read_fd)
+    frame = reader.read()
     if frame is None or frame[0].get("op") != "load":
         return False
     os.environ.pop("MESHFAAS_SPARE", None)
@@ -369,9 +380,10 @@ def _wait_for_load(read_fd: int, write_fd: int) -> bool:
 
 def serve(read_fd: int, write_fd: int) -> int:
     init_start = time.monotonic()
+    reader = FrameReader(read_fd)
     _setup_streams_and_logging()
     if os.environ.get("MESHFAAS_SPARE") == "1":
-        if not _wait_for_load(read_fd, write_fd):
+        if not _wait_for_load(reader, write_fd):
             return 0
         init_start = time.monotonic()
     _setup_path()
@@ -383,7 +395,7 @@ def serve(read_fd: int, write_fd: int) -> int:
              "max_response": int(os.environ.get("MESHFAAS_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES))}
     write_all(write_fd, encode_frame({"op": "ready", "init_ms": init_ms, "python": version}))
     while True:
-        frame = read_frame(read_fd)
+        frame = reader.read()
         if frame is None or frame[0].get("op") == "exit":
             return 0
         header, out = invoke(handler, frame[0], frame[1], state)
