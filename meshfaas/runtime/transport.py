@@ -69,6 +69,13 @@ _MONITOR_EVENTS: dict[int, str] = {
 }
 
 
+_PEER_COUNTERS = (
+    "sent", "received", "dropped_unknown_peer", "dropped_queue_full", "dropped_inbound_full",
+    "dropped_malformed", "dropped_oversize", "decode_errors", "dropped_misaddressed",
+    "dealer.sent", "dealer.dropped_hwm",
+)
+
+
 class Network:
     """One zmq context, its security, and the ZAP handler when CURVE is on."""
 
@@ -147,6 +154,8 @@ class PeerTransport:
         self._peer_queue = peer_queue
         self._sndhwm = sndhwm
         self.stats = Counters()
+        for name in _PEER_COUNTERS:  # present from the start, so dashboards see zeros
+            self.stats.inc(name, 0)
         self._peers: dict[NodeId, _Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._in_send, self.inbound = trio.open_memory_channel[bytes](inbound_capacity)
