@@ -36,10 +36,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox.executor import BOOTSTRAP_FILE, Executor, ExecutorConfig, FunctionSpec
+from sandbox.executor import Executor, ExecutorConfig, FunctionSpec
 from sandbox.process import SandboxProcess
 from sandbox.runtimes import discover_runtimes, pick
-from sandbox.spec import SandboxSpec
 
 HANDLER = "def handler(event, context):\n    return event\n"
 
@@ -75,6 +74,7 @@ async def fresh_cold_starts(ex: Executor, fn: FunctionSpec, count: int) -> list[
 
 async def spare_cold_starts(ex: Executor, fn: FunctionSpec, count: int) -> list[float]:
     out = []
+    ex.prepare(fn)  # so the first claim finds a spare too
     for i in range(count):
         await ex.wait_for_spares()
         start = time.perf_counter()
@@ -94,6 +94,39 @@ async def warm_calls(ex: Executor, fn: FunctionSpec, count: int) -> list[float]:
         out.append((time.perf_counter() - start) * 1e6)
         assert res.status == "ok" and not res.cold_start
     return out
+
+
+ECHO_CHILD = """
+import os, sys
+r, w = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    data = os.read(r, 65536)
+    if not data:
+        break
+    os.write(w, data)
+"""
+
+
+async def echo_floor(python: str, count: int) -> list[float]:
+    """The floor under a warm call: an echo to a child interpreter over two pipes."""
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    child = subprocess.Popen(
+        [python, "-I", "-S", "-c", ECHO_CHILD, str(to_r), str(from_w)], pass_fds=(to_r, from_w)
+    )
+    os.close(to_r)
+    os.close(from_w)
+    out, back = trio.lowlevel.FdStream(to_w), trio.lowlevel.FdStream(from_r)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await out.send_all(b"x" * 64)
+        await back.receive_some(65536)
+        times.append((time.perf_counter() - start) * 1e6)
+    await out.aclose()
+    await back.aclose()
+    child.wait()
+    return times
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -164,6 +197,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             spare = await spare_cold_starts(ex, fn, args.cold)
             bare_after = bare_starts(runtime.executable, args.cold)
             warm = await warm_calls(ex, fn, args.warm)
+            echo = await echo_floor(runtime.executable, args.warm)
             memory = await idle_memory(ex, fn, 8)
     bare_all = bare + bare_after
     return {
@@ -177,6 +211,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "spare_p99_ms": pct(spare, 0.99),
         "warm_p50_us": pct(warm, 0.5),
         "warm_p99_us": pct(warm, 0.99),
+        "echo_p50_us": pct(echo, 0.5),
+        "echo_p99_us": pct(echo, 0.99),
         "cold_n": args.cold,
         "warm_n": args.warm,
         **memory,
@@ -197,6 +233,7 @@ def markdown(r: dict[str, object]) -> str:
             f"| cold start, fresh jail (n={f['cold_n']}) | {f['fresh_p50_ms']} ms | {f['fresh_p99_ms']} ms | {ratio_fresh:.2f}x |",
             f"| cold start, spare jail claimed (n={f['cold_n']}) | {f['spare_p50_ms']} ms | {f['spare_p99_ms']} ms | {ratio_spare:.2f}x |",
             f"| warm invocation, host round trip (n={f['warm_n']}) | {f['warm_p50_us']} us | {f['warm_p99_us']} us | |",
+            f"| floor: pipe echo to a child interpreter (n={f['warm_n']}) | {f['echo_p50_us']} us | {f['echo_p99_us']} us | |",
             "",
             f"Idle warm sandbox memory (mean of {f['count']}): jailed interpreter RSS {f['jailed_rss_mb']} MB "
             f"(PSS {f['jailed_pss_mb']} MB); nsjail supervisor RSS {f['nsjail_rss_mb']} MB (PSS {f['nsjail_pss_mb']} MB).",
@@ -214,4 +251,3 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true")
     result = trio.run(main, parser.parse_args())
     print(json.dumps(result, indent=1) if parser.parse_args().json else markdown(result))
-    _ = (BOOTSTRAP_FILE, SandboxSpec)
