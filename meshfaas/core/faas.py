@@ -271,6 +271,16 @@ class Deleted:
     name: str
 
 
+@message(311)
+@attrs.frozen(kw_only=True)
+class Deployed:
+    """The result of :class:`DeployFunction`: the function, and the version if one was published."""
+
+    function: FunctionRecord
+    version: VersionRecord | None = None
+    created: bool = False
+
+
 # ---------------------------------------------------------------------------
 # Commands (tags 320-339)
 # ---------------------------------------------------------------------------
@@ -426,6 +436,19 @@ class Noop:
 # ---------------------------------------------------------------------------
 # Snapshot
 # ---------------------------------------------------------------------------
+
+
+@message(335)
+@attrs.frozen(kw_only=True)
+class DeployFunction:
+    """Create ``name``, or replace its code and configuration, in one entry; maybe publish."""
+
+    name: str
+    config: FunctionConfig
+    code: CodeRef
+    wall_ns: int
+    publish: bool = False
+    description: str = ""
 
 
 @message(340)
@@ -637,6 +660,32 @@ class FaasStateMachine:
         )
         self.functions[cmd.name] = record
         return record
+
+    def apply_deploy(self, cmd: DeployFunction) -> Deployed | FaasError:
+        problem = check_function_name(cmd.name) or check_config(cmd.config) or check_code(cmd.code)
+        if problem is None and len(cmd.description) > DESCRIPTION_MAX_CHARS:
+            problem = f"description over {DESCRIPTION_MAX_CHARS} characters"
+        if problem is not None:
+            return _bad(problem)
+        if cmd.publish and len(self.versions.get(cmd.name, {})) >= MAX_VERSIONS_PER_FUNCTION:
+            return _limit(f"at most {MAX_VERSIONS_PER_FUNCTION} versions per function")
+        record = self.functions.get(cmd.name)
+        created = record is None
+        if record is None:
+            made = self.apply_create_function(CreateFunction(
+                name=cmd.name, config=cmd.config, code=cmd.code, wall_ns=cmd.wall_ns))
+            if isinstance(made, FaasError):
+                return made
+            record = made
+        elif (record.config, record.code) != (cmd.config, cmd.code):
+            record = self._changed(record, cmd.wall_ns, config=cmd.config, code=cmd.code)
+        if not cmd.publish:
+            return Deployed(function=record, created=created)
+        version = self.apply_publish_version(PublishVersion(
+            name=cmd.name, wall_ns=cmd.wall_ns, description=cmd.description))
+        if isinstance(version, FaasError):  # cannot happen: checked above
+            return version
+        return Deployed(function=self.functions[cmd.name], version=version, created=created)
 
     def _existing(self, name: str, expected_revision: int | None) -> FunctionRecord | FaasError:
         record = self.functions.get(name)
@@ -953,6 +1002,7 @@ def _check_range_error(what: str, value: int, low: int, high: int) -> FaasError 
 
 _DISPATCH: dict[type, str] = {
     CreateFunction: "apply_create_function",
+    DeployFunction: "apply_deploy",
     UpdateFunctionCode: "apply_update_code",
     UpdateFunctionConfig: "apply_update_config",
     DeleteFunction: "apply_delete_function",

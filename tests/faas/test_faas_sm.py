@@ -428,6 +428,9 @@ commands = st.one_of(
     st.builds(CreateFunction, name=names, code=codes, wall_ns=walls, config=st.builds(
         FunctionConfig, handler=st.just("app.h"), memory_mb=st.sampled_from([64, 128, 256]))),
     st.builds(UpdateFunctionCode, name=names, code=codes, wall_ns=walls),
+    st.builds(faas.DeployFunction, name=names, code=codes, wall_ns=walls, publish=st.booleans(),
+              config=st.builds(FunctionConfig, handler=st.just("app.h"),
+                               timeout_s=st.sampled_from([0, 3, 5]))),
     st.builds(UpdateFunctionConfig, name=names, wall_ns=walls, patch=st.builds(
         ConfigPatch, timeout_s=st.none() | st.integers(0, 1000),
         env=st.none() | st.dictionaries(st.sampled_from(["A", "B", "z9"]), st.text(max_size=3)))),
@@ -463,3 +466,18 @@ def test_replicas_agree_and_snapshots_round_trip(cmds: list[Any]) -> None:
     for cmd in [accept("r1", "k1"), create("f"), start(1, "r2")]:
         a.index += 1
         assert restored.apply(a.index, cmd) == a.sm.apply(a.index, cmd)
+
+
+def test_deploy_creates_then_updates_and_publishes(apply: Driver) -> None:
+    first = apply(faas.DeployFunction(name="f", config=CONFIG, code=CODE_A, wall_ns=1))
+    assert first.created and first.version is None and first.function.revision == 1
+    same = apply(faas.DeployFunction(name="f", config=CONFIG, code=CODE_A, wall_ns=2))
+    assert not same.created and same.function.revision == 1
+    bigger = attrs.evolve(CONFIG, memory_mb=256)
+    published = apply(faas.DeployFunction(name="f", config=bigger, code=CODE_B, wall_ns=3,
+                                           publish=True, description="v1"))
+    assert published.function.revision == 2 and published.version.version == 1
+    assert published.version.code == CODE_B and published.function.last_version == 1
+    bad = apply(faas.DeployFunction(name="f", config=CONFIG, code=CODE_A, wall_ns=4,
+                                    publish=True, description="d" * 300))
+    assert kind(bad) == "BadRequest" and apply.sm.functions["f"].revision == 2

@@ -1,0 +1,906 @@
+"""The meshfaas client SDK: ``Client`` (synchronous) and ``AsyncClient`` (trio).
+
+How it works
+------------
+Both clients speak :mod:`meshfaas.core.client_proto` over a zmq DEALER
+connected to one node's client ROUTER at a time, CURVE-encrypted when a
+server public key is given. The operations are written once, as generators
+(:class:`_Operations`) that yield :class:`_Call` values (a request body, a
+timeout, whether it may be resent) and receive the decoded value; the two
+clients only differ in how they drive a round trip (zmq poller vs trio's
+edge-triggered FD wait).
+
+Failover: the DEALER is created with ``IMMEDIATE`` so a send waits for a
+completed connection (TCP and the CURVE handshake); if none completes within
+``connect_timeout_s`` the endpoint counts as down and the next one is tried.
+While waiting for a reply the client also watches the socket monitor: if the
+connection drops (the node died), a read-only request is resent to the next
+endpoint, anything else raises :class:`Unavailable` at once (an invocation may
+or may not have run; an async one is safe to resend since it carries its
+idempotency key). A node's own ``Unavailable`` answer (no leader, no quorum)
+also moves on to the next endpoint. Stale replies to earlier requests are
+recognised by request id and dropped.
+
+Neither client is safe to share between threads; an ``AsyncClient`` serialises
+its requests with a lock (open several clients for parallel calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import attrs
+import trio
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from meshfaas.core import client_proto as proto
+from meshfaas.core.auth import Role
+from meshfaas.core.codec import DecodeError
+from meshfaas.core.faas import CodeRef, ConfigPatch, Deployed, FunctionRecord, VersionRecord
+from meshfaas.core.faas_package import Entry, Package, PackageError, build_zip, normalize_zip
+
+__all__ = [
+    "AsyncClient", "BadRequest", "Client", "Conflict", "FunctionError", "InternalError",
+    "MeshfaasError", "NotFound", "Throttled", "Timeout", "Unauthorized", "Forbidden",
+    "Unavailable", "load_credentials", "package_code",
+]
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+INVOKE_MARGIN_S = 30.0  # over the longest function timeout, for routing and cold starts
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"})
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class MeshfaasError(Exception):
+    """A request failed; ``kind`` is the protocol's error kind."""
+
+    kind = "Internal"
+
+    def __init__(self, message: str, *, error: proto.ClientError | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error
+
+
+class NotFound(MeshfaasError):
+    kind = "NotFound"
+
+
+class Unauthorized(MeshfaasError):
+    kind = "Unauthorized"
+
+
+class Forbidden(MeshfaasError):
+    kind = "Forbidden"
+
+
+class Throttled(MeshfaasError):
+    kind = "Throttled"
+
+
+class Timeout(MeshfaasError):
+    kind = "Timeout"
+
+
+class Unavailable(MeshfaasError):
+    kind = "Unavailable"
+
+
+class BadRequest(MeshfaasError):
+    kind = "BadRequest"
+
+
+class Conflict(MeshfaasError):
+    kind = "Conflict"
+
+
+class InternalError(MeshfaasError):
+    kind = "Internal"
+
+
+class FunctionError(MeshfaasError):
+    """The handler raised. ``errorType``/``errorMessage`` are Lambda's names for them."""
+
+    kind = "FunctionError"
+
+    def __init__(self, message: str, *, error: proto.ClientError | None = None) -> None:
+        super().__init__(message, error=error)
+        self.errorType = error.error_type if error else ""
+        self.errorMessage = error.error_message if error else message
+        self.stackTrace = list(error.stack_trace) if error else []
+        self.invocation_id = error.invocation_id if error else ""
+
+
+_ERRORS: dict[str, type[MeshfaasError]] = {
+    cls.kind: cls for cls in (NotFound, Unauthorized, Forbidden, Throttled, Timeout,
+                              Unavailable, BadRequest, Conflict, FunctionError, InternalError)
+}
+
+
+def error_for(error: proto.ClientError) -> MeshfaasError:
+    """The typed exception for a protocol error."""
+    cls = _ERRORS.get(error.kind, InternalError)
+    if cls is FunctionError:
+        return FunctionError(f"{error.error_type}: {error.error_message}", error=error)
+    return cls(error.message, error=error)
+
+
+# ---------------------------------------------------------------------------
+# Code packaging (the directory walk is IO, so it lives here, not in the core)
+# ---------------------------------------------------------------------------
+
+
+def read_directory(root: Path) -> list[Entry]:
+    """Every regular file under ``root`` as an entry; symlinks are refused."""
+    entries: list[Entry] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                raise PackageError(f"{here / name}: symbolic links are refused")
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            entries.append(_read_file(root, here / name))
+    return entries
+
+
+def _read_file(root: Path, path: Path) -> Entry:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise PackageError(f"{path}: symbolic links are refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise PackageError(f"{path}: not a regular file")
+    relative = path.relative_to(root).as_posix()
+    return Entry(path=relative, data=path.read_bytes(), executable=bool(st.st_mode & 0o111))
+
+
+def package_code(code: str | os.PathLike[str] | bytes) -> Package:
+    """A canonical zip from a directory, a ``.zip`` file path, or zip bytes."""
+    if isinstance(code, (bytes, bytearray, memoryview)):
+        return normalize_zip(bytes(code))
+    path = Path(code)
+    if path.is_dir():
+        return build_zip(read_directory(path))
+    if path.is_file():
+        return normalize_zip(path.read_bytes())
+    raise PackageError(f"{path}: neither a directory nor a zip file")
+
+
+# ---------------------------------------------------------------------------
+# Credentials
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Credentials:
+    """What a client needs: endpoints, an API key, and the CURVE keys if any."""
+
+    endpoints: tuple[str, ...]
+    api_key: str
+    server_public_key: bytes | None = None
+    client_public_key: bytes | None = None
+    client_secret_key: bytes | None = None
+
+
+def _key(raw: Any) -> bytes | None:
+    return raw.encode() if isinstance(raw, str) and raw else None
+
+
+def load_credentials(data_dir: str | os.PathLike[str]) -> Credentials:
+    """Read ``DATA_DIR/credentials.json`` (written by ``meshfaas up``).
+
+    Keys: ``endpoints`` (list), ``api_key``, and optionally
+    ``server_public_key``, ``client_public_key``, ``client_secret_key`` (z85).
+    Without client keys, the cluster key file ``DATA_DIR/keys/cluster.json``
+    (when present) supplies the server key and a keypair the nodes admit.
+    """
+    path = Path(data_dir) / "credentials.json"
+    raw = json.loads(path.read_text())
+    endpoints = raw.get("endpoints") or []
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    creds = Credentials(
+        endpoints=tuple(endpoints), api_key=str(raw.get("api_key", "")),
+        server_public_key=_key(raw.get("server_public_key")),
+        client_public_key=_key(raw.get("client_public_key")),
+        client_secret_key=_key(raw.get("client_secret_key")),
+    )
+    cluster = Path(data_dir) / "keys" / "cluster.json"
+    if creds.client_secret_key is None and cluster.exists():
+        keys = json.loads(cluster.read_text())
+        creds = attrs.evolve(
+            creds, server_public_key=_key(keys.get("public_key")),
+            client_public_key=_key(keys.get("public_key")),
+            client_secret_key=_key(keys.get("secret_key")))
+    return creds
+
+
+# ---------------------------------------------------------------------------
+# Operations, written once as generators
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Call:
+    body: Any
+    timeout_s: float
+    retry_safe: bool
+
+
+Op = Generator[_Call, Any, T]
+
+
+class _Operations:
+    """The API as generators: each yields calls and returns the method's result."""
+
+    timeout_s: float
+
+    def _call(self, body: Any, *, timeout_s: float | None = None) -> _Call:
+        return _Call(body=body, timeout_s=timeout_s or self.timeout_s,
+                     retry_safe=type(body) in proto.READ_ONLY)
+
+    def _deploy(self, name: str, code: Any, progress: Callable[[int, int], None] | None,
+                **config: Any) -> Op[Deployed]:
+        package = package_code(code)
+        have = yield self._call(proto.HasBlob(sha256=package.sha256))
+        if not have:
+            yield from self._upload(package, progress)
+        elif progress is not None:
+            progress(package.size_bytes, package.size_bytes)
+        ref = CodeRef(sha256=package.sha256, size_bytes=package.size_bytes)
+        result: Deployed = yield self._call(proto.Deploy(name=name, code=ref, **config))
+        return result
+
+    def _upload(self, package: Package, progress: Callable[[int, int], None] | None) -> Op[None]:
+        data, total = package.zip_bytes, package.size_bytes
+        for offset in range(0, total, proto.CHUNK_BYTES):
+            chunk = data[offset : offset + proto.CHUNK_BYTES]
+            yield self._call(proto.UploadChunk(
+                sha256=package.sha256, total_bytes=total, offset=offset, data=chunk))
+            if progress is not None:
+                progress(offset + len(chunk), total)
+
+    def _invoke(self, name: str, payload: Any, qualifier: str | None,
+                timeout_s: float | None) -> Op[Any]:
+        body = proto.Invoke(name=name, payload=_encode_payload(payload), qualifier=qualifier)
+        result: proto.InvokeResult = yield self._call(
+            body, timeout_s=timeout_s or proto_invoke_timeout_s())
+        return _decode_payload(result.payload)
+
+    def _invoke_async(self, name: str, payload: Any, qualifier: str | None,
+                      idempotency_key: str | None) -> Op[str]:
+        key = idempotency_key or os.urandom(16).hex()
+        body = proto.Invoke(name=name, payload=_encode_payload(payload), qualifier=qualifier,
+                            invocation_type="Event", idempotency_key=key)
+        call = attrs.evolve(self._call(body), retry_safe=True)  # the key makes resends safe
+        accepted: proto.AsyncAccepted = yield call
+        return accepted.invocation_id
+
+    def _simple(self, body: Any) -> Op[Any]:
+        value = yield self._call(body)
+        return value
+
+
+def proto_invoke_timeout_s() -> float:
+    return 900 + INVOKE_MARGIN_S
+
+
+def _encode_payload(payload: Any) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _decode_payload(data: bytes) -> Any:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return data
+
+
+def _weights(version: str | int, weights: dict[str | int, float] | None
+             ) -> tuple[str | None, int]:
+    """Lambda-style ``{other_version: share}`` to ``(extra_version, basis points)``."""
+    if not weights:
+        return None, 0
+    others = {str(v): w for v, w in weights.items() if str(v) != str(version)}
+    if len(others) != 1:
+        raise ValueError("weights name exactly one version besides the alias's own")
+    (extra, share), = others.items()
+    if not 0.0 <= share <= 1.0:
+        raise ValueError("a weight is a share between 0.0 and 1.0")
+    return extra, round(share * 10_000)
+
+
+# ---------------------------------------------------------------------------
+# Shared connection logic
+# ---------------------------------------------------------------------------
+
+
+class _Endpoints:
+    """The endpoint list, the current one, and the socket settings."""
+
+    def __init__(self, endpoints: str | Sequence[str], api_key: str | None,
+                 server_public_key: bytes | str | None, client_public_key: bytes | str | None,
+                 client_secret_key: bytes | str | None) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError("at least one endpoint is needed")
+        key = api_key or os.environ.get("MESHFAAS_API_KEY", "")
+        if not key:
+            raise ValueError("an API key is needed (api_key= or MESHFAAS_API_KEY)")
+        self.api_key = key
+        self.server_key = _as_bytes(server_public_key)
+        public, secret = _as_bytes(client_public_key), _as_bytes(client_secret_key)
+        if self.server_key is not None and (public is None or secret is None):
+            public, secret = zmq.curve_keypair()
+        self.client_keys = (public, secret)
+        self.current = 0
+
+    def configure(self, sock: zmq.Socket[Any]) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME_BYTES + 1024)
+        if self.server_key is not None:
+            sock.curve_serverkey = self.server_key
+            sock.curve_publickey = self.client_keys[0]
+            sock.curve_secretkey = self.client_keys[1]
+
+    def dealer(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        sock = ctx.socket(zmq.DEALER)
+        self.configure(sock)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sock.connect(self.endpoints[self.current])
+        return sock, monitor
+
+    def advance(self) -> None:
+        self.current = (self.current + 1) % len(self.endpoints)
+
+    def request(self, call: _Call) -> tuple[str, bytes]:
+        request_id = os.urandom(12).hex()
+        frame = proto.encode(proto.ClientRequest(
+            request_id=request_id, api_key=self.api_key, body=call.body,
+            timeout_ms=int(call.timeout_s * 1000)))
+        return request_id, frame
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _matching(frame: bytes, request_id: str) -> proto.ClientResponse | None:
+    try:
+        response = proto.decode_response(frame)
+    except DecodeError:
+        return None
+    return response if response.request_id == request_id else None
+
+
+def _value(response: proto.ClientResponse) -> Any:
+    if response.ok:
+        return response.value
+    raise error_for(response.error or proto.ClientError(kind="Internal", message="no error"))
+
+
+def _is_disconnect(monitor: zmq.Socket[Any]) -> bool:
+    """Drain the monitor; True if it reported a dropped connection."""
+    dropped = False
+    while True:
+        try:
+            parts = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return dropped
+        dropped |= parse_monitor_message(parts)["event"] == zmq.EVENT_DISCONNECTED
+
+
+class _Attempt:
+    """Why one endpoint did not answer: down (never connected) or lost mid-request."""
+
+    DOWN = "down"
+    LOST = "lost"
+    TIMEOUT = "timeout"
+
+
+def _give_up(call: _Call, outcome: str, endpoint: str) -> MeshfaasError | None:
+    """The error to raise after ``outcome`` on ``endpoint``, or None to try the next one."""
+    if outcome == _Attempt.DOWN:
+        return None  # nothing was sent: always safe to try another endpoint
+    if call.retry_safe:
+        return None
+    if outcome == _Attempt.LOST:
+        return Unavailable(f"connection to {endpoint} lost while waiting for the reply; "
+                           "the request may or may not have taken effect")
+    return Timeout(f"no reply from {endpoint} within {call.timeout_s:g} s")
+
+
+# ---------------------------------------------------------------------------
+# The synchronous client
+# ---------------------------------------------------------------------------
+
+
+class Client(_Operations):
+    """A synchronous client. ``Client(endpoints, api_key=...)``; a context manager."""
+
+    def __init__(self, endpoints: str | Sequence[str], api_key: str | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+                 server_public_key: bytes | str | None = None,
+                 client_public_key: bytes | str | None = None,
+                 client_secret_key: bytes | str | None = None,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self._ep = _Endpoints(endpoints, api_key, server_public_key, client_public_key,
+                              client_secret_key)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+
+    @classmethod
+    def from_credentials(cls, data_dir: str | os.PathLike[str], **kwargs: Any) -> Client:
+        c = load_credentials(data_dir)
+        return cls(list(c.endpoints), c.api_key, server_public_key=c.server_public_key,
+                   client_public_key=c.client_public_key, client_secret_key=c.client_secret_key,
+                   **kwargs)
+
+    @property
+    def endpoint(self) -> str:
+        return self._ep.endpoints[self._ep.current]
+
+    def close(self) -> None:
+        for sock in (self._monitor, self._sock):
+            if sock is not None:
+                sock.close(linger=0)
+        self._sock = self._monitor = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- driving ------------------------------------------------------------
+
+    def _run(self, op: Op[T]) -> T:
+        try:
+            call = next(op)
+            while True:
+                call = op.send(self._roundtrip(call))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    def _roundtrip(self, call: _Call) -> Any:
+        last = ""
+        for _ in range(len(self._ep.endpoints)):
+            endpoint = self.endpoint
+            outcome, response = self._attempt(call)
+            if response is not None and not (
+                    response.error is not None and response.error.kind == "Unavailable"):
+                return _value(response)
+            if response is not None:
+                last = f"{endpoint}: {response.error.message if response.error else ''}"
+            else:
+                error = _give_up(call, outcome, endpoint)
+                if error is not None:
+                    self._fail_over()
+                    raise error
+                last = f"{endpoint}: {outcome}"
+            self._fail_over()
+        raise Unavailable(f"no endpoint could serve the request (last: {last})")
+
+    def _fail_over(self) -> None:
+        self.close()
+        self._ep.advance()
+
+    def _socket(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        if self._sock is None or self._monitor is None:
+            self._sock, self._monitor = self._ep.dealer(self._ctx)
+        return self._sock, self._monitor
+
+    def _attempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None]:
+        sock, monitor = self._socket()
+        if not sock.poll(int(self.connect_timeout_s * 1000), zmq.POLLOUT):
+            return _Attempt.DOWN, None
+        request_id, frame = self._ep.request(call)
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return _Attempt.DOWN, None
+        return self._await_reply(sock, monitor, request_id, call.timeout_s)
+
+    def _await_reply(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], request_id: str,
+                     timeout_s: float) -> tuple[str, proto.ClientResponse | None]:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(int(left * 1000), 1)))
+            if monitor in ready and _is_disconnect(monitor):
+                return _Attempt.LOST, None
+            if sock in ready:
+                response = _matching(sock.recv(zmq.NOBLOCK), request_id)
+                if response is not None:
+                    return "ok", response
+        return _Attempt.TIMEOUT, None
+
+    # -- the API ------------------------------------------------------------
+
+    def ping(self) -> str:
+        pong: proto.Pong = self._run(self._simple(proto.Ping()))
+        return pong.node
+
+    def deploy(self, name: str, code: str | os.PathLike[str] | bytes, *, handler: str,
+               runtime: str = "python3.11", memory_mb: int = 128, timeout_s: int = 3,
+               env: dict[str, str] | None = None, requirements: Sequence[str] = (),
+               reserved_concurrency: int | None = None, description: str = "",
+               publish: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> Deployed:
+        """Create or update ``name`` from a directory, a zip path or zip bytes."""
+        return self._run(self._deploy(
+            name, code, progress, handler=handler, runtime=runtime, memory_mb=memory_mb,
+            timeout_s=timeout_s, env=dict(env or {}), requirements=tuple(requirements),
+            reserved_concurrency=reserved_concurrency, description=description,
+            publish=publish))
+
+    def invoke(self, name: str, payload: Any = None, qualifier: str | None = None, *,
+               timeout_s: float | None = None) -> Any:
+        """Run ``name`` and answer the handler's result (JSON-decoded when it is JSON)."""
+        return self._run(self._invoke(name, payload, qualifier, timeout_s))
+
+    def invoke_async(self, name: str, payload: Any = None, qualifier: str | None = None, *,
+                     idempotency_key: str | None = None) -> str:
+        """Queue an invocation (durable on a majority once this returns); its id."""
+        return self._run(self._invoke_async(name, payload, qualifier, idempotency_key))
+
+    def result(self, invocation_id: str) -> proto.InvocationRecord:
+        return cast(proto.InvocationRecord, self._run(self._simple(proto.GetResult(invocation_id=invocation_id))))
+
+    def list_functions(self) -> list[FunctionRecord]:
+        return cast(list[FunctionRecord], self._run(self._simple(proto.ListFunctions())))
+
+    def get_function(self, name: str) -> proto.FunctionDetails:
+        return cast(proto.FunctionDetails, self._run(self._simple(proto.GetFunction(name=name))))
+
+    def delete(self, name: str) -> None:
+        self._run(self._simple(proto.DeleteFunctionRequest(name=name)))
+
+    def update_config(self, name: str, **changes: Any) -> FunctionRecord:
+        patch = ConfigPatch(**changes)
+        return cast(FunctionRecord, self._run(self._simple(proto.UpdateConfig(name=name, patch=patch))))
+
+    def publish_version(self, name: str, description: str = "") -> VersionRecord:
+        body = proto.PublishVersionRequest(name=name, description=description)
+        return cast(VersionRecord, self._run(self._simple(body)))
+
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        return cast(list[VersionRecord], self._run(self._simple(proto.ListVersions(name=name))))
+
+    def create_alias(self, name: str, alias: str, version: str | int,
+                     weights: dict[str | int, float] | None = None, *,
+                     update: bool = False) -> Any:
+        """Point ``alias`` at ``version``; ``weights={other: 0.1}`` sends 10% to ``other``."""
+        extra, weight_bp = _weights(version, weights)
+        body = proto.PutAlias(name=name, alias=alias, version=str(version),
+                              extra_version=extra, extra_weight_bp=weight_bp, create=not update)
+        return self._run(self._simple(body))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._run(self._simple(proto.DeleteAliasRequest(name=name, alias=alias)))
+
+    def list_aliases(self, name: str) -> list[Any]:
+        return cast(list[Any], self._run(self._simple(proto.ListAliases(name=name))))
+
+    def members(self) -> list[proto.MemberInfo]:
+        return cast(list[proto.MemberInfo], self._run(self._simple(proto.Members())))
+
+    def status(self) -> proto.StatusInfo:
+        return cast(proto.StatusInfo, self._run(self._simple(proto.Status())))
+
+    def create_key(self, name: str, role: str) -> proto.KeyCreated:
+        return cast(proto.KeyCreated, self._run(self._simple(proto.CreateKey(name=name, role=cast(Role, role)))))
+
+    def list_keys(self) -> list[proto.KeyInfo]:
+        return cast(list[proto.KeyInfo], self._run(self._simple(proto.ListKeys())))
+
+    def revoke_key(self, key_id: str) -> proto.KeyInfo:
+        return cast(proto.KeyInfo, self._run(self._simple(proto.RevokeKey(key_id=key_id))))
+
+    def logs(self, name: str, follow: bool = False, *, limit: int = 100,
+             idle_timeout_s: float | None = None) -> Iterator[proto.LogEvent]:
+        """Recent log events of ``name``; with ``follow``, then new ones as they come.
+
+        Following subscribes to the event PUB of every live member (from
+        ``members()``) and yields until the caller stops iterating, or until
+        ``idle_timeout_s`` passes without an event.
+        """
+        yield from self._run(self._simple(proto.RecentLogs(name=name, limit=limit)))
+        if not follow:
+            return
+        yield from self._follow(name, idle_timeout_s)
+
+    def _follow(self, name: str, idle_timeout_s: float | None) -> Iterator[proto.LogEvent]:
+        subs = [self._subscribe(m.events_endpoint, name) for m in self.members()
+                if m.events_endpoint and m.state in ("alive", "suspect")]
+        poller = zmq.Poller()
+        for sub in subs:
+            poller.register(sub, zmq.POLLIN)
+        try:
+            while True:
+                ready = poller.poll(None if idle_timeout_s is None else int(idle_timeout_s * 1000))
+                if not ready:
+                    return
+                for sub, _ in ready:
+                    event = _log_event(sub.recv_multipart(zmq.NOBLOCK))
+                    if event is not None:
+                        yield event
+        finally:
+            for sub in subs:
+                sub.close(linger=0)
+
+    def _subscribe(self, endpoint: str, name: str) -> zmq.Socket[Any]:
+        sub: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
+        self._ep.configure(sub)
+        sub.setsockopt(zmq.SUBSCRIBE, proto.log_topic(name))
+        sub.connect(endpoint)
+        return sub
+
+
+def _log_event(parts: list[bytes]) -> proto.LogEvent | None:
+    if len(parts) != 2:
+        return None
+    try:
+        event = proto.decode_event(parts[1])
+    except DecodeError:
+        return None
+    return event if isinstance(event, proto.LogEvent) else None
+
+
+# ---------------------------------------------------------------------------
+# The trio client
+# ---------------------------------------------------------------------------
+
+
+def _events(sock: zmq.Socket[Any]) -> int:
+    return cast(int, sock.getsockopt(zmq.EVENTS))
+
+
+async def _wait_for(sock: zmq.Socket[Any], mask: int) -> None:
+    """Wait until ``sock`` has ``mask`` events (check EVENTS before the edge-triggered FD)."""
+    while not _events(sock) & mask:
+        await trio.lowlevel.wait_readable(cast(int, sock.getsockopt(zmq.FD)))
+
+
+async def _first_of(*socks: zmq.Socket[Any]) -> int:
+    """The index of the first socket that becomes readable."""
+    for i, sock in enumerate(socks):
+        if _events(sock) & zmq.POLLIN:
+            return i
+    winner: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i, sock in enumerate(socks):
+            nursery.start_soon(_race, sock, i, winner, nursery.cancel_scope)
+    return winner[0]
+
+
+async def _race(sock: zmq.Socket[Any], i: int, winner: list[int],
+                scope: trio.CancelScope) -> None:
+    await _wait_for(sock, zmq.POLLIN)
+    if not winner:
+        winner.append(i)
+    scope.cancel()
+
+
+class AsyncClient(Client):
+    """The trio client: the same API as :class:`Client`, every call awaited.
+
+    ``logs(name, follow=...)`` is an async iterator. Requests are serialised by
+    a lock; open several clients for parallel calls.
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], api_key: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(endpoints, api_key, **kwargs)
+        self._lock = trio.Lock()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _arun(self, op: Op[T]) -> T:
+        async with self._lock:
+            try:
+                call = next(op)
+                while True:
+                    call = op.send(await self._aroundtrip(call))
+            except StopIteration as stop:
+                return cast(T, stop.value)
+
+    async def _aroundtrip(self, call: _Call) -> Any:
+        last = ""
+        for _ in range(len(self._ep.endpoints)):
+            endpoint = self.endpoint
+            outcome, response = await self._aattempt(call)
+            if response is not None and not (
+                    response.error is not None and response.error.kind == "Unavailable"):
+                return _value(response)
+            if response is not None:
+                last = f"{endpoint}: {response.error.message if response.error else ''}"
+            else:
+                error = _give_up(call, outcome, endpoint)
+                if error is not None:
+                    self._fail_over()
+                    raise error
+                last = f"{endpoint}: {outcome}"
+            self._fail_over()
+        raise Unavailable(f"no endpoint could serve the request (last: {last})")
+
+    async def _aattempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None]:
+        sock, monitor = self._socket()
+        with trio.move_on_after(self.connect_timeout_s):
+            await _wait_for(sock, zmq.POLLOUT)
+        if not _events(sock) & zmq.POLLOUT:
+            return _Attempt.DOWN, None
+        request_id, frame = self._ep.request(call)
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return _Attempt.DOWN, None
+        with trio.move_on_after(call.timeout_s):
+            return await self._areply(sock, monitor, request_id)
+        return _Attempt.TIMEOUT, None
+
+    async def _areply(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any],
+                      request_id: str) -> tuple[str, proto.ClientResponse | None]:
+        while True:
+            which = await _first_of(sock, monitor)
+            if which == 1:
+                if _is_disconnect(monitor):
+                    return _Attempt.LOST, None
+                continue
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                response = _matching(frame, request_id)
+                if response is not None:
+                    return "ok", response
+
+    # -- the API (awaitable versions of Client's) ---------------------------
+
+    async def ping(self) -> str:  # type: ignore[override]
+        pong: proto.Pong = await self._arun(self._simple(proto.Ping()))
+        return pong.node
+
+    async def deploy(self, name: str, code: str | os.PathLike[str] | bytes, *,  # type: ignore[override]
+                     handler: str, runtime: str = "python3.11", memory_mb: int = 128,
+                     timeout_s: int = 3, env: dict[str, str] | None = None,
+                     requirements: Sequence[str] = (), reserved_concurrency: int | None = None,
+                     description: str = "", publish: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> Deployed:
+        return await self._arun(self._deploy(
+            name, code, progress, handler=handler, runtime=runtime, memory_mb=memory_mb,
+            timeout_s=timeout_s, env=dict(env or {}), requirements=tuple(requirements),
+            reserved_concurrency=reserved_concurrency, description=description,
+            publish=publish))
+
+    async def invoke(self, name: str, payload: Any = None,  # type: ignore[override,unused-ignore]
+                     qualifier: str | None = None, *, timeout_s: float | None = None) -> Any:
+        return await self._arun(self._invoke(name, payload, qualifier, timeout_s))
+
+    async def invoke_async(self, name: str, payload: Any = None,  # type: ignore[override]
+                           qualifier: str | None = None, *,
+                           idempotency_key: str | None = None) -> str:
+        return await self._arun(self._invoke_async(name, payload, qualifier, idempotency_key))
+
+    async def _simple_call(self, body: Any) -> Any:
+        return await self._arun(self._simple(body))
+
+    async def result(self, invocation_id: str) -> proto.InvocationRecord:  # type: ignore[override]
+        return cast(proto.InvocationRecord, await self._simple_call(proto.GetResult(invocation_id=invocation_id)))
+
+    async def list_functions(self) -> list[FunctionRecord]:  # type: ignore[override]
+        return cast(list[FunctionRecord], await self._simple_call(proto.ListFunctions()))
+
+    async def get_function(self, name: str) -> proto.FunctionDetails:  # type: ignore[override]
+        return cast(proto.FunctionDetails, await self._simple_call(proto.GetFunction(name=name)))
+
+    async def delete(self, name: str) -> None:  # type: ignore[override]
+        await self._simple_call(proto.DeleteFunctionRequest(name=name))
+
+    async def update_config(self, name: str, **changes: Any) -> FunctionRecord:  # type: ignore[override]
+        body = proto.UpdateConfig(name=name, patch=ConfigPatch(**changes))
+        return cast(FunctionRecord, await self._simple_call(body))
+
+    async def publish_version(self, name: str, description: str = "") -> VersionRecord:  # type: ignore[override]
+        body = proto.PublishVersionRequest(name=name, description=description)
+        return cast(VersionRecord, await self._simple_call(body))
+
+    async def list_versions(self, name: str) -> list[VersionRecord]:  # type: ignore[override]
+        return cast(list[VersionRecord], await self._simple_call(proto.ListVersions(name=name)))
+
+    async def create_alias(self, name: str, alias: str, version: str | int,  # type: ignore[override,unused-ignore]
+                           weights: dict[str | int, float] | None = None, *,
+                           update: bool = False) -> Any:
+        extra, weight_bp = _weights(version, weights)
+        body = proto.PutAlias(name=name, alias=alias, version=str(version),
+                              extra_version=extra, extra_weight_bp=weight_bp, create=not update)
+        return await self._simple_call(body)
+
+    async def delete_alias(self, name: str, alias: str) -> None:  # type: ignore[override]
+        await self._simple_call(proto.DeleteAliasRequest(name=name, alias=alias))
+
+    async def list_aliases(self, name: str) -> list[Any]:  # type: ignore[override]
+        return cast(list[Any], await self._simple_call(proto.ListAliases(name=name)))
+
+    async def members(self) -> list[proto.MemberInfo]:  # type: ignore[override]
+        return cast(list[proto.MemberInfo], await self._simple_call(proto.Members()))
+
+    async def status(self) -> proto.StatusInfo:  # type: ignore[override]
+        return cast(proto.StatusInfo, await self._simple_call(proto.Status()))
+
+    async def create_key(self, name: str, role: str) -> proto.KeyCreated:  # type: ignore[override]
+        return cast(proto.KeyCreated, await self._simple_call(proto.CreateKey(name=name, role=cast(Role, role))))
+
+    async def list_keys(self) -> list[proto.KeyInfo]:  # type: ignore[override]
+        return cast(list[proto.KeyInfo], await self._simple_call(proto.ListKeys()))
+
+    async def revoke_key(self, key_id: str) -> proto.KeyInfo:  # type: ignore[override]
+        return cast(proto.KeyInfo, await self._simple_call(proto.RevokeKey(key_id=key_id)))
+
+    async def logs(self, name: str, follow: bool = False, *,  # type: ignore[override]
+                   limit: int = 100, idle_timeout_s: float | None = None
+                   ) -> AsyncIterator[proto.LogEvent]:
+        for event in await self._simple_call(proto.RecentLogs(name=name, limit=limit)):
+            yield event
+        if not follow:
+            return
+        async for event in self._afollow(name, idle_timeout_s):
+            yield event
+
+    async def _afollow(self, name: str, idle_timeout_s: float | None
+                       ) -> AsyncIterator[proto.LogEvent]:
+        subs = [self._subscribe(m.events_endpoint, name) for m in await self.members()
+                if m.events_endpoint and m.state in ("alive", "suspect")]
+        idle_s = idle_timeout_s if idle_timeout_s is not None else float("inf")
+        try:
+            while subs:
+                events: list[proto.LogEvent] | None = None
+                with trio.move_on_after(idle_s):
+                    events = _drain_events(subs[await _first_of(*subs)])
+                if events is None:
+                    return
+                for event in events:
+                    yield event
+        finally:
+            for sub in subs:
+                sub.close(linger=0)
+
+
+def _drain_events(sub: zmq.Socket[Any]) -> list[proto.LogEvent]:
+    events: list[proto.LogEvent] = []
+    while True:
+        try:
+            parts = sub.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return events
+        event = _log_event(parts)
+        if event is not None:
+            events.append(event)
