@@ -108,11 +108,22 @@ async def test_full_peer_queue_drops_and_never_blocks(keys: ClusterKeys) -> None
 async def test_full_inbound_channel_drops_and_counts(keys: ClusterKeys) -> None:
     async with pair(keys, inbound_capacity=2) as (ta, tb):
         await send_until_received(ta, B, b"first", tb.inbound)
+        # Let every retry of the connect loop land, then start from an empty channel.
+        await wait_until(lambda: tb.counters()["router.received"] == ta.counters()["dealer.sent"],
+                         what="nothing in flight")
+        while True:
+            try:
+                tb.inbound.receive_nowait()
+            except trio.WouldBlock:
+                break
+        before = tb.counters()
         for i in range(5):
             ta.send(B, b"more%d" % i)
-        await wait_until(lambda: tb.counters().get("router.received", 0) >= 6, what="6 frames in")
-        counts = tb.counters()
-        assert counts["received"] == 3 and counts["dropped_inbound_full"] == 3
+        await wait_until(lambda: tb.counters()["router.received"] == before["router.received"] + 5,
+                         what="5 more frames in")
+        after = tb.counters()
+        assert after["received"] - before["received"] == 2
+        assert after["dropped_inbound_full"] - before["dropped_inbound_full"] == 3
 
 
 async def test_bad_frames_are_counted_drops(keys: ClusterKeys) -> None:
