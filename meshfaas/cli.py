@@ -23,6 +23,18 @@ _COMMANDS: list[tuple[str, str]] = [
     ("meshfaas.runtime.mesh", "node_cli"),
     ("meshfaas.cli_up", "up"),
     ("sandbox.cli", "sandbox_cli"),
+    ("meshfaas.cli_client", "deploy"),
+    ("meshfaas.cli_client", "invoke"),
+    ("meshfaas.cli_client", "ls"),
+    ("meshfaas.cli_client", "get"),
+    ("meshfaas.cli_client", "rm"),
+    ("meshfaas.cli_client", "versions"),
+    ("meshfaas.cli_client", "alias"),
+    ("meshfaas.cli_client", "logs"),
+    ("meshfaas.cli_client", "result"),
+    ("meshfaas.cli_client", "members"),
+    ("meshfaas.cli_client", "status"),
+    ("meshfaas.cli_client", "key"),
 ]
 
 
