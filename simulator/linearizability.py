@@ -72,7 +72,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
-DEFAULT_MAX_STATES_PER_KEY = 500_000
+DEFAULT_MAX_STATES_PER_KEY = 200_000
 """Default work budget: distinct (linearized set, state) pairs explored per key."""
 
 Verdict = Literal["linearizable", "not_linearizable", "unknown"]
@@ -337,8 +337,15 @@ def partition_by_key(history: Iterable[Op]) -> list[tuple[Hashable, list[Op]]]:
     return sorted(groups.items(), key=lambda item: (type(item[0]).__name__, repr(item[0])))
 
 
+_END = -1  # the list is empty: every op is linearized
 _OUT_OF_BUDGET = -2
-_EXHAUSTED = -3
+_EXHAUSTED = -3  # backtracked past the first choice
+_ALREADY_SEEN = -4
+_VERDICT_OF: dict[int, Verdict] = {
+    _END: "linearizable",
+    _OUT_OF_BUDGET: "unknown",
+    _EXHAUSTED: "not_linearizable",
+}
 _INFINITE = (1, 0)  # sort prefix placing pending returns after every real instant
 
 
@@ -402,37 +409,67 @@ class _Search:
 
     def run(self) -> Verdict:
         """Walk the list; see the module docstring. Returns the verdict for this key."""
-        node = self.nxt[0]
-        while node != -1:
+        node = self._from_front()
+        while node >= 0:
             i = self.op_of[node]
             if not self.is_return[node]:
                 node = self._try_call(node, i)
-                if node == _OUT_OF_BUDGET:
-                    return "unknown"
             elif self.ops[i].pending:
                 return "linearizable"  # only pending ops are left
             else:
                 node = self._backtrack(i)
-                if node == _EXHAUSTED:
-                    return "not_linearizable"
-        return "linearizable"
+        return _VERDICT_OF[node]
+
+    def _from_front(self) -> int:
+        """Linearize every read-only op the model accepts now; the node to walk from.
+
+        Such an op is never worse placed now than later (see :meth:`_backtrack`),
+        so taking them first keeps the search from branching on their order. If
+        the state after one was already explored, this state is a dead end too.
+        """
+        node = self.nxt[0]
+        while node >= 0 and not self.is_return[node]:
+            op = self.ops[self.op_of[node]]
+            if self.model.read_only(op):
+                ok, new_state = self.model.step(self.state, op)
+                if ok:
+                    status = self._linearize(node, new_state, forced=True)
+                    if status == _ALREADY_SEEN:
+                        return self._backtrack(None)
+                    if status == _OUT_OF_BUDGET:
+                        return status
+                    node = self.nxt[0]
+                    continue
+            node = self.nxt[node]
+        return self.nxt[0]
 
     def _try_call(self, node: int, i: int) -> int:
         """Linearize op ``i`` next if the model allows it and it is new; the next node."""
         ok, new_state = self.model.step(self.state, self.ops[i])
-        done = self.done | (1 << i)
-        if not ok or (done, new_state) in self.seen:
+        if not ok:
             return self.nxt[node]
+        status = self._linearize(node, new_state, forced=self.model.read_only(self.ops[i]))
+        if status == _ALREADY_SEEN:
+            return self.nxt[node]
+        if status == _OUT_OF_BUDGET:
+            return status
+        return self._from_front()
+
+    def _linearize(self, node: int, new_state: Any, *, forced: bool) -> int:
+        """Push op ``node`` with ``new_state``, unless seen or over budget (then say so)."""
+        done = self.done | (1 << self.op_of[node])
+        if (done, new_state) in self.seen:
+            return _ALREADY_SEEN
         if self.states >= self.budget:
             return _OUT_OF_BUDGET
         self.states += 1
         self.seen.add((done, new_state))
-        self.stack.append((node, self.state, self.model.read_only(self.ops[i])))
+        self.stack.append((node, self.state, forced))
         self.state, self.done = new_state, done
         self._lift(node)
-        return self.nxt[0]
+        return 0
 
-    def _backtrack(self, stuck: int) -> int:
+    def _backtrack(self, stuck: int | None) -> int:
         """Undo choices up to the last one with alternatives; the node to try after it.
 
         A read-only choice (a read, a failed cas) has no alternatives worth
@@ -440,7 +477,8 @@ class _Search:
         as early as possible only loosens the real-time order of the rest; if the
         search fails after it, it fails before it too.
         """
-        self._note_dead_end(stuck)
+        if stuck is not None:
+            self._note_dead_end(stuck)
         while self.stack:
             node, self.state, forced = self.stack.pop()
             self.done &= ~(1 << self.op_of[node])
