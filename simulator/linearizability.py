@@ -22,7 +22,11 @@ operations' returns sit at the far end, so reaching one means exactly that.
 
 Pruning (Lowe). The pair (set of linearized operations as a bitset, model state)
 fully determines what can still happen, so a pair seen once is never explored
-again. Model states must therefore be hashable.
+again. Model states must therefore be hashable. Two more prunings rest on the
+model's word: an op the model calls read-only (``Model.read_only``) and accepts
+now is linearized at once, before anything else is tried, and never
+backtracked over (placing it as early as possible is never worse); and
+``Model.simplify`` drops pending ops that cannot change the verdict.
 
 P-compositionality. A key-value history is linearizable iff each key's
 sub-history is, so the history is partitioned by ``Op.key`` and each part is
