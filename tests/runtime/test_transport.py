@@ -278,3 +278,24 @@ async def test_open_client_domain_admits_any_curve_key_but_the_peer_domain_does_
         finally:
             anyone.close(linger=0)
             plain.close(linger=0)
+
+
+async def test_without_a_zap_handler_curve_servers_fail_closed(keys: ClusterKeys) -> None:
+    """ZAP_ENFORCE_DOMAIN: with no handler bound, libzmq would otherwise admit any key."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    Security.curve(keys).server(router)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    monitor = router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    stranger = raw_socket(zmq.DEALER, f"tcp://127.0.0.1:{port}", server_key=keys.public_key,
+                          keypair=zmq.curve_keypair())
+    try:
+        stranger.send(b"let me in")
+        await wait_until(lambda: bool(monitor.poll(0)), what="a failed handshake")
+        assert router.poll(0) == 0
+        monitor.close(linger=0)
+    finally:
+        stranger.close(linger=0)
+        ctx.destroy(linger=0)
