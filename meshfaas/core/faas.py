@@ -29,7 +29,8 @@ rate for data nobody else needs to agree on.
 Bad commands never raise: ``apply`` answers a :class:`FaasError` value (kind
 ``BadRequest``, ``NotFound``, ``Conflict`` or ``LimitExceeded``) and leaves the
 state unchanged, so a bad entry in the log cannot stop a replica. Misuse by the
-driver (applying indices out of order) raises.
+driver (an index lower than the last one applied) raises; several commands may
+share one index (a batch chosen in one slot).
 
 ``snapshot()`` is canonical CBOR of a :class:`FaasSnapshot` whose collections
 are sorted lists, so equal states give equal bytes on every replica whatever
@@ -604,8 +605,12 @@ class FaasStateMachine:
     # -- the StateMachine interface ----------------------------------------
 
     def apply(self, index: int, command: Any) -> Any:
-        """Apply log entry ``index``; answer the command's result or a :class:`FaasError`."""
-        if index <= self.last_index:
+        """Apply a command of log entry ``index``; answer its result or a :class:`FaasError`.
+
+        Several commands may share an index (a batch chosen in one Paxos slot);
+        indices must never go backwards.
+        """
+        if index < self.last_index:
             raise ValueError(f"entry {index} applied after entry {self.last_index}")
         self.last_index = index
         method = _DISPATCH.get(type(command))

@@ -404,8 +404,16 @@ def test_retry_delays() -> None:
 
 def test_apply_out_of_order_is_misuse(apply: Driver) -> None:
     apply(Noop())
+    apply(Noop())
     with pytest.raises(ValueError):
         apply.sm.apply(1, Noop())
+
+
+def test_several_commands_may_share_an_index() -> None:
+    sm = FaasStateMachine()
+    assert isinstance(sm.apply(7, create("a")), faas.FunctionRecord)
+    assert isinstance(sm.apply(7, create("b")), faas.FunctionRecord)
+    assert sm.last_index == 7 and len(sm.list_functions()) == 2
 
 
 def test_unknown_command_is_an_error_value(apply: Driver) -> None:
