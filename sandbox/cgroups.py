@@ -65,6 +65,7 @@ def _plan_v1(root: Path, proc_text: str) -> CgroupPlan:
         v1_pids_parent=pids,
         v1_cpu_parent=cpu or "NSJAIL",
         v1_cpu_available=cpu is not None,
+        v1_memsw_available=(root / "memory" / memory / "memory.memsw.limit_in_bytes").exists(),
         reason=f"cgroup v1 under {root} (memory parent {memory})",
     )
 

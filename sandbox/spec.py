@@ -158,6 +158,8 @@ class CgroupPlan:
     v1_pids_parent: str = "NSJAIL"
     v1_cpu_parent: str = "NSJAIL"
     v1_cpu_available: bool = True
+    v1_memsw_available: bool = False
+    """memory.memsw.* exists (swap accounting): cap memory+swap too, so a jail cannot swap."""
     v2_mount: str = "/sys/fs/cgroup"
     reason: str = ""
     """Why this plan (shown in logs; says what is missing when version is "none")."""
@@ -213,6 +215,8 @@ def _cgroup_args(spec: SandboxSpec, plan: CgroupPlan) -> list[str]:
     if plan.version == "v1":
         args = [*limits, "--cgroup_mem_parent", plan.v1_memory_parent,
                 "--cgroup_pids_parent", plan.v1_pids_parent]
+        if plan.v1_memsw_available:
+            args += ["--cgroup_mem_memsw_max", str(spec.memory_mb * MB)]
         if plan.v1_cpu_available:
             args += [*cpu, "--cgroup_cpu_parent", plan.v1_cpu_parent]
         return args

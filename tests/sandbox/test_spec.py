@@ -40,7 +40,7 @@ SPEC = SandboxSpec(
 )
 PLANS = {
     "v1": CgroupPlan(version="v1", v1_memory_parent="node/meshfaas", v1_pids_parent="meshfaas",
-                     v1_cpu_parent="meshfaas"),
+                     v1_cpu_parent="meshfaas", v1_memsw_available=True),
     "v2": CgroupPlan(version="v2", v2_mount="/sys/fs/cgroup/meshfaas"),
     "none": CgroupPlan(version="none"),
 }
