@@ -23,9 +23,10 @@ the Paxos core, for example::
         ((c.client_id, c.seq), n.data.index) for c in n.data.commands if c.fresh])
     AckedNotLost(ack_kind="paxos.result",
                  ack=lambda n: ((n.data.client_id, n.data.seq), n.data.index)
-                     if n.data.ok and n.data.index else None,
+                 if n.data.ok and n.data.index else None,
                  log_kind="paxos.chosen",
-                 log=lambda n: (n.data.index, [(c.client_id, c.seq) for c in ...]))
+                 log=lambda n: (n.data.index,
+                                [(c.client_id, c.seq) for c in n.data.value.cmds]))
 
 The properties:
 
