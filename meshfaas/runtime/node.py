@@ -155,6 +155,8 @@ class Node:
         self._tasks: list[Callable[[], Awaitable[None]]] = []
         self.driver = self.add_core("gossip", self.gossip)
         self.driver.observe(self._on_notification)
+        self.peer.on_peer_event = self._on_peer_event
+        self._warned: set[str] = set()
         self.disk = disk  # what the store held at start, for cores added later
         self._client_handlers: dict[type, ClientHandler] = {NodeStatusRequest: self._status}
         self._frame_handler: FrameHandler | None = None
@@ -168,7 +170,7 @@ class Node:
         for addr in self.config.join:
             if addr == self.peer.endpoint:
                 continue
-            self.peer.set_peer(NodeId(addr), addr)
+            self.peer.set_peer(NodeId(addr), addr, watch=True)
             seeds.append(NodeId(addr))
         return tuple(seeds)
 
@@ -215,6 +217,12 @@ class Node:
                  event.node_id, event.incarnation)
         self.events.publish(MEMBERSHIP_TOPIC, to_cbor([note.kind, event.node_id,
                                                        event.incarnation, event.state]))
+
+    def _on_peer_event(self, peer: NodeId, event: str) -> None:
+        if event.startswith("handshake_failed") and peer not in self._warned:
+            self._warned.add(peer)  # once per seed: reconnects retry every few seconds
+            log.warning("%s: handshake with %s failed (%s): is it a node of this cluster, "
+                        "with the same keys/cluster.json?", self.config.node_id, peer, event)
 
     # -- clients --------------------------------------------------------------
 

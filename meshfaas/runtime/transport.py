@@ -30,7 +30,7 @@ monitor (``handshake_failed_*``, ``handshake_succeeded``) and ZAP answers as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -74,6 +74,14 @@ _PEER_COUNTERS = (
     "dropped_malformed", "dropped_oversize", "decode_errors", "dropped_misaddressed",
     "dealer.sent", "dealer.dropped_hwm",
 )
+
+
+def _monitor_event_name(parts: Parts) -> str | None:
+    try:
+        event = int(parse_monitor_message(parts)["event"])
+    except Exception:  # a malformed monitor message: nothing to count
+        return None
+    return _MONITOR_EVENTS.get(event)
 
 
 class Network:
@@ -128,6 +136,7 @@ async def open_network(security: Security) -> AsyncIterator[Network]:
 class _Peer:
     endpoint: str
     zsock: ZSock
+    monitor: ZSock | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
@@ -157,6 +166,7 @@ class PeerTransport:
         for name in _PEER_COUNTERS:  # present from the start, so dashboards see zeros
             self.stats.inc(name, 0)
         self._peers: dict[NodeId, _Peer] = {}
+        self.on_peer_event: Callable[[NodeId, str], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._in_send, self.inbound = trio.open_memory_channel[bytes](inbound_capacity)
         router = net.socket(zmq.ROUTER, server=True)
@@ -171,14 +181,20 @@ class PeerTransport:
 
     # -- the address book ---------------------------------------------------
 
-    def set_peer(self, node_id: NodeId, endpoint: str) -> None:
-        """Send to ``node_id`` at ``endpoint`` from now on (idempotent)."""
+    def set_peer(self, node_id: NodeId, endpoint: str, *, watch: bool = False) -> None:
+        """Send to ``node_id`` at ``endpoint`` from now on (idempotent).
+
+        ``watch`` adds a monitor to this peer's DEALER: its handshake outcomes are
+        counted (``dealer.handshake_failed_*``, ``dealer.handshake_succeeded``) and
+        reported to ``on_peer_event`` -- for seeds, where wrong keys show first."""
         peer = self._peers.get(node_id)
         if peer is not None and peer.endpoint == endpoint:
             return
         if peer is not None:
             peer.scope.cancel()
-        peer = _Peer(endpoint=endpoint, zsock=self._make_dealer(endpoint))
+        dealer = self._make_dealer(endpoint)
+        monitor = self._watch(node_id, dealer.sock) if watch else None
+        peer = _Peer(endpoint=endpoint, zsock=dealer, monitor=monitor)
         self._peers[node_id] = peer
         if self._nursery is not None:
             self._nursery.start_soon(self._run_peer, peer)
@@ -206,10 +222,26 @@ class PeerTransport:
             raise ValueError(f"bad peer endpoint {endpoint!r}: {exc}") from None
         return ZSock(sock, name="dealer", counters=self.stats, out_capacity=self._peer_queue)
 
+    def _watch(self, node_id: NodeId, sock: zmq.Socket[Any]) -> ZSock:
+        def on_event(parts: Parts) -> None:
+            name = _monitor_event_name(parts)
+            if name is not None and name.startswith("handshake"):
+                self.stats.inc(f"dealer.{name}")
+                if self.on_peer_event is not None:
+                    self.on_peer_event(node_id, name)
+
+        monitor = sock.get_monitor_socket(sum(_MONITOR_EVENTS))
+        return ZSock(monitor, name="dealer_monitor", on_recv=on_event, counters=Counters())
+
     async def _run_peer(self, peer: _Peer) -> None:
         with peer.scope:
-            await peer.zsock.run()
-        peer.zsock.sock.close(linger=0)  # if cancelled before it ever ran
+            async with trio.open_nursery() as nursery:
+                if peer.monitor is not None:
+                    nursery.start_soon(peer.monitor.run)
+                nursery.start_soon(peer.zsock.run)
+        for zsock in (peer.zsock, peer.monitor):  # if cancelled before they ever ran
+            if zsock is not None:
+                zsock.sock.close(linger=0)
 
     # -- sending and receiving ---------------------------------------------
 
@@ -259,11 +291,7 @@ class PeerTransport:
         return env
 
     def _on_monitor(self, parts: Parts) -> None:
-        try:
-            event = int(parse_monitor_message(parts)["event"])
-        except Exception:
-            return
-        name = _MONITOR_EVENTS.get(event)
+        name = _monitor_event_name(parts)
         if name is not None:
             self.stats.inc(name)
 
@@ -288,7 +316,9 @@ class PeerTransport:
             self._nursery = None
             self._in_send.close()
             for peer in self._peers.values():
-                peer.zsock.sock.close(linger=0)
+                for zsock in (peer.zsock, peer.monitor):
+                    if zsock is not None:
+                        zsock.sock.close(linger=0)
 
 
 @asynccontextmanager

@@ -191,6 +191,8 @@ def test_node_without_the_keys_cannot_join(cluster: list[NodeProc], tmp_path: Pa
              + first.counters().get("handshake_failed_auth", 0)
              + first.counters().get("handshake_failed_no_detail", 0) >= 2, 20,
              "n1 to refuse the intruder's handshakes", cluster)
+    wait_for(lambda: b"handshake with" in intruder.log_path.read_bytes(), 20,
+             "the intruder to warn about its failed handshakes", cluster)
     view = first.view()
     assert list(view) == ["n1"]
     assert first.counters().get("received", 0) == 0

@@ -299,3 +299,18 @@ async def test_without_a_zap_handler_curve_servers_fail_closed(keys: ClusterKeys
     finally:
         stranger.close(linger=0)
         ctx.destroy(linger=0)
+
+
+async def test_a_watched_peer_reports_failed_handshakes(keys: ClusterKeys) -> None:
+    other = ClusterKeys.generate("other")
+    events: list[tuple[str, str]] = []
+    async with open_network(Security.curve(keys)) as ours, \
+            open_network(Security.curve(other)) as theirs, \
+            open_peer_transport(ours, A) as ta, open_peer_transport(theirs, B) as tb:
+        ta.on_peer_event = lambda node, event: events.append((node, event))
+        ta.set_peer(B, tb.endpoint, watch=True)
+        await wait_until(lambda: any(e.startswith("handshake_failed") for _, e in events),
+                         what="a failed handshake reported")
+        assert events[0][0] == B
+        assert any(k.startswith("dealer.handshake_failed") for k in ta.counters())
+        assert tb.counters()["received"] == 0
