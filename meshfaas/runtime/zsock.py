@@ -28,6 +28,9 @@ batch of ``batch`` messages the owner yields, so one busy socket cannot starve t
 rest of the node, but it does not wait on the fd again until fully drained.
 
 When the task ends (cancelled or not) it closes the socket with ``linger=0``.
+
+Everything here runs on the trio thread: ``send_nowait`` must not be called from
+a worker thread (use ``trio.from_thread.run_sync``).
 """
 
 from __future__ import annotations
