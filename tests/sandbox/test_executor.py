@@ -320,3 +320,24 @@ async def test_cancelled_callers_leak_nothing(executor: Executor, make_fn: MakeF
     assert executor.stats()["live"] == executor.stats()["spares"]
     assert await wait_until(lambda: len(sandbox_uid_processes()) == executor.stats()["live"])
     assert result(await executor.invoke(fn, "1", b'{"seconds": 0}', "r")) == "slept"
+
+
+async def test_executor_without_its_own_task(runtimes: dict[str, Runtime], make_fn: MakeFn,
+                                             tmp_path: Path) -> None:
+    from sandbox_testlib import require_nsjail
+
+    require_nsjail()
+    config = ExecutorConfig(data_dir=str(tmp_path), uid_base=270_000, max_sandboxes=4)
+    ex = Executor(config, runtimes=runtimes)  # no `async with`, no run(): no spares, no reaper
+    fn = make_fn("app.logs")
+    first = await ex.invoke(fn, "1", b"{}", "a")
+    second = await ex.invoke(fn, "1", b"{}", "b")
+    assert result(first) == result(second) == "logged"
+    assert "to stderr" in second.log_tail and not second.cold_start
+    assert ex.stats()["spares"] == 0
+    await ex.aclose()
+    assert ex.stats()["live"] == 0
+    assert await wait_until(lambda: not sandbox_uid_processes(270_000, 8))
+    closed = await ex.invoke(fn, "1", b"{}", "c")
+    assert closed.status == "unavailable" and closed.error is not None
+    assert closed.error["errorType"] == "Sandbox.Closed"
