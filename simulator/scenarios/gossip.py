@@ -342,7 +342,8 @@ class GossipCrash(GossipScenario):
 
     def __init__(self) -> None:
         super().__init__()
-        self.crashes: list[tuple[NodeId, int, int]] = []  # (node, incarnation, time)
+        # (node, its incarnation, crash time, the other nodes up then)
+        self.crashes: list[tuple[NodeId, int, int, tuple[NodeId, ...]]] = []
 
     def workload(self, world: World, run: Run) -> None:
         gap_ns = int(float(run.params["gap_s"]) * NS_PER_S)
@@ -357,7 +358,8 @@ class GossipCrash(GossipScenario):
     def _crash(self, world: World, victim: NodeId) -> None:
         if not world.is_up(victim):
             return
-        self.crashes.append((victim, world.core(victim).incarnation, world.time_ns))
+        witnesses = tuple(n for n in world.up_nodes() if n != victim)
+        self.crashes.append((victim, world.core(victim).incarnation, world.time_ns, witnesses))
         world.crash(victim)
 
     def configure_checkers(self, run: Run, faults: bool) -> None:
@@ -368,11 +370,11 @@ class GossipCrash(GossipScenario):
     def figures(self, world: World) -> dict[str, Any]:
         assert self.log is not None
         first, all_s, missed = [], [], 0
-        for victim, inc, t in self.crashes:
+        for victim, inc, t, witnesses in self.crashes:
             suspect = self.log.first_suspect_ns.get((victim, inc))
             if suspect is not None:
                 first.append((suspect - t) / NS_PER_S / self.period_s())
-            done = self._all_dead_ns(world, victim, inc, t)
+            done = self._all_dead_ns(victim, inc, t, witnesses)
             if done is None:
                 missed += 1
             else:
@@ -390,11 +392,13 @@ class GossipCrash(GossipScenario):
         })
         return out
 
-    def _all_dead_ns(self, world: World, victim: NodeId, inc: int, t: int) -> int | None:
-        assert self.log is not None
+    def _all_dead_ns(self, victim: NodeId, inc: int, t: int,
+                     witnesses: tuple[NodeId, ...]) -> int | None:
+        """When the last witness (up at the crash, and not crashed itself
+        before declaring) declared the victim dead; None if one never did."""
         seen = self.log.dead_at_ns.get((victim, inc), {})
-        observers = [n for n in world.node_ids() if n != victim and world.is_up(n)]
-        times = [seen.get(o) for o in observers]
+        later = {v: ct for v, _, ct, _ in self.crashes if ct > t}
+        times = [seen.get(o) for o in witnesses if o not in later or o in seen]
         if any(x is None for x in times):
             return None
         return max((x for x in times if x is not None), default=None)
