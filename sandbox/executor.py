@@ -80,6 +80,8 @@ class ExecutorConfig:
     spares_per_shape: int = 1
     """Spare jails kept ready per shape (runtime, limits, layer) once that shape was used; 0 = off."""
     max_spares: int = 4
+    layers_allow_sdist: bool = False
+    """Let pip build source distributions for layers (their build scripts run on the host)."""
     region: str = "local"
     account: str = "000000000000"
 
@@ -172,7 +174,7 @@ class Executor:
         self._runtimes = dict(runtimes) if runtimes is not None else discover_runtimes(
             config.interpreters, search=config.discover)
         self.backend = self._choose_backend()
-        self.layers = LayerStore(Path(config.data_dir) / "layers")
+        self.layers = LayerStore(Path(config.data_dir) / "layers", allow_sdist=config.layers_allow_sdist)
         self._pool: Any = _make_pool(config)
         uid_count = config.max_sandboxes + config.max_spares
         self._free_uids = list(range(config.uid_base + uid_count - 1, config.uid_base - 1, -1))

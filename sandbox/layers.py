@@ -6,7 +6,9 @@ deduplicated and sorted) and the runtime name. Every function asking for the
 same set on the same runtime shares one folder ``<layers_root>/<layer_id>``,
 mounted read-only at /opt/layer in its jails.
 
-Installing runs the runtime's own pip, outside the jail, into a temporary
+Installing runs the runtime's own pip, outside the jail, wheels only unless
+the node allows source distributions (a build script would run on the host),
+into a temporary
 folder next to the final one, then renames it into place, so a reader never
 sees half a layer. Two deploys racing for the same layer are serialized by an
 ``flock`` on ``<layer_id>.lock`` (across processes) and a trio lock (within
@@ -56,12 +58,18 @@ def _make_world_readable(root: Path) -> None:
                 os.chmod(path, os.stat(path).st_mode | 0o444)
 
 
-def _pip_install(runtime: Runtime, requirements: list[str], target: Path) -> None:
+def _pip_install(runtime: Runtime, requirements: list[str], target: Path, *,
+                 allow_sdist: bool) -> None:
     req_file = target.with_suffix(".requirements.txt")
     req_file.write_text("\n".join(requirements) + "\n")
+    # Bytecode is compiled here, by the runtime itself: the layer is read-only in the
+    # jail, so without it every cold start would compile the dependencies again.
     argv = [runtime.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
-            "--disable-pip-version-check", "--no-warn-script-location", "--no-compile",
-            "-r", str(req_file)]
+            "--disable-pip-version-check", "--no-warn-script-location", "-r", str(req_file)]
+    if not allow_sdist:
+        # pip runs as the node's user outside the jail: never run a package's build
+        # scripts there. Wheels only; a package without one is a clear failure.
+        argv.insert(4, "--only-binary=:all:")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, env=env)
@@ -75,7 +83,8 @@ def _pip_install(runtime: Runtime, requirements: list[str], target: Path) -> Non
                          f"{', '.join(requirements)} on {runtime.name}: {output}")
 
 
-def install_layer_blocking(root: Path, runtime: Runtime, requirements: list[str], lid: str) -> Path:
+def install_layer_blocking(root: Path, runtime: Runtime, requirements: list[str], lid: str,
+                           allow_sdist: bool = False) -> Path:
     """Create the layer unless present; the caller holds no lock (this takes the flock)."""
     final = root / lid
     root.mkdir(parents=True, exist_ok=True)
@@ -87,7 +96,7 @@ def install_layer_blocking(root: Path, runtime: Runtime, requirements: list[str]
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            _pip_install(runtime, requirements, staging)
+            _pip_install(runtime, requirements, staging, allow_sdist=allow_sdist)
             (staging / ".meshfaas-layer-ok").write_text("\n".join(requirements) + "\n")
             _make_world_readable(staging)
             shutil.rmtree(final, ignore_errors=True)
@@ -100,8 +109,9 @@ def install_layer_blocking(root: Path, runtime: Runtime, requirements: list[str]
 class LayerStore:
     """The node's layers folder: ``ensure`` returns the path of a ready layer."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, allow_sdist: bool = False) -> None:
         self.root = Path(root)
+        self.allow_sdist = allow_sdist
         self._locks: dict[str, trio.Lock] = {}
 
     def path_of(self, lid: str) -> Path | None:
@@ -116,5 +126,6 @@ class LayerStore:
             return lid, ready
         lock = self._locks.setdefault(lid, trio.Lock())
         async with lock:
-            path = await trio.to_thread.run_sync(install_layer_blocking, self.root, runtime, reqs, lid)
+            path = await trio.to_thread.run_sync(install_layer_blocking, self.root, runtime, reqs,
+                                                 lid, self.allow_sdist)
         return lid, path

@@ -48,6 +48,8 @@ async def test_layer_installs_once_is_shared_and_mounted_read_only(
         nursery.start_soon(deploy)
     assert results[0] == results[1] == layer_id(["six"], "python3.11")
     assert await executor.ensure_layer(["six"], "python3.11") == results[0]
+    layer_dir = Path(executor.config.data_dir) / "layers" / results[0]
+    assert list(layer_dir.glob("__pycache__/six.cpython-311*.pyc"))  # compiled once, outside
     fn = make_fn("app.uses_layer", layer=results[0], runtime="python3.11")
     res = await executor.invoke(fn, "1", b"{}", "r")
     assert res.status == "ok", res.error
