@@ -47,6 +47,10 @@ that could be linearized (and the model state after it), and the operation that
 could not be placed after that prefix -- usually the stale read or the lost
 write itself.
 
+Writing a model: subclass :class:`BaseModel` (``init`` and ``step``; the
+prunings default to off) or implement :class:`Model` in full, as
+:class:`KvModel` does.
+
 Writing a history: :class:`HistoryRecorder` (``invoke`` then ``complete``;
 whatever was never completed is pending), or build :class:`Op` values directly.
 
@@ -72,7 +76,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -144,6 +148,26 @@ class Model(Protocol[S]):
         drop those it can (a pending read, at least). Return ``list(ops)`` if unsure.
         """
         ...
+
+
+class BaseModel(Generic[S]):
+    """A model with the safe defaults for the two optional prunings; subclass it.
+
+    Only ``init`` and ``step`` are left to write; override ``read_only`` and
+    ``simplify`` when the model can prove more (they only save time).
+    """
+
+    def init(self) -> S:
+        raise NotImplementedError
+
+    def step(self, state: S, op: Op) -> tuple[bool, S]:
+        raise NotImplementedError
+
+    def read_only(self, op: Op) -> bool:
+        return False
+
+    def simplify(self, ops: Sequence[Op]) -> list[Op]:
+        return list(ops)
 
 
 @attrs.frozen(kw_only=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from simulator.linearizability import (
     KV_MODEL,
+    BaseModel,
     HistoryRecorder,
     Op,
     check_linearizable,
@@ -182,17 +182,11 @@ def test_violation_wins_over_unknown() -> None:
     assert result.verdict == "not_linearizable" and result.key == "b"
 
 
-class CounterModel:
+class CounterModel(BaseModel[int]):
     """A custom model: ``inc`` returns the counter's new value."""
 
     def init(self) -> int:
         return 0
-
-    def simplify(self, ops: Sequence[Op]) -> list[Op]:
-        return list(ops)
-
-    def read_only(self, op: Op) -> bool:
-        return False
 
     def step(self, state: int, op: Op) -> tuple[bool, int]:
         return op.pending or op.output == state + 1, state + 1
