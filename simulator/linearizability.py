@@ -111,7 +111,7 @@ class Op:
         return self.return_ns is None
 
     def describe(self) -> str:
-        """A one-line human form, e.g. ``c1 get('k') -> 'v' [10, 20]``."""
+        """A one-line human form (no key), e.g. ``c1 put('v') -> None [10, 20]``."""
         ret = "pending" if self.return_ns is None else str(self.return_ns)
         out = "?" if self.return_ns is None else repr(self.output)
         arg = "" if self.input is None else repr(self.input)
