@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -42,6 +43,22 @@ def normalize_requirements(requirements: str | Iterable[str]) -> list[str]:
     lines = requirements.splitlines() if isinstance(requirements, str) else list(requirements)
     cleaned = {line.split("#", 1)[0].strip() for line in lines}
     return sorted(line for line in cleaned if line)
+
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\s*\[[A-Za-z0-9._,\s-]*\])?")
+_SPECIFIER = re.compile(r"[\s<>=!~.,*+A-Za-z0-9]*")
+
+
+def check_requirement(line: str) -> None:
+    """Allow only name-based requirements: no pip options (``-r /etc/shadow``,
+    ``--index-url``), no paths or URLs, no direct references (``name @ url``),
+    as pip runs on the host and its messages go back to the deployer."""
+    spec = line.split(";", 1)[0].strip()
+    name = _NAME.match(spec)
+    options = line.startswith("-") or " -" in line or "\t-" in line
+    if options or name is None or not _SPECIFIER.fullmatch(spec[name.end():]):
+        raise LayerError(f"requirement {line!r} is not allowed: use 'name[extras] <version spec>' "
+                         "lines only (no pip options, paths, URLs or 'name @ url')")
 
 
 def layer_id(requirements: str | Iterable[str], runtime_name: str) -> str:
@@ -120,6 +137,8 @@ class LayerStore:
 
     async def ensure(self, requirements: str | Iterable[str], runtime: Runtime) -> tuple[str, Path]:
         reqs = normalize_requirements(requirements)
+        for line in reqs:
+            check_requirement(line)
         lid = layer_id(reqs, runtime.name)
         ready = self.path_of(lid)
         if ready is not None:

@@ -10,7 +10,13 @@ import pytest
 import trio
 
 from sandbox.executor import Executor, FunctionSpec
-from sandbox.layers import LayerError, LayerStore, layer_id, normalize_requirements
+from sandbox.layers import (
+    LayerError,
+    LayerStore,
+    check_requirement,
+    layer_id,
+    normalize_requirements,
+)
 from sandbox.runtimes import Runtime
 
 
@@ -64,3 +70,22 @@ async def test_unknown_layer_is_a_clear_error(executor: Executor,
     res = await executor.invoke(make_fn("app.handler", layer="0" * 64), "1", b"{}", "r")
     assert res.status == "unavailable"
     assert res.error is not None and "not installed on this node" in res.error["errorMessage"]
+
+
+@pytest.mark.parametrize("line", ["six", "six==1.17.0", "requests[socks] >=2.31, <3",
+                                  "attrs~=23.2", 'tomli; python_version < "3.11"', "zope.interface"])
+def test_plain_requirements_are_allowed(line: str) -> None:
+    check_requirement(line)
+
+
+@pytest.mark.parametrize("line", ["-r /etc/shadow", "--index-url http://127.0.0.1/simple six",
+                                  "-e git+https://example.invalid/x.git", "/root/secret-wheel.whl",
+                                  "./local/pkg", "six @ file:///etc/passwd",
+                                  "https://example.invalid/six.whl", "six==1.0 /etc/x",
+                                  'six; python_version > "3" --index-url http://127.0.0.1/'])
+async def test_options_paths_and_urls_are_refused_before_pip_runs(
+        line: str, tmp_path: Path, runtimes: dict[str, Runtime]) -> None:
+    store = LayerStore(tmp_path / "layers")
+    with pytest.raises(LayerError, match="is not allowed"):
+        await store.ensure(["six", line], runtimes["python3.11"])
+    assert not (tmp_path / "layers").exists()  # pip never ran
