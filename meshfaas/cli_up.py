@@ -76,12 +76,13 @@ class Mesh:
     """The node processes of one local mesh."""
 
     def __init__(self, data_dir: Path, nodes: int, base_port: int, sandbox: str,
-                 capacity: int) -> None:
+                 capacity: int, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         self.base_port = base_port
         self.sandbox = sandbox
         self.capacity = capacity
+        self.extra_args = extra_args
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.info: dict[str, dict[str, Any]] = {}
 
@@ -91,7 +92,7 @@ class Mesh:
                 "--data-dir", str(self.data_dir / node_id), "--peer", peer, "--client", client,
                 "--events", events, "--voters", ",".join(self.ids),
                 "--capacity", str(self.capacity), "--sandbox", self.sandbox,
-                "--bootstrap-key", str(self.data_dir / "bootstrap-key.json")]
+                "--bootstrap-key", str(self.data_dir / "bootstrap-key.json"), *self.extra_args]
         if i > 0:
             args += ["--join", _ports(self.base_port, 0)[0],
                      "--keys", str(self.data_dir / self.ids[0] / "keys" / "cluster.json")]

@@ -117,6 +117,7 @@ class MeshConfig:
     meta_refresh_ns: int = 250 * NS_PER_MS
     async_scan_ns: int = 200 * NS_PER_MS
     async_lease_grace_ns: int = 5 * NS_PER_S
+    async_retry_base_ns: int = 60 * NS_PER_S
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     paxos_heartbeat_ns: int = 40 * NS_PER_MS
@@ -726,6 +727,17 @@ class MeshNode:
     def _run_here(self, req: InvokeRequest, entry: str) -> None:
         if req.invocation_id in self.running:
             return  # a duplicate request: the running one will answer
+        done = self.results.get(req.invocation_id)
+        if done is not None and done[1].status == "succeeded" and done[1].node == self.node_id:
+            # A duplicate of a request that already succeeded here (the network
+            # duplicated it, or a retry after a lost answer): answer, do not run again.
+            self._count("duplicate_invoke_answered")
+            answer = InvokeDone(invocation_id=req.invocation_id, record=done[1])
+            if entry == self.node_id:
+                self._on_done(answer)
+            else:
+                self.out.send(NodeId(entry), answer)
+            return
         if self.load >= self.cfg.capacity:
             self._count("refused_full")
             self._deliver_refusal(entry, req.invocation_id, "full")
@@ -860,7 +872,7 @@ class MeshNode:
             return
         found = self.results.get(invocation_id)
         if found is not None:
-            self._reply(call.conn, proto.ok(rid, found[1]))
+            self._reply(call.conn, proto.ok(rid, self._with_async(found[1])))
             return
         record = self._async_record(invocation_id)
         peers = self.live_peers()
@@ -874,6 +886,11 @@ class MeshNode:
                                                     invocation_id=invocation_id))
         self.deadlines.set(("query", self.next_query, invocation_id),
                            self.now.mono_ns + NS_PER_S)
+
+    def _with_async(self, record: proto.InvocationRecord) -> proto.InvocationRecord:
+        """An execution record, with the attempt count of its async record if any."""
+        rec = self.sm.get_async(record.invocation_id)
+        return record if rec is None else attrs.evolve(record, attempts=rec.attempts)
 
     def _async_record(self, invocation_id: str) -> proto.InvocationRecord | None:
         rec = self.sm.get_async(invocation_id)
@@ -893,7 +910,7 @@ class MeshNode:
         asked.discard(src)
         if msg.record is not None:
             del self.queries[msg.query_id]
-            self._reply(conn, proto.ok(rid, msg.record))
+            self._reply(conn, proto.ok(rid, self._with_async(msg.record)))
         elif not asked:
             del self.queries[msg.query_id]
             self._result_missing(conn, rid, "", None)
@@ -976,10 +993,11 @@ class MeshNode:
     def _failed_attempt(self, request_id: str, attempt: int, error_type: str,
                         text: str) -> faas.RecordAsyncAttempt:
         wall = self.now.wall_ns
+        # Lambda's backoff: 1 minute after the first failure, 2 after the second.
+        delay_ns = self.cfg.async_retry_base_ns << max(0, min(attempt, 8) - 1)
         return faas.RecordAsyncAttempt(request_id=request_id, attempt=attempt, ok=False,
                                        wall_ns=wall, node=self.node_id, error_type=error_type,
-                                       error_message=text,
-                                       retry_at_wall_ns=wall + faas.async_retry_delay_ns(attempt))
+                                       error_message=text, retry_at_wall_ns=wall + delay_ns)
 
     def _on_attempt_started(self, cmd: faas.StartAsyncAttempt, value: Any) -> None:
         if isinstance(value, FaasError) or not isinstance(value, faas.AsyncRecord):

@@ -61,7 +61,8 @@ class LocalMesh:
     def __init__(self, root: Path, nodes: int) -> None:
         self.root = root
         self.api_key = _ensure_admin_key(root)
-        self.mesh = Mesh(root, nodes, _free_base_port(3 * nodes), "nsjail", capacity=4)
+        self.mesh = Mesh(root, nodes, _free_base_port(3 * nodes), "nsjail", capacity=4,
+                         extra_args=("--async-retry-delay", "1"))
 
     def start(self) -> None:
         self.mesh.start()
