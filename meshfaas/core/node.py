@@ -983,7 +983,11 @@ class MeshNode:
         held_ns = self._async_held_ns(rec)
         if rec.next_attempt_at_wall_ns <= wall_ns or rec.attempts == 0:
             return True
-        return held_ns >= faas.async_retry_delay_ns(min(rec.attempts, len(faas.ASYNC_RETRY_DELAYS_NS)))
+        return held_ns >= self._retry_delay_ns(rec.attempts)
+
+    def _retry_delay_ns(self, failed_attempt: int) -> int:
+        """Lambda's backoff: 1 minute after the first failure, 2 after the second."""
+        return self.cfg.async_retry_base_ns << max(0, min(failed_attempt, 8) - 1)
 
     def _lease_ns(self, function: str) -> int:
         record = self.sm.get_function(function)
@@ -993,8 +997,7 @@ class MeshNode:
     def _failed_attempt(self, request_id: str, attempt: int, error_type: str,
                         text: str) -> faas.RecordAsyncAttempt:
         wall = self.now.wall_ns
-        # Lambda's backoff: 1 minute after the first failure, 2 after the second.
-        delay_ns = self.cfg.async_retry_base_ns << max(0, min(attempt, 8) - 1)
+        delay_ns = self._retry_delay_ns(attempt)
         return faas.RecordAsyncAttempt(request_id=request_id, attempt=attempt, ok=False,
                                        wall_ns=wall, node=self.node_id, error_type=error_type,
                                        error_message=text, retry_at_wall_ns=wall + delay_ns)

@@ -43,12 +43,15 @@ Checkers, one per property:
 
 The liveness phase waits for all of that plus every client to be done. Async
 retries back off 60 s and then 120 s (Lambda's schedule), so its bound is
-several virtual minutes.
+several virtual minutes (``-p liveness_s=...`` changes it; ``-p
+retry_base_ms=...`` shortens the backoff, which the CI seed sweep does to fit
+more seeds in its budget).
 
 The ``variant`` parameter builds deliberately broken nodes, by subclassing
 :class:`MeshNode` here, for the tests that prove the checkers bite:
 ``ack-async-early`` answers ``AsyncAccepted`` before the accept is chosen, and
-``route-to-dead`` lets the router pick members gossip declared dead.
+``route-to-dead`` lets the router pick members gossip declared dead, and
+``hedge-async`` also sends every async attempt to a second peer.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ DEAD_ROUTE_BOUND_NS = 2 * NS_PER_S
 WORKLOAD_START_NS = 2 * NS_PER_S
 FUNCTIONS = ("alpha", "beta", "gamma", "delta")
 RETRYABLE = ("Unavailable", "Timeout")
-VARIANTS = ("correct", "ack-async-early", "route-to-dead")
+VARIANTS = ("correct", "ack-async-early", "route-to-dead", "hedge-async")
 
 
 def admin_key(seed: int) -> tuple[faas.PutApiKey, str]:
@@ -133,9 +136,24 @@ class RouteToDeadNode(SimMeshNode):
         return views
 
 
+class HedgeAsyncNode(SimMeshNode):
+    """Broken: hedges every async attempt by also sending it to a second peer."""
+
+    def _route(self, route: Any) -> None:
+        super()._route(route)
+        if not route.async_attempt or not route.target:
+            return
+        others = [p for p in self.live_peers() if p != route.target]
+        if others:
+            self.out.send(NodeId(others[0]), InvokeRequest(
+                invocation_id=route.invocation_id, function=route.function,
+                version=route.version, code=route.code, config=route.config,
+                payload=route.payload))
+
+
 _NODE_CLASSES: dict[str, type[SimMeshNode]] = {
     "correct": SimMeshNode, "ack-async-early": AckAsyncEarlyNode,
-    "route-to-dead": RouteToDeadNode,
+    "route-to-dead": RouteToDeadNode, "hedge-async": HedgeAsyncNode,
 }
 
 
@@ -310,7 +328,7 @@ class MeshScenario(Scenario):
     check_interval_ms = 200
     params = {"rate": 8.0, "deploy_share": 0.25, "async_share": 0.4, "fail_rate": 0.08,
               "timeout_rate": 0.02, "capacity": 4, "variant": "correct", "faults": True,
-              "lose_disk": False}
+              "lose_disk": False, "liveness_s": 420.0, "retry_base_ms": 60_000}
 
     # -------------------------------------------------------------- set-up
 
@@ -328,6 +346,7 @@ class MeshScenario(Scenario):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
         self.world, self.run = world, run
+        self.liveness_bound_s = float(run.params["liveness_s"])  # type: ignore[misc]  # per run
         self.node_ids = run.node_ids()
         self.put_key, self.token = admin_key(run.seed)
         self.node_class = _NODE_CLASSES[variant]
@@ -348,7 +367,8 @@ class MeshScenario(Scenario):
     def _build(self, boot: NodeBoot) -> MeshNode:
         capacity = int(self.run.params["capacity"])
         cfg = MeshConfig(node_id=boot.node_id, voters=tuple(self.node_ids), capacity=capacity,
-                         bootstrap_key=self.put_key)
+                         bootstrap_key=self.put_key,
+                         async_retry_base_ns=int(self.run.params["retry_base_ms"]) * NS_PER_MS)
         node = self.node_class(cfg, boot.disk, boot.rng, boot.now,
                                seeds=[n for n in self.node_ids if n != boot.node_id],
                                restarts=boot.restarts, disk_lost=boot.lost_disk)

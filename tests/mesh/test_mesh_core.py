@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from mesh_harness import Mesh
+
 from meshfaas.core import auth, faas
 from meshfaas.core import client_proto as proto
 from meshfaas.core.types import NodeId
-from mesh_harness import Mesh
 
 
 def started(**kwargs: object) -> Mesh:

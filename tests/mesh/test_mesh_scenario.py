@@ -1,0 +1,100 @@
+"""The ``mesh`` simulator scenario: many seeds, Hypothesis fault plans, checkers that bite."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+
+from simulator import ALL_KINDS, RunResult, run_scenario
+from simulator.strategies import fault_plans
+
+SEEDS_3 = list(range(1, 25))
+SEEDS_5 = [1, 2]
+PLAN_KINDS = [k for k in ALL_KINDS if k != "crash_lose_disk"]
+FIGURES = ("deploys_acked", "deploys_lost", "invocations", "async_accepted", "async_succeeded",
+           "async_dead_letter", "async_lost", "duplicate_completions", "routed_to_dead",
+           "leader_changes")
+
+
+def assert_clean(result: RunResult) -> None:
+    assert result.violations == (), f"replay: {result.replay}\n" + "\n".join(result.violations)
+    assert result.figures["deploys_lost"] == 0
+    assert result.figures["async_lost"] == 0
+    assert result.figures["duplicate_completions"] == 0
+    assert result.figures["routed_to_dead"] == 0
+    assert result.figures["async_accepted"] == (
+        result.figures["async_succeeded"] + result.figures["async_dead_letter"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS_3)
+def test_three_nodes_under_random_faults(seed: int) -> None:
+    result = run_scenario("mesh", seed=seed)
+    assert_clean(result)
+    assert set(FIGURES) <= set(result.figures)
+    assert result.figures["deploys_acked"] > 0  # the workload ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS_5)
+def test_five_nodes_under_random_faults(seed: int) -> None:
+    result = run_scenario("mesh", seed=seed, nodes=5)
+    assert_clean(result)
+    assert result.nodes == 5 and result.figures["deploys_acked"] > 0
+
+
+def test_quiet_network_serves_everything() -> None:
+    result = run_scenario("mesh", seed=7, duration_s=6, params={"faults": False})
+    assert_clean(result)
+    figures = result.figures
+    assert figures["deploys_acked"] > 0 and figures["async_accepted"] > 0
+    assert figures["invocations"]["sync_ok"] > 0
+    assert figures["requests_failed"] == 0
+    assert figures["leader_changes"] == 1
+
+
+def test_same_seed_same_trace() -> None:
+    first = run_scenario("mesh", seed=11, duration_s=4, params={"liveness_s": 30.0})
+    second = run_scenario("mesh", seed=11, duration_s=4, params={"liveness_s": 30.0})
+    assert first.trace_hash == second.trace_hash
+    assert first.figures == second.figures
+
+
+@pytest.mark.slow
+@settings(max_examples=4)
+@given(plan=fault_plans(5_000, 3, kinds=PLAN_KINDS, max_faults=15))
+def test_hypothesis_fault_plans(plan: object) -> None:
+    assert_clean(run_scenario("mesh", seed=3, duration_s=5, plan=plan))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# Deliberately broken nodes: each checker must catch its bug
+# ---------------------------------------------------------------------------
+
+
+def broken(variant: str, seed: int) -> RunResult:
+    return run_scenario("mesh", seed=seed, params={"variant": variant, "liveness_s": 30.0})
+
+
+def test_acking_async_before_it_is_chosen_is_caught() -> None:
+    result = broken("ack-async-early", 4)
+    assert any(v.startswith("no-acked-async-lost") and "has no record of accepted async" in v
+               for v in result.violations), result.violations
+
+
+def test_routing_to_dead_members_is_caught() -> None:
+    result = broken("route-to-dead", 1)
+    assert any(v.startswith("no-route-to-dead") for v in result.violations), result.violations
+    assert result.figures["routed_to_dead"] > 0
+
+
+def test_hedged_async_attempts_are_caught() -> None:
+    result = broken("hedge-async", 1)
+    assert any(v.startswith("no-duplicate-completion") for v in result.violations), \
+        result.violations
+    assert result.figures["duplicate_completions"] > 0
+
+
+def test_unknown_variant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_scenario("mesh", seed=1, params={"variant": "nope"})
