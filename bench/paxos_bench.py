@@ -29,17 +29,22 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import _etcd  # bench/ is on sys.path when this script runs
-import _meshfaas
+import _meshfaas  # bench/ is on sys.path when this script runs
 import attrs
 import trio
-from _loadgen import KvTarget, LoadResult, run_load
+from _loadgen import KvTarget, LoadResult, proc_cpu_s, run_load
+
+try:
+    import _etcd
+except ImportError as exc:  # the bench extra is not installed
+    sys.exit(f"{exc}: run .venv/bin/pip install -e '.[bench]' first")
 
 ETCD_CLIENTS = {
     "grpc": "grpcio, KV.Put over etcd's native gRPC, one channel per client",
@@ -96,12 +101,35 @@ def bench_etcd(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadRes
     with _etcd.EtcdCluster(binary, client=args.etcd_client) as cluster:
         results = trio.run(drive, cluster, args.clients, args.warmup, args.seconds)
         if args.check_perf:
-            print("etcdctl check perf --load=l (etcd's own Go gRPC client):")
-            report["etcdctl_check_perf"] = _etcd.check_perf(
-                str(Path(binary).parent), cluster.client_urls
-            )
-            print(report["etcdctl_check_perf"])
+            report["etcdctl_check_perf"] = run_check_perf(binary, cluster)
     return results
+
+
+def run_check_perf(binary: str, cluster: _etcd.EtcdCluster) -> dict[str, Any]:
+    """``etcdctl check perf --load=l`` on the cluster, with server and client CPU per write."""
+    print("etcdctl check perf --load=l (etcd's own Go gRPC client, 60 s):")
+    server0, child0 = proc_cpu_s(cluster.server_pids()), _children_cpu_s()
+    out = _etcd.check_perf(str(Path(binary).parent), cluster.client_urls)
+    server1, child1 = proc_cpu_s(cluster.server_pids()), _children_cpu_s()
+    print(out)
+    rate = re.search(r"(\d+) writes/s", out)
+    result: dict[str, Any] = {"output": out, "loadavg_1m": os.getloadavg()[0]}
+    if rate and server0 is not None and server1 is not None:
+        writes = int(rate.group(1)) * 60  # check perf runs for 60 s
+        result["writes_per_s"] = int(rate.group(1))
+        result["server_cpu_us_per_write"] = (server1 - server0) * 1e6 / writes
+        result["client_cpu_us_per_write"] = (child1 - child0) * 1e6 / writes
+        print(
+            f"  about {result['server_cpu_us_per_write']:.0f} us server CPU and "
+            f"{result['client_cpu_us_per_write']:.0f} us etcdctl CPU per write; "
+            f"load {result['loadavg_1m']:.1f}"
+        )
+    return result
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_meshfaas(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadResult]:
