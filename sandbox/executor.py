@@ -54,7 +54,11 @@ Status = Literal["ok", "error", "timeout", "oom", "crash", "throttled", "unavail
 
 def _env_pairs(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     items = value.items() if isinstance(value, Mapping) else value
-    return tuple(sorted((str(k), str(v)) for k, v in items))
+    pairs = tuple(sorted((str(k), str(v)) for k, v in items))
+    for key, val in pairs:
+        if not key or "=" in key or "\0" in key or "\0" in val:
+            raise ValueError(f"bad environment variable {key!r}")
+    return pairs
 
 
 @attrs.frozen(kw_only=True)
@@ -383,7 +387,7 @@ class Executor:
         uid = self._free_uids.pop()
         try:
             spec = self._spec(function, version, runtime, uid)
-        except LookupError as exc:
+        except (LookupError, ValueError) as exc:
             self._free_uids.append(uid)
             self._pool.release(key)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
@@ -464,7 +468,7 @@ class Executor:
             link_tree(Path(function.code_dir), slot.task_dir)
             env = self._function_env(function, version, runtime)
             await slot.sandbox.load(env, self.config.init_timeout_ms / 1000)
-        except (SandboxStartError, OSError, LookupError) as exc:
+        except (SandboxStartError, OSError, LookupError, ValueError) as exc:
             await self._drop(key, slot, release=True)
             log.error("sandbox for %s failed to start: %s", function.name, exc)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)
@@ -482,7 +486,7 @@ class Executor:
         slot = _Slot(sandbox=sandbox, uid=spec.outside_uid)
         try:
             await sandbox.start(self.config.init_timeout_ms / 1000, self._nursery)
-        except (SandboxStartError, OSError) as exc:
+        except (SandboxStartError, OSError, ValueError) as exc:
             await self._drop(key, slot, release=True)
             log.error("sandbox for %s failed to start: %s", function.name, exc)
             return _failure(request_id, "unavailable", "Sandbox.StartError", str(exc), function)

@@ -98,9 +98,11 @@ def seccomp_policy() -> str:
 def _env_pairs(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     items = value.items() if isinstance(value, Mapping) else value
     pairs = tuple(sorted((str(k), str(v)) for k, v in items))
-    for key, _ in pairs:
+    for key, text in pairs:
         if not key or "=" in key or "\0" in key:
             raise ValueError(f"bad environment variable name {key!r}")
+        if "\0" in text:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
     return pairs
 
 
@@ -139,6 +141,10 @@ class SandboxSpec:
     system_ro_mounts: tuple[str, ...] = SYSTEM_RO_MOUNTS
 
     def __attrs_post_init__(self) -> None:
+        for name in ("interpreter", "interpreter_prefix", "code_dir", "bootstrap_file", "layer_dir"):
+            path = getattr(self, name)
+            if path is not None and (not path.startswith("/") or ":" in path or "\0" in path):
+                raise ValueError(f"SandboxSpec.{name} must be an absolute path without ':' ({path!r})")
         for name in ("memory_mb", "timeout_ms", "cpu_time_s", "cpu_ms_per_sec", "max_pids",
                      "max_open_files", "max_file_size_mb", "tmp_size_mb"):
             if getattr(self, name) <= 0:

@@ -341,3 +341,11 @@ async def test_executor_without_its_own_task(runtimes: dict[str, Runtime], make_
     closed = await ex.invoke(fn, "1", b"{}", "c")
     assert closed.status == "unavailable" and closed.error is not None
     assert closed.error["errorType"] == "Sandbox.Closed"
+
+
+async def test_unusable_code_path_is_a_value_not_a_crash(executor: Executor, make_fn: MakeFn) -> None:
+    fn = FunctionSpec(name="colon", handler="app.handler", code_dir="/tmp/a:b",
+                      runtime=make_fn("x.y").runtime)
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "unavailable"
+    assert res.error is not None and "absolute path without ':'" in res.error["errorMessage"]

@@ -134,3 +134,18 @@ def test_unsafe_backend_rendering() -> None:
     limits = dict(unsafe_rlimits(SPEC))
     assert limits["RLIMIT_FSIZE"] == 16 * 1024 * 1024
     assert limits["RLIMIT_NOFILE"] == 128
+
+
+@pytest.mark.parametrize("code_dir", ["relative/code", "/code:/etc", "/code\0x"])
+def test_spec_rejects_paths_nsjail_would_misread(code_dir: str) -> None:
+    with pytest.raises(ValueError):
+        SandboxSpec(interpreter="/p", interpreter_prefix="/", code_dir=code_dir, bootstrap_file="/b")
+
+
+def test_function_env_is_checked_by_the_caller() -> None:
+    from sandbox.executor import FunctionSpec
+
+    with pytest.raises(ValueError):
+        FunctionSpec(name="f", handler="a.b", code_dir="/c", env={"A": "x\0y"})
+    with pytest.raises(ValueError):
+        FunctionSpec(name="f", handler="a.b", code_dir="/c", env={"A=B": "x"})
