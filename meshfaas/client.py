@@ -449,6 +449,7 @@ class Client(_Operations):
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
         self._monitor: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
 
     @classmethod
     def from_credentials(cls, data_dir: str | os.PathLike[str], **kwargs: Any) -> Client:
@@ -509,11 +510,16 @@ class Client(_Operations):
     def _socket(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         if self._sock is None or self._monitor is None:
             self._sock, self._monitor = self._ep.dealer(self._ctx)
+            self._poller = zmq.Poller()
+            self._poller.register(self._sock, zmq.POLLIN)
+            self._poller.register(self._monitor, zmq.POLLIN)
         return self._sock, self._monitor
 
     def _attempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None]:
         sock, monitor = self._socket()
-        if not sock.poll(int(self.connect_timeout_s * 1000), zmq.POLLOUT):
+        writable = _events(sock) & zmq.POLLOUT or sock.poll(
+            int(self.connect_timeout_s * 1000), zmq.POLLOUT)
+        if not writable:
             return _Attempt.DOWN, None
         request_id, frame = self._ep.request(call)
         try:
@@ -524,9 +530,7 @@ class Client(_Operations):
 
     def _await_reply(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], request_id: str,
                      timeout_s: float) -> tuple[str, proto.ClientResponse | None]:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        poller = self._poller
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(max(int(left * 1000), 1)))
