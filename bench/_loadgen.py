@@ -78,7 +78,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[int(min(rank, len(sorted_values))) - 1]
 
 
-def _proc_cpu_s(pids: Sequence[int]) -> float | None:
+def proc_cpu_s(pids: Sequence[int]) -> float | None:
     """User+system CPU seconds of ``pids`` from /proc, or None if unreadable."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -174,7 +174,7 @@ async def _measure_cpu(
 
     async def sample(name: str, at_ns: int) -> None:
         await trio.sleep(max(0.0, (at_ns - time.perf_counter_ns()) / 1e9))
-        marks[name] = (_self_cpu_s(), _proc_cpu_s(pids))
+        marks[name] = (_self_cpu_s(), proc_cpu_s(pids))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample, "start", window.start_ns)
