@@ -76,13 +76,15 @@ class Mesh:
     """The node processes of one local mesh."""
 
     def __init__(self, data_dir: Path, nodes: int, base_port: int, sandbox: str,
-                 capacity: int, extra_args: tuple[str, ...] = ()) -> None:
+                 capacity: int, extra_args: tuple[str, ...] = (),
+                 capacities: tuple[int, ...] = ()) -> None:
         self.data_dir = data_dir
         self.ids = [f"n{i + 1}" for i in range(nodes)]
         self.base_port = base_port
         self.sandbox = sandbox
         self.capacity = capacity
         self.extra_args = extra_args
+        self.capacities = capacities  # per node, overriding ``capacity``
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.info: dict[str, dict[str, Any]] = {}
 
@@ -91,7 +93,8 @@ class Mesh:
         args = [sys.executable, "-m", "meshfaas", "node", "start", "--id", node_id,
                 "--data-dir", str(self.data_dir / node_id), "--peer", peer, "--client", client,
                 "--events", events, "--voters", ",".join(self.ids),
-                "--capacity", str(self.capacity), "--sandbox", self.sandbox,
+                "--capacity", str(self.capacities[i] if i < len(self.capacities) else self.capacity),
+                "--sandbox", self.sandbox,
                 "--bootstrap-key", str(self.data_dir / "bootstrap-key.json"), *self.extra_args]
         if i > 0:
             args += ["--join", _ports(self.base_port, 0)[0],

@@ -71,7 +71,7 @@ from meshfaas.core import client_proto as proto
 from meshfaas.core import faas, faas_api
 from meshfaas.core.codec import message, tag_of
 from meshfaas.core.faas import CodeRef, FaasError, FaasStateMachine, FunctionConfig
-from meshfaas.core.router import MAX_ROUTE_ATTEMPTS, PeerView, RouteRequest, pick
+from meshfaas.core.router import MAX_ROUTE_ATTEMPTS, PeerView, RouteRequest, pick, pick_random
 from meshfaas.core.types import (
     NS_PER_MS,
     NS_PER_S,
@@ -118,6 +118,7 @@ class MeshConfig:
     async_scan_ns: int = 200 * NS_PER_MS
     async_lease_grace_ns: int = 5 * NS_PER_S
     async_retry_base_ns: int = 60 * NS_PER_S
+    routing: str = "least-loaded"  # or "random": the baseline the benchmarks compare against
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     paxos_heartbeat_ns: int = 40 * NS_PER_MS
@@ -704,7 +705,10 @@ class MeshNode:
         request = RouteRequest(function=route.function,
                                warm_key=f"{route.function}:{route.version}",
                                runtime=route.config.runtime, exclude=frozenset(route.tried))
-        decision = pick(self.peer_views(), request, self.rng)
+        if self.cfg.routing == "random":
+            decision = pick_random(self.peer_views(), request, self.rng)
+        else:
+            decision = pick(self.peer_views(), request, self.rng)
         if decision.node is None:
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",

@@ -303,6 +303,7 @@ class MeshProcessConfig:
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     drain_s: float = 10.0
     async_retry_base_s: float = 60.0
+    routing: str = "least-loaded"
     seed: int | None = None
 
 
@@ -372,7 +373,8 @@ class MeshProcess:
             node_id=config.node_id, voters=tuple(config.voters), capacity=config.capacity,
             runtimes=tuple(self.executor.runtimes()), peer_addr=self.peer.endpoint,
             client_addr=self.clients.endpoint, bootstrap_key=read_bootstrap_key(config.bootstrap_key),
-            gossip=config.gossip, async_retry_base_ns=int(config.async_retry_base_s * 1e9))
+            gossip=config.gossip, async_retry_base_ns=int(config.async_retry_base_s * 1e9),
+            routing=config.routing)
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
         self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds)
         self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
@@ -738,12 +740,14 @@ def node_cli() -> None:
 @click.option("--async-retry-delay", "async_retry_s", type=click.FloatRange(0.1, 3600), default=60.0,
               show_default=True, help="Seconds before retrying a failed async invocation "
               "(doubled for the second retry), as Lambda does.")
+@click.option("--routing", type=click.Choice(["least-loaded", "random"]), default="least-loaded",
+              show_default=True, help="How invocations pick a node ('random' is a baseline).")
 @click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
 @click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
-          bootstrap_key: Path | None, async_retry_s: float, probe_interval_ms: int,
+          bootstrap_key: Path | None, async_retry_s: float, routing: str, probe_interval_ms: int,
           probe_timeout_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -755,7 +759,8 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         node_id=node_id, data_dir=data_dir, voters=voter_ids, peer_bind=peer, client_bind=client,
         events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
-        bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s, seed=seed)
+        bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
+        routing=routing, seed=seed)
     try:
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
