@@ -323,7 +323,11 @@ class MeshNode:
                              now)
         boot = int(own_disk.get("meta", {}).get("boots", 0)) + 1
         self.out.persist("m.meta", "boots", boot)
-        self.lanes = [_Lane(client_id=f"{self.node_id}/{boot}/{i}") for i in range(config.lanes)]
+        # The boot counter alone could repeat (a lost disk, or a crash before its write
+        # is synced), and a reused session would answer a new command with an old result.
+        incarnation = f"{boot}.{rng.getrandbits(64):016x}"
+        self.lanes = [_Lane(client_id=f"{self.node_id}/{incarnation}/{i}")
+                      for i in range(config.lanes)]
         self.waiting: dict[tuple[str, int], _Waiting] = {}
         self.queued: list[_Waiting] = []  # proposals waiting for a free lane
         self.routing: dict[str, _Routing] = {}
