@@ -167,6 +167,7 @@ class Ledger:
     """Everything the clients and the simulated executor saw."""
 
     acked_deploys: list[tuple[str, int, str, str]] = attrs.field(factory=list)  # name, rev, sha, req
+    bad_acks: list[str] = attrs.field(factory=list)  # ok answers that do not match their request
     async_accepted: dict[str, str] = attrs.field(factory=dict)  # invocation id -> request
     executions_ok: dict[str, int] = attrs.field(factory=dict)  # invocation id -> successes
     sync_ok: int = 0
@@ -209,6 +210,10 @@ class NoAckedDeployLost(Checker):
                     have = "nothing" if record is None else f"revision {record.revision}"
                     found.append(f"{node} lost deploy {request} of {name} (acked revision "
                                  f"{revision}, has {have})")
+        return found
+
+    def check_during(self, world: World) -> list[str]:
+        found, self.ledger.bad_acks = self.ledger.bad_acks, []
         return found
 
     def check_final(self, world: World) -> list[str]:
@@ -534,7 +539,12 @@ class MeshScenario(Scenario):
         if not response.ok:
             return
         value = response.value
-        if isinstance(value, faas.Deployed):
+        if isinstance(op.body, proto.Deploy) and (
+                not isinstance(value, faas.Deployed) or value.function.name != op.body.name
+                or value.function.code != op.body.code):
+            self.ledger.bad_acks.append(f"deploy {response.request_id} of {op.body.name} "
+                                        f"acknowledged with {value!r}")
+        elif isinstance(value, faas.Deployed):
             fn = value.function
             self.ledger.acked_deploys.append(
                 (fn.name, fn.revision, fn.code.sha256, response.request_id))
