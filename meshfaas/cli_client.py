@@ -97,7 +97,8 @@ def open_client(endpoints: tuple[str, ...], api_key: str | None, data_dir: str |
         list(target.endpoints), target.api_key, timeout_s=timeout_s,
         server_public_key=creds.server_public_key if creds else None,
         client_public_key=creds.client_public_key if creds else None,
-        client_secret_key=creds.client_secret_key if creds else None)
+        client_secret_key=creds.client_secret_key if creds else None,
+        events_endpoints=creds.events_endpoints if creds else ())
 
 
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -422,10 +423,16 @@ def result(client: sdk.Client, invocation_id: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new log lines.")
 @click.option("--limit", default=100, show_default=True)
+@click.option("--events-endpoint", "events_endpoints", multiple=True,
+              help="A node's event PUB endpoint to follow (default: from members or "
+                   "credentials.json); repeat.")
 @connection_options
 @with_client
-def logs(client: sdk.Client, name: str, follow: bool, limit: int) -> None:
+def logs(client: sdk.Client, name: str, follow: bool, limit: int,
+         events_endpoints: tuple[str, ...]) -> None:
     """Print recent log lines of NAME (and follow them with -f)."""
+    if events_endpoints:
+        client.events_endpoints = list(_split(events_endpoints))
     events: Iterator[Any] = client.logs(name, follow=follow, limit=limit)
     try:
         for event in events:

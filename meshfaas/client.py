@@ -193,6 +193,7 @@ class Credentials:
     server_public_key: bytes | None = None
     client_public_key: bytes | None = None
     client_secret_key: bytes | None = None
+    events_endpoints: tuple[str, ...] = ()
 
 
 def _key(raw: Any) -> bytes | None:
@@ -203,7 +204,8 @@ def load_credentials(data_dir: str | os.PathLike[str]) -> Credentials:
     """Read ``DATA_DIR/credentials.json`` (written by ``meshfaas up``).
 
     Keys: ``endpoints`` (list), ``api_key``, and optionally
-    ``server_public_key``, ``client_public_key``, ``client_secret_key`` (z85).
+    ``server_public_key``, ``client_public_key``, ``client_secret_key`` (z85)
+    and ``events_endpoints`` (the nodes' event PUB sockets, for ``logs -f``).
     Without client keys, the cluster key file ``DATA_DIR/keys/cluster.json``
     (when present) supplies the server key and a keypair the nodes admit.
     """
@@ -217,6 +219,7 @@ def load_credentials(data_dir: str | os.PathLike[str]) -> Credentials:
         server_public_key=_key(raw.get("server_public_key")),
         client_public_key=_key(raw.get("client_public_key")),
         client_secret_key=_key(raw.get("client_secret_key")),
+        events_endpoints=tuple(raw.get("events_endpoints") or ()),
     )
     cluster = Path(data_dir) / "keys" / "cluster.json"
     if creds.client_secret_key is None and cluster.exists():
@@ -442,11 +445,13 @@ class Client(_Operations):
                  server_public_key: bytes | str | None = None,
                  client_public_key: bytes | str | None = None,
                  client_secret_key: bytes | str | None = None,
+                 events_endpoints: Sequence[str] = (),
                  context: zmq.Context[Any] | None = None) -> None:
         self._ep = _Endpoints(endpoints, api_key, server_public_key, client_public_key,
                               client_secret_key)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.events_endpoints = list(events_endpoints)
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
         self._monitor: zmq.Socket[Any] | None = None
@@ -457,7 +462,7 @@ class Client(_Operations):
         c = load_credentials(data_dir)
         return cls(list(c.endpoints), c.api_key, server_public_key=c.server_public_key,
                    client_public_key=c.client_public_key, client_secret_key=c.client_secret_key,
-                   **kwargs)
+                   events_endpoints=c.events_endpoints, **kwargs)
 
     @property
     def endpoint(self) -> str:
@@ -639,8 +644,8 @@ class Client(_Operations):
         yield from self._follow(name, idle_timeout_s)
 
     def _follow(self, name: str, idle_timeout_s: float | None) -> Iterator[proto.LogEvent]:
-        subs = [self._subscribe(m.events_endpoint, name) for m in self.members()
-                if m.events_endpoint and m.state in ("alive", "suspect")]
+        members = [] if self.events_endpoints else self.members()
+        subs = [self._subscribe(e, name) for e in _event_sources(self.events_endpoints, members)]
         poller = zmq.Poller()
         for sub in subs:
             poller.register(sub, zmq.POLLIN)
@@ -663,6 +668,16 @@ class Client(_Operations):
         sub.setsockopt(zmq.SUBSCRIBE, proto.log_topic(name))
         sub.connect(endpoint)
         return sub
+
+
+def _event_sources(given: Sequence[str], members: Sequence[proto.MemberInfo]) -> list[str]:
+    """The event PUB endpoints to follow: those given, else every live member's."""
+    found = list(given) or [m.events_endpoint for m in members
+                            if m.events_endpoint and m.state in ("alive", "suspect")]
+    if not found:
+        raise Unavailable("no events endpoint known: the members publish none; "
+                          "pass events_endpoints= (or events_endpoints in credentials.json)")
+    return found
 
 
 def _log_event(parts: list[bytes]) -> proto.LogEvent | None:
@@ -886,8 +901,8 @@ class AsyncClient(Client):
 
     async def _afollow(self, name: str, idle_timeout_s: float | None
                        ) -> AsyncIterator[proto.LogEvent]:
-        subs = [self._subscribe(m.events_endpoint, name) for m in await self.members()
-                if m.events_endpoint and m.state in ("alive", "suspect")]
+        members = [] if self.events_endpoints else await self.members()
+        subs = [self._subscribe(e, name) for e in _event_sources(self.events_endpoints, members)]
         idle_s = idle_timeout_s if idle_timeout_s is not None else float("inf")
         try:
             while subs:

@@ -40,6 +40,7 @@ class FakeNode:
         self.partial: dict[str, bytearray] = {}
         self.records: dict[str, proto.InvocationRecord] = {}
         self.logs: list[proto.LogEvent] = []
+        self.advertise_events = True  # whether Members names the PUB endpoint
         self.hang = False  # when set, requests are received and never answered
         self.unavailable = False  # when set, every request answers Unavailable
         self.received = 0
@@ -174,7 +175,7 @@ class FakeNode:
         if isinstance(body, proto.Members):
             return proto.ok(rid, [proto.MemberInfo(
                 node=self.node, state="alive", client_endpoint=self.endpoint,
-                events_endpoint=self.events_endpoint, runtimes=("python3.11",), capacity=4)])
+                events_endpoint=self.events_endpoint if self.advertise_events else "", runtimes=("python3.11",), capacity=4)])
         if isinstance(body, proto.Status):
             return proto.ok(rid, proto.StatusInfo(
                 node=self.node, leader=self.node, commit_index=self.index,

@@ -302,3 +302,27 @@ def test_api_key_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
         sdk.Client("tcp://127.0.0.1:1")
     monkeypatch.setenv("MESHFAAS_API_KEY", "mf_env")
     assert sdk.Client("tcp://127.0.0.1:1")._ep.api_key == "mf_env"
+
+
+async def test_logs_follow_needs_an_events_endpoint(node: FakeNode, ctx: zmq.Context[Any]) -> None:
+    node.advertise_events = False
+    async with make_client(node, ctx) as c:
+        with pytest.raises(sdk.Unavailable, match="events endpoint"):
+            async for _ in c.logs("hello", follow=True):
+                pass
+    async with make_client(node, ctx, events_endpoints=[node.events_endpoint]) as c, \
+            make_client(node, ctx) as invoker:
+        await invoker.deploy("hello", HELLO, handler="app.handler")
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for event in c.logs("hello", follow=True, idle_timeout_s=10):
+                seen.append(event.invocation_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            with trio.fail_after(5):
+                while not seen:
+                    await invoker.invoke("hello", {})
+            nursery.cancel_scope.cancel()
+        assert seen[0].startswith("n1~")
