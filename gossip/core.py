@@ -541,8 +541,12 @@ class Gossip:
         self._count("probe_failures")
         member = self._members.get(probe.target)
         if member is not None and member.state in LIVE_STATES:
-            self._apply_suspect(Suspect(node=member.node_id, incarnation=member.incarnation,
-                                        accuser=self.node_id), now)
+            accusation = Suspect(node=member.node_id, incarnation=member.incarnation,
+                                 accuser=self.node_id)
+            fresh = member.state == ALIVE
+            self._apply_suspect(accusation, now)
+            if fresh:  # tell the suspect at once: if it is alive, it refutes now
+                self._outbox.send(member.node_id, GossipMsg(updates=(accusation,)))
 
     def _scaled(self, duration_ns: int) -> int:
         if not self.config.lifeguard:
@@ -694,6 +698,10 @@ class Gossip:
                                          accuser=row.node), now)
         elif row.state in (SUSPECT, DEAD):
             # Another view's death becomes a suspicion here: the node may refute.
+            # A view is not an independent accusation, so it never confirms one.
+            member = self._members.get(row.node)
+            if member is not None and member.state == SUSPECT:
+                return
             self._apply_update(src, Suspect(node=row.node, incarnation=row.incarnation,
                                             accuser=src), now)
         else:
