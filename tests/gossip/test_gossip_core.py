@@ -466,3 +466,25 @@ def test_a_node_started_without_seeds_joins_when_given_some() -> None:
     net.drain(NodeId("b"))
     net.run(2 * NS_PER_S)
     assert net.state("a", "b") == "alive" and net.state("b", "a") == "alive"
+
+
+def test_a_failed_probe_tells_the_suspect_directly() -> None:
+    g = make()
+    add_members(g, 5)
+    ping, now = run_until_probe(g, None, T0)
+    g.tick(now.after(NS_PER_S))  # no ack, no nack: the period ends
+    notices = [(d, m) for d, m in sent(g) if isinstance(m, GossipMsg)]
+    assert notices == [(ping.target, GossipMsg(updates=(
+        Suspect(node=ping.target, incarnation=1, accuser=ME),)))]
+
+
+def test_a_merged_view_never_confirms_a_suspicion() -> None:
+    g = make()
+    add_members(g, 99)
+    subject = NodeId("m00")
+    feed(g, Suspect(node=subject, incarnation=1, accuser=NodeId("m01")))
+    row = MemberState(node=subject, state="suspect", incarnation=1, meta=NodeMeta())
+    for peer in ("m02", "m03", "m04"):
+        g.handle(NodeId(peer), PushPullReply(members=(row,)), T0)
+    assert g._deadlines.get(("suspect", subject)) == T0.mono_ns + 12 * NS_PER_S
+    assert "confirmations" not in g.counters
