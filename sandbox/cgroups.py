@@ -137,3 +137,41 @@ def remove_stale_jail_cgroups(plan: CgroupPlan, root: str = "/sys/fs/cgroup",
                 folder.rmdir()
                 removed += 1
     return removed
+
+
+def jail_cgroup_dirs(pid: int, root: str = "/sys/fs/cgroup", proc: str = "/proc") -> dict[str, Path]:
+    """The cgroup folders a process is in: per v1 controller, or "unified" for v2."""
+    out: dict[str, Path] = {}
+    for line in Path(f"{proc}/{pid}/cgroup").read_text().splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for controller in controllers.split(","):
+            if controller in ("memory", "pids", "cpu"):
+                out[controller] = Path(root) / controller / path.lstrip("/")
+        if controllers == "" and path != "/":
+            out["unified"] = Path(root) / path.lstrip("/")
+    return out
+
+
+def set_jail_limits(plan: CgroupPlan, pid: int, *, memory_bytes: int, pids_max: int,
+                    root: str = "/sys/fs/cgroup", proc: str = "/proc") -> None:
+    """Change a running jail's memory and pids limits (raises OSError if it cannot)."""
+    dirs = jail_cgroup_dirs(pid, root, proc)
+    if plan.version == "v2":
+        unified = dirs["unified"]
+        (unified / "memory.max").write_text(str(memory_bytes))
+        (unified / "pids.max").write_text(str(pids_max))
+        return
+    if plan.version != "v1":
+        return
+    memory = dirs["memory"]
+    files = ["memory.limit_in_bytes"]
+    if plan.v1_memsw_available:
+        files.append("memory.memsw.limit_in_bytes")
+    current = int((memory / "memory.limit_in_bytes").read_text())
+    # v1 wants memory <= memory+swap at every step: raise memsw first, lower it last.
+    for name in (reversed(files) if memory_bytes > current else files):
+        (memory / name).write_text(str(memory_bytes))
+    (dirs["pids"] / "pids.max").write_text(str(pids_max))

@@ -41,7 +41,7 @@ from sandbox.cgroups import plan_cgroups, remove_stale_jail_cgroups
 from sandbox.layers import LayerStore
 from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
 from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
-from sandbox.spec import LAYER_ROOT, TASK_ROOT, CgroupPlan, SandboxSpec
+from sandbox.spec import AS_HEADROOM_MB, LAYER_ROOT, TASK_ROOT, CgroupPlan, SandboxSpec
 
 log = logging.getLogger("sandbox")
 
@@ -84,6 +84,10 @@ class ExecutorConfig:
     spares_per_shape: int = 1
     """Spare jails kept ready per shape (runtime, limits, layer) once that shape was used; 0 = off."""
     max_spares: int = 4
+    max_memory_mb: int = 10_240
+    """The largest memory a function may ask for (a spare starts with rlimits for it)."""
+    max_pids_ceiling: int = 1024
+    """The most processes a function may ask for (likewise)."""
     layers_allow_sdist: bool = False
     """Let pip build source distributions for layers (their build scripts run on the host)."""
     region: str = "local"
@@ -146,12 +150,14 @@ class _Slot:
     since_s: float = 0.0
 
 
-Shape = tuple[str, int, int, int, int, int, "str | None"]
+Shape = tuple[str, int, int, int, "str | None"]
 
 
 def _shape(function: FunctionSpec) -> Shape:
-    return (function.runtime, function.memory_mb, function.tmp_size_mb, function.max_pids,
-            function.max_open_files, function.max_file_size_mb, function.layer)
+    """What a spare jail must share with a function to serve it: what is fixed at
+    jail start. Memory and process limits are not: they are set on claim."""
+    return (function.runtime, function.tmp_size_mb, function.max_open_files,
+            function.max_file_size_mb, function.layer)
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -378,7 +384,7 @@ class Executor:
             return _failure(request_id, "throttled", "TooManyRequestsException",
                             f"Rate Exceeded: {function.name} already has its maximum of live sandboxes",
                             function)
-        spare = self._take_spare(_shape(function))
+        spare = await self._retargeted_spare(function)
         if spare is not None:
             return await self._claim(key, spare, function, version, runtime, request_id)
         if not self._free_uids:
@@ -446,7 +452,10 @@ class Executor:
             task_dir.mkdir(parents=True, mode=0o755)
             os.chmod(task_dir, 0o755)
             runtime = pick(self._runtimes, template.runtime)
-            spec = self._spec(template, "spare", runtime, uid, code_dir=str(task_dir), spare=True)
+            spec = attrs.evolve(
+                self._spec(template, "spare", runtime, uid, code_dir=str(task_dir), spare=True),
+                rlimit_as_ceiling_mb=2 * self.config.max_memory_mb + AS_HEADROOM_MB,
+                rlimit_nproc_ceiling=self.config.max_pids_ceiling)
             sandbox = SandboxProcess(spec, self.backend, tail_bytes=self.config.log_tail_bytes,
                                      max_result_bytes=self.config.max_result_bytes)
             slot = _Slot(sandbox=sandbox, uid=uid, task_dir=task_dir)
@@ -460,6 +469,23 @@ class Executor:
                 self._free_uids.append(uid)
                 shutil.rmtree(task_dir.parent, ignore_errors=True)
             raise
+
+    async def _retargeted_spare(self, function: FunctionSpec) -> _Slot | None:
+        """A spare of the function's shape with the function's memory and process
+        limits applied, or None (no spare, or the limits could not be set)."""
+        slot = self._take_spare(_shape(function))
+        if slot is None:
+            return None
+        target = attrs.evolve(slot.sandbox.spec, memory_mb=function.memory_mb,
+                              max_pids=function.max_pids, timeout_ms=function.timeout_ms,
+                              rlimit_as_ceiling_mb=None, rlimit_nproc_ceiling=None)
+        try:
+            slot.sandbox.retarget(target)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("sandbox: could not set the limits of a spare jail (%s); starting afresh", exc)
+            await self._drop(None, slot, release=False)
+            return None
+        return slot
 
     async def _claim(self, key: Hashable, slot: _Slot, function: FunctionSpec, version: str,
                      runtime: Runtime, request_id: str) -> _Slot | InvocationResult:

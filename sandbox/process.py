@@ -35,13 +35,22 @@ import resource
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import trio
 
 from sandbox.bootstrap import FRAME, encode_frame
-from sandbox.spec import CgroupPlan, SandboxSpec, render_nsjail_argv, unsafe_argv, unsafe_rlimits
+from sandbox.cgroups import set_jail_limits
+from sandbox.spec import (
+    MB,
+    CgroupPlan,
+    SandboxSpec,
+    render_nsjail_argv,
+    unsafe_argv,
+    unsafe_rlimits,
+)
 
 log = logging.getLogger("sandbox")
 
@@ -407,6 +416,30 @@ class SandboxProcess:
             while chunk := os.read(self._nsjail_log_fd, 65536):
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
+
+    def jail_pid(self) -> int:
+        """Host pid of the jailed interpreter (nsjail's child; the process itself when unsafe)."""
+        assert self.process is not None
+        if self.backend.kind == "unsafe":
+            return self.process.pid
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if not children:
+            raise OSError(f"nsjail {pid} has no jailed process")
+        return int(children[0])
+
+    def retarget(self, spec: SandboxSpec) -> None:
+        """Apply ``spec``'s memory and process limits to this running (spare) jail:
+        its cgroups and the interpreter's RLIMIT_AS / RLIMIT_NPROC. Raises OSError."""
+        if spec == self.spec:
+            return
+        pid = self.jail_pid()
+        set_jail_limits(self.backend.cgroups, pid, memory_bytes=spec.memory_mb * MB,
+                        pids_max=spec.max_pids)
+        as_bytes = spec.rlimit_as_mb * MB
+        resource.prlimit(pid, resource.RLIMIT_AS, (as_bytes, as_bytes))
+        resource.prlimit(pid, resource.RLIMIT_NPROC, (spec.rlimit_nproc, spec.rlimit_nproc))
+        self.spec = spec
 
     # -- invoke -----------------------------------------------------------
 

@@ -136,6 +136,11 @@ class SandboxSpec:
     """Host uid the jail's uid 65534 maps to; the executor gives each sandbox its own."""
     outside_gid: int = JAIL_GID
     nice_level: int = 0
+    rlimit_as_ceiling_mb: int | None = None
+    """For a spare jail: RLIMIT_AS to start with, lowered to the function's on claim
+    (a hard limit can only be lowered from outside)."""
+    rlimit_nproc_ceiling: int | None = None
+    """For a spare jail: RLIMIT_NPROC to start with, lowered on claim."""
     python_flags: tuple[str, ...] = ("-I", "-S")
     """-I: isolated (no PYTHON* variables, no user site); -S: stdlib only, no site-packages."""
     system_ro_mounts: tuple[str, ...] = SYSTEM_RO_MOUNTS
@@ -152,7 +157,11 @@ class SandboxSpec:
 
     @property
     def rlimit_as_mb(self) -> int:
-        return 2 * self.memory_mb + AS_HEADROOM_MB
+        return self.rlimit_as_ceiling_mb or 2 * self.memory_mb + AS_HEADROOM_MB
+
+    @property
+    def rlimit_nproc(self) -> int:
+        return self.rlimit_nproc_ceiling or self.max_pids
 
 
 @attrs.frozen(kw_only=True)
@@ -205,7 +214,7 @@ def _rlimit_args(spec: SandboxSpec) -> list[str]:
         "--rlimit_cpu", str(spec.cpu_time_s),
         "--rlimit_fsize", str(spec.max_file_size_mb),
         "--rlimit_nofile", str(spec.max_open_files),
-        "--rlimit_nproc", str(spec.max_pids),
+        "--rlimit_nproc", str(spec.rlimit_nproc),
         "--rlimit_core", "0",
     ]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sandbox.cgroups import plan_cgroups
 
 
@@ -76,3 +78,50 @@ def test_stale_jail_cgroups_are_removed_live_ones_kept(tmp_path: Path) -> None:
     write(busy / "cgroup.procs", "998\n")  # not empty: rmdir fails, as on a real cgroupfs in use
     assert remove_stale_jail_cgroups(plan, str(root), str(fake_proc)) == 1
     assert not stale.exists() and live.exists() and busy.exists()
+
+
+def _fake_jail(tmp_path: Path, cgroup_lines: str) -> tuple[Path, Path]:
+    root, proc = tmp_path / "cg", tmp_path / "proc"
+    write(proc / "77" / "cgroup", cgroup_lines)
+    return root, proc
+
+
+@pytest.mark.parametrize(("before", "after"), [(128, 64), (64, 256)])
+def test_set_jail_limits_v1_keeps_memory_below_memsw(tmp_path: Path, before: int, after: int) -> None:
+    from sandbox.cgroups import set_jail_limits
+    from sandbox.spec import MB, CgroupPlan
+
+    root, proc = _fake_jail(tmp_path, "4:memory:/n/meshfaas/NSJAIL.77\n8:pids:/meshfaas/NSJAIL.77\n")
+    memory = root / "memory" / "n" / "meshfaas" / "NSJAIL.77"
+    write(memory / "memory.limit_in_bytes", str(before * MB))
+    write(memory / "memory.memsw.limit_in_bytes", str(before * MB))
+    write(root / "pids" / "meshfaas" / "NSJAIL.77" / "pids.max", "64")
+    order: list[str] = []
+    real_write = Path.write_text
+
+    def spy(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        order.append(self.name)
+        return real_write(self, text)
+
+    plan = CgroupPlan(version="v1", v1_memsw_available=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "write_text", spy)
+        set_jail_limits(plan, 77, memory_bytes=after * MB, pids_max=16, root=str(root), proc=str(proc))
+    expected = (["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"] if after > before
+                else ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"])
+    assert order == [*expected, "pids.max"]
+    assert (memory / "memory.limit_in_bytes").read_text() == str(after * MB)
+    assert (root / "pids" / "meshfaas" / "NSJAIL.77" / "pids.max").read_text() == "16"
+
+
+def test_set_jail_limits_v2(tmp_path: Path) -> None:
+    from sandbox.cgroups import set_jail_limits
+    from sandbox.spec import CgroupPlan
+
+    root, proc = _fake_jail(tmp_path, "0::/meshfaas/NSJAIL.77\n")
+    unified = root / "meshfaas" / "NSJAIL.77"
+    unified.mkdir(parents=True)
+    set_jail_limits(CgroupPlan(version="v2"), 77, memory_bytes=1000, pids_max=9, root=str(root),
+                    proc=str(proc))
+    assert (unified / "memory.max").read_text() == "1000"
+    assert (unified / "pids.max").read_text() == "9"

@@ -349,3 +349,25 @@ async def test_unusable_code_path_is_a_value_not_a_crash(executor: Executor, mak
     res = await executor.invoke(fn, "1", b"{}", "r")
     assert res.status == "unavailable"
     assert res.error is not None and "absolute path without ':'" in res.error["errorMessage"]
+
+
+@pytest.mark.parametrize(("spare_mb", "function_mb", "allocate_mb", "status"),
+                         [(128, 64, 100, "oom"), (64, 256, 150, "ok")])
+async def test_spare_takes_the_claiming_functions_memory_limit(
+        executor: Executor, make_fn: MakeFn, monkeypatch: pytest.MonkeyPatch,
+        spare_mb: int, function_mb: int, allocate_mb: int, status: str) -> None:
+    executor.prepare(make_fn("app.handler", memory_mb=spare_mb))
+    await executor.wait_for_spares()
+    assert executor.stats()["spares"] == 1
+
+    async def no_fresh_start(*args: Any) -> Any:
+        raise AssertionError("the spare should have been claimed")
+
+    monkeypatch.setattr(executor, "_spawn", no_fresh_start)
+    fn = make_fn("app.allocate", memory_mb=function_mb)
+    res = await executor.invoke(fn, "1", json.dumps({"mb": allocate_mb}).encode(), "r")
+    assert res.status == status, (res.error, res.log_tail[-300:])
+    if status == "oom":
+        assert res.error is not None and f"its limit is {function_mb} MB" in res.error["errorMessage"]
+    else:
+        assert result(res) == allocate_mb and res.max_memory_mb >= allocate_mb

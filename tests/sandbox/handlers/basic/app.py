@@ -71,3 +71,8 @@ def uses_layer(event, context):
     import six  # from the dependency layer
 
     return six.__file__
+
+
+def allocate(event, context):
+    data = b"x" * (event["mb"] << 20)  # written, so resident
+    return len(data) >> 20
