@@ -162,15 +162,16 @@ def _wait_ready(client: Any, deadline: float) -> Any:
 
 def _print_endpoints(mesh: Mesh, creds: Path) -> None:
     table = Table(title="meshfaas local mesh", show_lines=False)
-    for col in ("node", "client", "events", "peer", "runtimes"):
-        table.add_column(col)
+    for col in ("node", "client", "events", "peer"):
+        table.add_column(col, no_wrap=True)
     for n in mesh.ids:
         info = mesh.info[n]
-        table.add_row(n, info["client"], info["events"], info["peer"],
-                      " ".join(info.get("runtimes", [])))
+        table.add_row(n, info["client"], info["events"], info["peer"])
     console.print(table)
-    console.print(f"credentials: [bold]{creds}[/bold]  (MESHFAAS_ENDPOINT / MESHFAAS_API_KEY "
-                  "or `meshfaas --data-dir` read them)")
+    runtimes = sorted({r for n in mesh.ids for r in mesh.info[n].get("runtimes", [])})
+    console.print(f"runtimes: {', '.join(runtimes) or 'none found'}")
+    console.print(f"credentials: [bold]{creds}[/bold]  (the CLI and "
+                  "meshfaas.Client.from_credentials read it)")
 
 
 def _run_example(client: Any, example: Path) -> None:

@@ -581,7 +581,7 @@ class MeshNode:
         leader = self.paxos.leader_info()
         loads = {v.node: v.load for v in self.peer_views()}
         return proto.StatusInfo(node=self.node_id, leader=leader.leader_hint,
-                                commit_index=leader.applied_index,
+                                commit_index=max(self.paxos.known_commit, leader.applied_index),
                                 applied_index=leader.applied_index,
                                 functions=len(self.sm.list_functions()), load=loads)
 
