@@ -124,7 +124,7 @@ def loss(args: argparse.Namespace) -> None:
 def flat(args: argparse.Namespace) -> None:
     """Messages per node per protocol period from N=10 to N=1000 (no loss)."""
     sizes = [10, 100] if args.quick else [10, 100, 1000]
-    jobs: list[Job] = [("gossip-loss", 1, n, 240.0,
+    jobs: list[Job] = [("gossip-loss", 1, n, 150.0,
                         {"loss": 0.0, "warmup_s": 90.0, "push_pull_s": 30.0, **FAST})
                        for n in sizes]
     rows = run_all(jobs, args.jobs)
