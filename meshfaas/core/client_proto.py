@@ -504,7 +504,7 @@ def error_from_faas(error: FaasError) -> ClientError:
     """The client error for a state machine refusal."""
     kind: ErrorKind = {
         "NotFound": "NotFound", "Conflict": "Conflict", "BadRequest": "BadRequest",
-        "LimitExceeded": "BadRequest",
+        "LimitExceeded": "BadRequest", "Throttled": "Throttled",
     }[error.kind]  # type: ignore[assignment]
     return ClientError(kind=kind, message=error.message)
 

@@ -79,6 +79,7 @@ MAX_ALIASES_PER_FUNCTION = 100
 MAX_API_KEYS = 10_000
 MAX_ASYNC_RECORDS = 100_000
 ASYNC_PAYLOAD_MAX_BYTES = 256 * 1024
+ASYNC_BACKLOG_MAX_BYTES = 256 * 1024 * 1024  # payloads kept in the state, all records
 ASYNC_MAX_ATTEMPTS = 3  # the first attempt and 2 retries, as Lambda does
 WEIGHT_BP_MAX = 10_000  # basis points: 10_000 = all traffic
 LATEST = "$LATEST"
@@ -97,7 +98,7 @@ _VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
 
-ErrorKind = Literal["BadRequest", "NotFound", "Conflict", "LimitExceeded"]
+ErrorKind = Literal["BadRequest", "NotFound", "Conflict", "LimitExceeded", "Throttled"]
 AsyncStatus = Literal["pending", "running", "succeeded", "dead_letter"]
 
 
@@ -601,6 +602,7 @@ class FaasStateMachine:
         self.keys: dict[str, ApiKeyRecord] = {}
         self.asyncs: dict[str, AsyncRecord] = {}
         self.idempotency: dict[tuple[str, str], str] = {}  # (function, key) -> request id
+        self.async_payload_bytes = 0  # sum of the payloads kept in ``asyncs``
 
     # -- the StateMachine interface ----------------------------------------
 
@@ -634,7 +636,8 @@ class FaasStateMachine:
         for a in snap.aliases:
             self.aliases.setdefault(a.name, {})[a.alias] = a
         self.keys = {k.key_id: k for k in snap.keys}
-        self.asyncs = {r.request_id: r for r in snap.asyncs}
+        for record in snap.asyncs:
+            self._put_async(record)
         self.idempotency = {(r.function, r.idempotency_key): r.request_id for r in snap.asyncs}
 
     def _as_snapshot(self) -> FaasSnapshot:
@@ -868,7 +871,10 @@ class FaasStateMachine:
         if cmd.request_id in self.asyncs:
             return _conflict(f"request id {cmd.request_id} already used")
         if len(self.asyncs) >= MAX_ASYNC_RECORDS:
-            return _limit(f"at most {MAX_ASYNC_RECORDS} async invocations kept")
+            return FaasError(kind="Throttled",
+                             message=f"at most {MAX_ASYNC_RECORDS} async invocations kept")
+        if self.async_payload_bytes + len(cmd.payload) > ASYNC_BACKLOG_MAX_BYTES:
+            return FaasError(kind="Throttled", message="the async backlog is full")
         return None
 
     def apply_accept_async(self, cmd: AcceptAsyncInvocation) -> AsyncRecord | FaasError:
@@ -884,7 +890,7 @@ class FaasStateMachine:
             function=cmd.function, qualifier=cmd.qualifier, payload=cmd.payload,
             accepted_wall_ns=cmd.wall_ns, next_attempt_at_wall_ns=cmd.next_attempt_at_wall_ns,
         )
-        self.asyncs[cmd.request_id] = record
+        self._put_async(record)
         self.idempotency[(cmd.function, cmd.idempotency_key)] = cmd.request_id
         return record
 
@@ -899,7 +905,7 @@ class FaasStateMachine:
             record, status="running", attempts=cmd.attempt, node=cmd.node,
             lease_until_wall_ns=cmd.lease_until_wall_ns,
         )
-        self.asyncs[cmd.request_id] = updated
+        self._put_async(updated)
         return updated
 
     def apply_record_attempt(self, cmd: RecordAsyncAttempt) -> AsyncRecord | FaasError:
@@ -922,7 +928,7 @@ class FaasStateMachine:
             updated = attrs.evolve(
                 record, status="dead_letter", node=node, error_type=cmd.error_type,
                 error_message=cmd.error_message[:1024], finished_wall_ns=cmd.wall_ns)
-        self.asyncs[cmd.request_id] = updated
+        self._put_async(updated)
         return updated
 
     def apply_prune_async(self, cmd: PruneAsyncRecords) -> int:
@@ -931,9 +937,19 @@ class FaasStateMachine:
                 if self.asyncs[rid].status in ("succeeded", "dead_letter")
                 and self.asyncs[rid].finished_wall_ns < cmd.before_wall_ns]
         for rid in done:
-            record = self.asyncs.pop(rid)
+            record = self._drop_async(rid)
             self.idempotency.pop((record.function, record.idempotency_key), None)
         return len(done)
+
+    def _put_async(self, record: AsyncRecord) -> None:
+        old = self.asyncs.get(record.request_id)
+        self.async_payload_bytes += len(record.payload) - (len(old.payload) if old else 0)
+        self.asyncs[record.request_id] = record
+
+    def _drop_async(self, request_id: str) -> AsyncRecord:
+        record = self.asyncs.pop(request_id)
+        self.async_payload_bytes -= len(record.payload)
+        return record
 
     # -- queries (read-only; safe on any replica) --------------------------
 

@@ -471,6 +471,8 @@ def test_replicas_agree_and_snapshots_round_trip(cmds: list[Any]) -> None:
     restored.restore(snap)
     assert restored.snapshot() == snap
     assert restored.idempotency == a.sm.idempotency
+    assert restored.async_payload_bytes == a.sm.async_payload_bytes == sum(
+        len(r.payload) for r in a.sm.asyncs.values())
     for cmd in [accept("r1", "k1"), create("f"), start(1, "r2")]:
         a.index += 1
         assert restored.apply(a.index, cmd) == a.sm.apply(a.index, cmd)
@@ -489,3 +491,18 @@ def test_deploy_creates_then_updates_and_publishes(apply: Driver) -> None:
     bad = apply(faas.DeployFunction(name="f", config=CONFIG, code=CODE_A, wall_ns=4,
                                     publish=True, description="d" * 300))
     assert kind(bad) == "BadRequest" and apply.sm.functions["f"].revision == 2
+
+
+def test_async_backlog_is_bounded_until_pruned(
+        apply: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faas, "ASYNC_BACKLOG_MAX_BYTES", 5)
+    apply(accept("r1", "k1"))
+    apply(accept("r2", "k2"))
+    assert apply.sm.async_payload_bytes == 4
+    assert kind(apply(accept("r3", "k3"))) == "Throttled"
+    apply(start(1, "r1"))
+    apply(RecordAsyncAttempt(request_id="r1", attempt=1, ok=True, wall_ns=5))
+    assert kind(apply(accept("r3", "k3"))) == "Throttled"
+    assert apply(PruneAsyncRecords(before_wall_ns=6, wall_ns=6)) == 1
+    assert apply.sm.async_payload_bytes == 2
+    assert apply(accept("r3", "k3")).request_id == "r3"
