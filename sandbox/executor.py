@@ -38,6 +38,7 @@ import attrs
 import trio
 
 from sandbox.cgroups import plan_cgroups, remove_stale_jail_cgroups
+from sandbox.lambda_log import format_log
 from sandbox.layers import LayerStore
 from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
 from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
@@ -628,43 +629,6 @@ def _result(request_id: str, outcome: Outcome, function: FunctionSpec, version: 
         log_tail=format_log(request_id=request_id, version=version, outcome=outcome,
                             memory_size_mb=function.memory_mb, init_ms=init_ms, tail_bytes=tail_bytes),
     )
-
-
-LAMBDA_STATUS = {"timeout": "timeout", "oom": "error", "crash": "error"}
-
-
-def report_line(*, request_id: str, outcome: Outcome, memory_size_mb: int, init_ms: float | None) -> str:
-    """AWS Lambda's REPORT line (tab-separated), with Status for abnormal ends."""
-    parts = [f"REPORT RequestId: {request_id}", f"Duration: {outcome.duration_ms:.2f} ms",
-             f"Billed Duration: {outcome.billed_ms} ms", f"Memory Size: {memory_size_mb} MB",
-             f"Max Memory Used: {outcome.max_memory_mb} MB"]
-    if init_ms is not None:
-        parts.append(f"Init Duration: {init_ms:.2f} ms")
-    if outcome.status in LAMBDA_STATUS:
-        parts.append(f"Status: {LAMBDA_STATUS[outcome.status]}")
-        error = outcome.error() or {}
-        if outcome.status != "timeout" and error.get("errorType"):
-            parts.append(f"Error Type: {error['errorType']}")
-    return "\t".join(parts)
-
-
-def format_log(*, request_id: str, version: str, outcome: Outcome, memory_size_mb: int,
-               init_ms: float | None, tail_bytes: int) -> str:
-    """The invocation's log as Lambda shows it, cut to its last ``tail_bytes`` bytes."""
-    body = outcome.log if not outcome.log or outcome.log.endswith(b"\n") else outcome.log + b"\n"
-    report = report_line(request_id=request_id, outcome=outcome, memory_size_mb=memory_size_mb,
-                         init_ms=init_ms)
-    text = b"".join([
-        outcome.init_log,
-        f"START RequestId: {request_id} Version: {version}\n".encode(),
-        body,
-        f"END RequestId: {request_id}\n{report}\n".encode(),
-    ])
-    tail = text[-tail_bytes:]
-    skip = 0
-    while skip < min(3, len(tail)) and 0x80 <= tail[skip] < 0xC0:  # a cut UTF-8 sequence
-        skip += 1
-    return tail[skip:].decode(errors="replace")
 
 
 __all__ = ["BOOTSTRAP_FILE", "Executor", "ExecutorConfig", "FunctionSpec", "InvocationResult",
