@@ -21,10 +21,11 @@ idempotency key, so the retry cannot create a second invocation.
 
 The fault plan (:func:`simulator.faults.random_plan`) crashes and restarts
 nodes, partitions, blocks and clogs links, stalls nodes, and loses, duplicates
-and reorders messages. Losing a disk is left out by default: the node's own
-tables (result store, boot counter) assume a disk that survives, and Paxos
-allows at most one lost disk per run (``-p lose_disk=true`` keeps the first
-one of the plan).
+and reorders messages. Every crash is followed by a restart within
+``restart_max_ms``. Paxos tolerates at most one lost disk per run, so the
+first disk-losing crash of a plan is kept and later ones become plain crashes
+(``-p lose_disk=false`` turns them all into plain crashes). A node that lost
+its disk also lost its result store; no property here depends on it.
 
 Checkers, one per property:
 
@@ -333,7 +334,8 @@ class MeshScenario(Scenario):
     check_interval_ms = 200
     params = {"rate": 8.0, "deploy_share": 0.25, "async_share": 0.4, "fail_rate": 0.08,
               "timeout_rate": 0.02, "capacity": 4, "variant": "correct", "faults": True,
-              "lose_disk": False, "liveness_s": 420.0, "retry_base_ms": 60_000}
+              "lose_disk": True, "liveness_s": 420.0, "retry_base_ms": 60_000,
+              "restart_max_ms": 3_000}
 
     # -------------------------------------------------------------- set-up
 
@@ -357,7 +359,7 @@ class MeshScenario(Scenario):
         self.node_class = _NODE_CLASSES[variant]
         self.rng = random.Random(run.rng.random())
         self.ops: dict[int, _Op] = {}
-        self.deployed: dict[str, int] = {}  # function -> deploys acked (client knowledge)
+        self.deployed: dict[str, int] = {}  # function -> deploys sent
         for node_id in self.node_ids:
             world.add_node(node_id, self._build)
         world.observe(self._observe)
@@ -367,7 +369,8 @@ class MeshScenario(Scenario):
             kinds = [k for k in ALL_KINDS if k != "crash_lose_disk" or run.params["lose_disk"]]
             plan = run.plan or random_plan(run.rng, run.nodes, int(run.duration_s * 1000),
                                            kinds=kinds)
-            _keep_one_lost_disk(plan).schedule(world, self.node_ids)
+            plan = _with_restarts(_keep_one_lost_disk(plan), int(run.params["restart_max_ms"]))
+            plan.schedule(world, self.node_ids)
 
     def _build(self, boot: NodeBoot) -> MeshNode:
         capacity = int(self.run.params["capacity"])
@@ -468,6 +471,7 @@ class MeshScenario(Scenario):
         if not known or rng.random() < float(params["deploy_share"]):
             body: Any = self._deploy_body(rng)
             self.ledger.deploys_sent += 1
+            self.deployed[body.name] = self.deployed.get(body.name, 0) + 1
         else:
             name = known[rng.randrange(len(known))]
             if rng.random() < float(params["async_share"]):
@@ -548,7 +552,6 @@ class MeshScenario(Scenario):
             fn = value.function
             self.ledger.acked_deploys.append(
                 (fn.name, fn.revision, fn.code.sha256, response.request_id))
-            self.deployed[fn.name] = self.deployed.get(fn.name, 0) + 1
         elif isinstance(value, proto.AsyncAccepted):
             self.ledger.async_accepted.setdefault(value.invocation_id, response.request_id)
 
@@ -586,6 +589,16 @@ def _final_status(world: World, invocation_id: str) -> str:
         if record is not None:
             return str(record.status)
     return "missing"
+
+
+def _with_restarts(plan: FaultPlan, restart_max_ms: int) -> FaultPlan:
+    """Follow every crash by a restart of the same nodes, at most ``restart_max_ms`` later."""
+    faults = list(plan.faults)
+    for fault in plan.faults:
+        if fault.kind in ("crash", "crash_lose_disk") and fault.nodes:
+            delay_ms = 1 + fault.amount * restart_max_ms // 2_000
+            faults.append(Fault(at_ms=fault.at_ms + delay_ms, kind="restart", nodes=fault.nodes))
+    return FaultPlan(tuple(sorted(faults, key=lambda f: f.at_ms)))
 
 
 def _keep_one_lost_disk(plan: FaultPlan) -> FaultPlan:
