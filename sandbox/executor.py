@@ -382,9 +382,11 @@ class Executor:
         for victim in reservation.evicted:
             await self._drop(None, victim, release=False)
         if not reservation.granted:
+            why = (f"{function.name} already has its maximum of {self.config.max_per_function} "
+                   "live sandboxes" if reservation.full == "function" else
+                   f"this node's {self.config.max_sandboxes} sandboxes are all busy")
             return _failure(request_id, "throttled", "TooManyRequestsException",
-                            f"Rate Exceeded: {function.name} already has its maximum of live sandboxes",
-                            function)
+                            f"Rate Exceeded: {why}", function)
         spare = await self._retargeted_spare(function)
         if spare is not None:
             return await self._claim(key, spare, function, version, runtime, request_id)

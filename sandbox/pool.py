@@ -23,7 +23,7 @@ back: the executor releases its slot and kills it.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import attrs
 
@@ -40,6 +40,8 @@ class _Idle(Generic[S]):
 class Reservation(Generic[S]):
     granted: bool
     evicted: tuple[S, ...] = ()
+    full: Literal["", "function", "node"] = ""
+    """Why not granted: the function's limit, or the node's (every sandbox busy)."""
 
 
 class WarmPool(Generic[S]):
@@ -63,12 +65,12 @@ class WarmPool(Generic[S]):
     def reserve(self, key: Hashable) -> Reservation[S]:
         """Claim a slot for a new sandbox of ``key`` (evicting idle ones of others if needed)."""
         if self.live(key) >= self.max_per_function:
-            return Reservation(granted=False)
+            return Reservation(granted=False, full="function")
         evicted: list[S] = []
         while self.total_live() >= self.max_total:
             victim = self._evict_lru(exclude=key)
             if victim is None:
-                return Reservation(granted=False, evicted=tuple(evicted))
+                return Reservation(granted=False, evicted=tuple(evicted), full="node")
             evicted.append(victim)
         self._live[key] = self.live(key) + 1
         return Reservation(granted=True, evicted=tuple(evicted))

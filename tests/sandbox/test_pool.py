@@ -26,7 +26,8 @@ def test_max_per_function_counts_busy_and_idle() -> None:
     p = pool(max_per_function=2)
     assert p.reserve("f").granted
     assert p.reserve("f").granted
-    assert not p.reserve("f").granted
+    refused = p.reserve("f")
+    assert not refused.granted and refused.full == "function"
     p.release("f")
     assert p.reserve("f").granted
 
@@ -70,7 +71,7 @@ def test_full_node_with_only_busy_sandboxes_refuses() -> None:
     p = pool(max_per_function=3, max_total=1)
     p.reserve("f")  # busy, not idle
     got = p.reserve("g")
-    assert not got.granted and got.evicted == ()
+    assert not got.granted and got.evicted == () and got.full == "node"
 
 
 def test_release_without_reserve_is_a_bug() -> None:
