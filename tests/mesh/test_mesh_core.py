@@ -172,3 +172,33 @@ def test_results_survive_a_restart() -> None:
     mesh.start()
     found = mesh.request("n2", proto.GetResult(invocation_id=invocation_id))
     assert found.ok and found.value.payload == b'{"ran_on":"n2"}'
+
+
+def test_a_duplicated_invoke_request_does_not_run_twice() -> None:
+    mesh = started(capacity={"n1": 0, "n2": 8, "n3": 8}, run_ms=1)
+    mesh.deploy()
+    net = mesh.world.network
+    net.duplicate, net.reorder, net.reorder_max_ns = 1.0, 1.0, 30_000_000
+    conns = [mesh.call("n1", proto.Invoke(name="hello", payload=b"{}")) for _ in range(10)]
+    for conn in conns:
+        assert mesh.wait_reply(conn).ok
+    mesh.run_for(1)  # late copies arrive
+    ids = {r.task.invocation_id for r in mesh.runs}
+    assert len(ids) == 10
+    assert all(len(mesh.runs_of(i)) == 1 for i in ids)
+    answered = sum(mesh.core(n).counters.get("duplicate_invoke_answered", 0) for n in mesh.ids)
+    assert answered > 0, "no copy arrived after its run finished: the path was not exercised"
+
+
+def test_a_node_that_lost_its_disk_gets_its_own_answers() -> None:
+    mesh = started()
+    for i in range(3):  # use the first lanes' sessions on n2
+        mesh.deploy("n2", code=faas.CodeRef(sha256=f"{i:02x}" * 32, size_bytes=10 + i))
+    mesh.world.crash(NodeId("n2"), lose_disk=True)
+    mesh.world.restart(NodeId("n2"))
+    mesh.wait_for(lambda: mesh.core("n2").sm.get_function("hello") is not None, within_s=10,
+                  what="n2 to catch up")
+    new_code = faas.CodeRef(sha256="ee" * 32, size_bytes=99)
+    deployed = mesh.deploy("n2", code=new_code)
+    assert deployed.function.code == new_code
+    assert mesh.core("n1").sm.get_function("hello").code == new_code
