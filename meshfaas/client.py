@@ -540,12 +540,12 @@ class Client(_Operations):
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             ready = dict(poller.poll(max(int(left * 1000), 1)))
-            if monitor in ready and _is_disconnect(monitor):
-                return _Attempt.LOST, None
-            if sock in ready:
+            if sock in ready:  # a reply that arrived wins over a drop seen at the same time
                 response = _matching(sock.recv(zmq.NOBLOCK), request_id)
                 if response is not None:
                     return "ok", response
+            if monitor in ready and _is_disconnect(monitor):
+                return _Attempt.LOST, None
         return _Attempt.TIMEOUT, None
 
     # -- the API ------------------------------------------------------------

@@ -326,3 +326,30 @@ async def test_logs_follow_needs_an_events_endpoint(node: FakeNode, ctx: zmq.Con
                     await invoker.invoke("hello", {})
             nursery.cancel_scope.cancel()
         assert seen[0].startswith("n1~")
+
+
+async def test_sync_client_sees_a_dropped_connection(node: FakeNode, ctx: zmq.Context[Any]) -> None:
+    async with make_client(node, ctx) as c:
+        await c.deploy("hello", HELLO, handler="app.handler")
+    node.hang = True
+    node.got_request = trio.Event()
+
+    def call() -> BaseException | None:
+        with sdk.Client(node.endpoint, api_key=node.admin_key, context=ctx) as sync:
+            try:
+                sync.invoke("hello", {}, timeout_s=30)
+            except sdk.MeshfaasError as exc:
+                return exc
+        return None
+
+    async with trio.open_nursery() as nursery:
+        outcome: list[BaseException | None] = []
+
+        async def run_call() -> None:
+            outcome.append(await trio.to_thread.run_sync(call))
+
+        nursery.start_soon(run_call)
+        with trio.fail_after(5):
+            await node.got_request.wait()
+        node.kill()
+    assert isinstance(outcome[0], sdk.Unavailable) and "lost" in str(outcome[0])
