@@ -335,7 +335,8 @@ class PaxosScenario(Scenario):
     params = {"clients": 3, "variant": "", "faults": True, "lose_disk": True,
               "read_share": 0.5, "snapshot_every": 24, "window": 8,
               "fault_gap_ms": 400, "fault_kinds": "all", "fsync_max_us": 1000,
-              "election_ms": 200, "restart_max_ms": 1000, "reconfig": False}
+              "election_ms": 200, "restart_max_ms": 1000, "reconfig": False,
+              "leader_crash_gap_ms": 0}
 
     def network(self, run: Run) -> NetworkConfig:
         fsync_max_ns = int(run.params["fsync_max_us"]) * 1000
@@ -352,6 +353,7 @@ class PaxosScenario(Scenario):
         self.completed = 0
         self.last_seen: dict[str, Any] = {}
         self.leader_ballots: set[tuple[int, str]] = set()
+        self.current_leader: NodeId | None = None
         self.reconfig = bool(run.params["reconfig"])
         initial = self.node_ids[:3] if self.reconfig else self.node_ids
         self.members: set[str] = set(initial)
@@ -376,6 +378,26 @@ class PaxosScenario(Scenario):
             plan = _with_restarts(_without_lost_disks(plan, keep=1),
                                   int(run.params["restart_max_ms"]))
             plan.schedule(world, self.node_ids)
+            self._schedule_leader_crashes(world, run)
+
+    def _schedule_leader_crashes(self, world: World, run: Run) -> None:
+        """A nemesis that crashes whoever leads (then restarts it): for hunting bugs."""
+        gap_ms = int(run.params["leader_crash_gap_ms"])
+        restart_max_ms = int(run.params["restart_max_ms"])
+        rng = random.Random(run.rng.random())
+        t_ms = 0.0
+        while gap_ms > 0:
+            t_ms += rng.expovariate(1.0 / gap_ms)
+            if t_ms >= run.duration_s * 1000:
+                break
+            restart_ms = rng.randint(1, max(1, restart_max_ms))
+            world.at(int(t_ms * NS_PER_MS), self._crash_leader, world, restart_ms)
+
+    def _crash_leader(self, world: World, restart_ms: int) -> None:
+        leader = self.current_leader
+        if leader is not None and world.is_up(leader):
+            world.crash(leader)
+            world.after(restart_ms * NS_PER_MS, world.restart, leader)
 
     def _factory(self, run: Run, variant: str, voters: tuple[NodeId, ...]) -> Any:
         snapshot_every = int(run.params["snapshot_every"])
@@ -421,6 +443,7 @@ class PaxosScenario(Scenario):
             self.members.update(note.data.voters)
         elif note.kind == NOTE_LEADER and note.data[0] == node_id:
             self.leader_ballots.add((int(note.data[1][0]), str(note.data[1][1])))
+            self.current_leader = node_id
 
     def _client(self, client_id: str) -> Client | None:
         if client_id == PROBE_CLIENT:
