@@ -12,7 +12,8 @@ same state.
 
 What goes through the log (and so through this machine):
 
-* functions: create, update code, update configuration, delete;
+* functions: create, update code, update configuration, delete, and deploy
+  (create or replace code and configuration in one entry, maybe publishing);
 * versions: publish (an immutable copy of ``$LATEST``'s config and code);
 * aliases: create, update, delete, each pointing at a version and optionally
   routing a share of traffic (in basis points) to a second version;
@@ -27,7 +28,7 @@ Putting every result through consensus would cap throughput at the log's
 rate for data nobody else needs to agree on.
 
 Bad commands never raise: ``apply`` answers a :class:`FaasError` value (kind
-``BadRequest``, ``NotFound``, ``Conflict`` or ``LimitExceeded``) and leaves the
+``BadRequest``, ``NotFound``, ``Conflict``, ``LimitExceeded`` or ``Throttled``) and leaves the
 state unchanged, so a bad entry in the log cannot stop a replica. Misuse by the
 driver (an index lower than the last one applied) raises; several commands may
 share one index (a batch chosen in one slot).
