@@ -253,7 +253,7 @@ class _Operations:
 
     def _call(self, body: Any, *, timeout_s: float | None = None) -> _Call:
         return _Call(body=body, timeout_s=timeout_s or self.timeout_s,
-                     retry_safe=type(body) in proto.READ_ONLY)
+                     retry_safe=type(body) in proto.IDEMPOTENT)
 
     def _deploy(self, name: str, code: Any, progress: Callable[[int, int], None] | None,
                 **config: Any) -> Op[Deployed]:
@@ -400,6 +400,14 @@ def _value(response: proto.ClientResponse) -> Any:
     raise error_for(response.error or proto.ClientError(kind="Internal", message="no error"))
 
 
+def _try_elsewhere(call: _Call, response: proto.ClientResponse) -> bool:
+    """Whether an ``Unavailable`` answer sends this request on to the next endpoint."""
+    error = response.error
+    if error is None or error.kind != "Unavailable":
+        return False
+    return call.retry_safe or error.retryable
+
+
 def _is_disconnect(monitor: zmq.Socket[Any]) -> bool:
     """Drain the monitor; True if it reported a dropped connection."""
     dropped = False
@@ -495,8 +503,7 @@ class Client(_Operations):
         for _ in range(len(self._ep.endpoints)):
             endpoint = self.endpoint
             outcome, response = self._attempt(call)
-            if response is not None and not (
-                    response.error is not None and response.error.kind == "Unavailable"):
+            if response is not None and not _try_elsewhere(call, response):
                 return _value(response)
             if response is not None:
                 last = f"{endpoint}: {response.error.message if response.error else ''}"
@@ -757,8 +764,7 @@ class AsyncClient(Client):
         for _ in range(len(self._ep.endpoints)):
             endpoint = self.endpoint
             outcome, response = await self._aattempt(call)
-            if response is not None and not (
-                    response.error is not None and response.error.kind == "Unavailable"):
+            if response is not None and not _try_elsewhere(call, response):
                 return _value(response)
             if response is not None:
                 last = f"{endpoint}: {response.error.message if response.error else ''}"

@@ -71,7 +71,13 @@ InvocationStatus = Literal[
 @message(402)
 @attrs.frozen(kw_only=True)
 class ClientError:
-    """Why a request failed. ``error_type``/``error_message`` are a handler's (FunctionError)."""
+    """Why a request failed. ``error_type``/``error_message`` are a handler's (FunctionError).
+
+    ``retryable`` means the request had no effect at all (the node was catching
+    up, shutting down, or found no peer to run it), so a client may send it to
+    another node whatever it is; without it, an ``Unavailable`` answer to a
+    request that is not :data:`IDEMPOTENT` is final (an invocation may have run).
+    """
 
     kind: ErrorKind
     message: str
@@ -80,6 +86,7 @@ class ClientError:
     stack_trace: tuple[str, ...] = ()
     invocation_id: str = ""
     retry_after_ms: int = 0
+    retryable: bool = False
 
 
 @message(400)
@@ -497,7 +504,16 @@ READ_ONLY: frozenset[type] = frozenset(
     {Ping, HasBlob, GetResult, ListFunctions, GetFunction, ListVersions, ListAliases,
      Members, Status, RecentLogs, ListKeys}
 )
-"""Bodies a client may safely resend to another node after a lost reply."""
+"""Bodies that change nothing."""
+
+IDEMPOTENT: frozenset[type] = READ_ONLY | frozenset(
+    {Deploy, UpdateConfig, PublishVersionRequest, RevokeKey}
+)
+"""Bodies a client may resend to another node after a lost reply or an
+``Unavailable`` answer: doing them twice is doing them once (a deploy of the
+same code and configuration changes nothing; publishing an unchanged function
+answers the same version). An ``Event`` invocation is resent too: its
+idempotency key makes the second accept answer the first."""
 
 
 def error_from_faas(error: FaasError) -> ClientError:

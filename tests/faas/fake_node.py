@@ -43,6 +43,7 @@ class FakeNode:
         self.advertise_events = True  # whether Members names the PUB endpoint
         self.hang = False  # when set, requests are received and never answered
         self.unavailable = False  # when set, every request answers Unavailable
+        self.retryable = False  # ... marked retryable (nothing was done)
         self.received = 0
         self.killed = False
         self.got_request = trio.Event()  # set on every request; tests replace it to wait again
@@ -119,7 +120,8 @@ class FakeNode:
 
     def respond(self, request: proto.ClientRequest) -> proto.ClientResponse:
         if self.unavailable:
-            return proto.fail(request.request_id, "Unavailable", "no leader")
+            return proto.fail(request.request_id, "Unavailable", "no leader",
+                              retryable=self.retryable)
         plan = faas_api.plan(self.sm, request, node=self.node, wall_ns=self.index + 1,
                              random_bytes=self.random_bytes)
         if isinstance(plan, faas_api.Reply):

@@ -173,6 +173,34 @@ async def test_node_unavailable_answer_fails_over(node: FakeNode, ctx: zmq.Conte
     other.close()
 
 
+async def test_unavailable_invoke_is_resent_only_when_retryable(
+        node: FakeNode, ctx: zmq.Context[Any]) -> None:
+    other = FakeNode(ctx, node="n2")
+    other.unavailable = True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(other.serve)
+        async with make_client(node, ctx) as c:
+            await c.deploy("hello", HELLO, handler="app.handler")
+        before = node.received
+        async with make_client(node, ctx, endpoints=[other.endpoint, node.endpoint]) as c:
+            with pytest.raises(sdk.Unavailable, match="no leader"):
+                await c.invoke("hello", {})  # it may have run: not resent
+            assert node.received == before
+            other.retryable = True
+            c.close()
+            c._ep.current = 0  # start again from the unavailable node
+            asked = other.received
+            assert await c.invoke("hello", {"name": "again"}) == {"greeting": "Hello, again!"}
+            assert other.received == asked + 1
+            other.retryable = False
+            c.close()
+            c._ep.current = 0
+            deployed = await c.deploy("hello", HELLO, handler="app.handler")  # idempotent
+            assert not deployed.created and other.received > asked + 1
+        nursery.cancel_scope.cancel()
+    other.close()
+
+
 async def test_all_endpoints_down_is_unavailable(ctx: zmq.Context[Any]) -> None:
     c = sdk.AsyncClient([free_endpoint(), free_endpoint()], api_key="mf_x", context=ctx,
                         connect_timeout_s=0.2)
