@@ -253,16 +253,24 @@ class _upload_progress:
 @click.option("--qualifier", "-q", default=None, help="A version number or an alias.")
 @click.option("--async", "is_async", is_flag=True, help="Queue it; print the invocation id.")
 @click.option("--idempotency-key", default=None)
+@click.option("--log", "show_log", is_flag=True,
+              help="Also print the invocation id, node and log tail (on stderr).")
 @connection_options
 @with_client
 def invoke(client: sdk.Client, name: str, payload: str | None, payload_file: str | None,
-           qualifier: str | None, is_async: bool, idempotency_key: str | None) -> None:
+           qualifier: str | None, is_async: bool, idempotency_key: str | None,
+           show_log: bool) -> None:
     """Invoke NAME with a JSON PAYLOAD and print the result."""
     event = parse_payload(payload, payload_file)
     if is_async:
         click.echo(client.invoke_async(name, event, qualifier, idempotency_key=idempotency_key))
         return
-    result = client.invoke(name, event, qualifier)
+    detailed = client.invoke_detailed(name, event, qualifier)
+    if show_log:
+        err_console.print(f"[dim]{detailed.invocation_id} on {detailed.node}, "
+                          f"version {detailed.executed_version}[/dim]")
+        err_console.print(detailed.log_tail, markup=False, highlight=False, end="")
+    result = sdk.decode_payload(detailed.payload)
     click.echo(json.dumps(jsonable(result)) if not isinstance(result, str) else result)
 
 

@@ -277,11 +277,11 @@ class _Operations:
                 progress(offset + len(chunk), total)
 
     def _invoke(self, name: str, payload: Any, qualifier: str | None,
-                timeout_s: float | None) -> Op[Any]:
+                timeout_s: float | None) -> Op[proto.InvokeResult]:
         body = proto.Invoke(name=name, payload=_encode_payload(payload), qualifier=qualifier)
         result: proto.InvokeResult = yield self._call(
             body, timeout_s=timeout_s or proto_invoke_timeout_s())
-        return _decode_payload(result.payload)
+        return result
 
     def _invoke_async(self, name: str, payload: Any, qualifier: str | None,
                       idempotency_key: str | None) -> Op[str]:
@@ -307,7 +307,8 @@ def _encode_payload(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def _decode_payload(data: bytes) -> Any:
+def decode_payload(data: bytes) -> Any:
+    """A handler's result: JSON-decoded when it is JSON, else the bytes."""
     if not data:
         return None
     try:
@@ -577,6 +578,12 @@ class Client(_Operations):
     def invoke(self, name: str, payload: Any = None, qualifier: str | None = None, *,
                timeout_s: float | None = None) -> Any:
         """Run ``name`` and answer the handler's result (JSON-decoded when it is JSON)."""
+        return decode_payload(self._run(self._invoke(name, payload, qualifier, timeout_s)).payload)
+
+    def invoke_detailed(self, name: str, payload: Any = None, qualifier: str | None = None, *,
+                        timeout_s: float | None = None) -> proto.InvokeResult:
+        """Like :meth:`invoke`, but the whole result: invocation id, executed
+        version, node, raw payload (``decode_payload`` it) and log tail."""
         return self._run(self._invoke(name, payload, qualifier, timeout_s))
 
     def invoke_async(self, name: str, payload: Any = None, qualifier: str | None = None, *,
@@ -833,6 +840,12 @@ class AsyncClient(Client):
 
     async def invoke(self, name: str, payload: Any = None,  # type: ignore[override,unused-ignore]
                      qualifier: str | None = None, *, timeout_s: float | None = None) -> Any:
+        result = await self._arun(self._invoke(name, payload, qualifier, timeout_s))
+        return decode_payload(result.payload)
+
+    async def invoke_detailed(self, name: str, payload: Any = None,  # type: ignore[override]
+                              qualifier: str | None = None, *,
+                              timeout_s: float | None = None) -> proto.InvokeResult:
         return await self._arun(self._invoke(name, payload, qualifier, timeout_s))
 
     async def invoke_async(self, name: str, payload: Any = None,  # type: ignore[override]

@@ -148,7 +148,8 @@ class FakeNode:
         self._record(plan, "succeeded", payload=payload)
         return proto.ok(plan.request_id, proto.InvokeResult(
             invocation_id=plan.invocation_id, payload=payload,
-            executed_version=plan.resolved.version, node=self.node))
+            executed_version=plan.resolved.version, node=self.node,
+            log_tail=f"START RequestId: {plan.invocation_id}\n"))
 
     def _log(self, plan: faas_api.Invoke, text: str) -> None:
         event = proto.LogEvent(function=plan.resolved.name, invocation_id=plan.invocation_id,

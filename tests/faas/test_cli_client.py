@@ -47,6 +47,8 @@ async def test_deploy_invoke_ls_get(node: FakeNode) -> None:
     assert "created hello" in out.output and "published version 1" in out.output
     out = await run(node, "invoke", "hello", '{"name": "cli"}')
     assert out.exit_code == 0 and json.loads(out.output) == {"greeting": "Hello, cli!"}
+    out = await run(node, "invoke", "hello", "{}", "--log")
+    assert out.exit_code == 0 and "START RequestId: n1~" in out.output
     out = await run(node, "invoke", "hello", '{"fail": true}')
     assert out.exit_code == 1 and "ValueError: asked to fail" in out.output
     out = await run(node, "invoke", "hello", "not json")

@@ -76,6 +76,10 @@ async def test_deploy_invoke_and_errors(node: FakeNode, ctx: zmq.Context[Any]) -
                                env={"GREETING": "hi"})
         assert not again.created and again.function.revision == 1  # nothing changed, no upload
         assert await c.invoke("hello", {"name": "mesh"}) == {"greeting": "Hello, mesh!"}
+        detailed = await c.invoke_detailed("hello", {"name": "d"})
+        assert sdk.decode_payload(detailed.payload) == {"greeting": "Hello, d!"}
+        assert detailed.node == "n1" and detailed.executed_version == "$LATEST"
+        assert detailed.log_tail.startswith(f"START RequestId: {detailed.invocation_id}")
         with pytest.raises(sdk.FunctionError) as info:
             await c.invoke("hello", {"fail": True})
         assert info.value.errorType == "ValueError"
