@@ -696,7 +696,7 @@ class Gossip:
         elif row.state == LEFT:
             self._apply_update(src, Dead(node=row.node, incarnation=row.incarnation,
                                          accuser=row.node), now)
-        elif row.state in (SUSPECT, DEAD):
+        elif row.state == DEAD:
             # Another view's death becomes a suspicion here: the node may refute.
             # A view is not an independent accusation, so it never confirms one.
             member = self._members.get(row.node)
@@ -704,6 +704,12 @@ class Gossip:
                 return
             self._apply_update(src, Suspect(node=row.node, incarnation=row.incarnation,
                                             accuser=src), now)
+        elif row.state == SUSPECT:
+            # A suspicion in another view resolves there (refuted or dead, and
+            # then gossiped); copying it would only revive stale ones.
+            if row.node == self.node_id:
+                self._apply_update(src, Suspect(node=row.node, incarnation=row.incarnation,
+                                                accuser=src), now)
         else:
             self._count("drop_malformed_update")
 
@@ -758,6 +764,8 @@ class Gossip:
             return
         if kind is Alive:
             self._apply_alive(update, now)
+        elif update.node == self.node_id:
+            self._accused(src, update)
         elif kind is Suspect:
             self._apply_suspect(update, now)
         else:
@@ -804,10 +812,21 @@ class Gossip:
         self._queue.enqueue(msg.node, msg)
         self._notify("member_joined", member)
 
+    def _accused(self, src: NodeId, msg: Suspect | Dead) -> None:
+        """A suspicion or death about us: refute it, or correct a stale sender."""
+        if self._leaving:
+            return
+        if msg.incarnation >= self._incarnation:
+            self._refute(msg.incarnation)
+        elif self._self_durable() and src != self.node_id:
+            # We refuted already, but this sender missed it: tell it directly,
+            # or it may still declare us dead when its timer runs out.
+            self._count("stale_accusations")
+            self._outbox.send(src, GossipMsg(updates=(self._self_alive(),)))
+
     def _apply_suspect(self, msg: Suspect, now: Now) -> None:
         if msg.node == self.node_id:
-            if msg.incarnation >= self._incarnation and not self._leaving:
-                self._refute(msg.incarnation)
+            self._accused(msg.accuser, msg)
             return
         member = self._members.get(msg.node)
         if member is None or msg.incarnation < member.incarnation or member.state in (DEAD, LEFT):
@@ -856,8 +875,7 @@ class Gossip:
 
     def _apply_dead(self, msg: Dead, now: Now) -> None:
         if msg.node == self.node_id:
-            if msg.incarnation >= self._incarnation and not self._leaving:
-                self._refute(msg.incarnation)
+            self._accused(msg.accuser, msg)
             return
         member = self._members.get(msg.node)
         if member is None or msg.incarnation < member.incarnation or member.state in (DEAD, LEFT):
