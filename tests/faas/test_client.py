@@ -15,6 +15,7 @@ import zmq
 
 import meshfaas
 from meshfaas import client as sdk
+from meshfaas.core import client_proto as proto
 from meshfaas.core.faas_package import PackageError
 
 from .fake_node import FakeNode, role_key
@@ -385,3 +386,31 @@ async def test_sync_client_sees_a_dropped_connection(node: FakeNode, ctx: zmq.Co
             await node.got_request.wait()
         node.kill()
     assert isinstance(outcome[0], sdk.Unavailable) and "lost" in str(outcome[0])
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [("NotFound", sdk.NotFound), ("Unauthorized", sdk.Unauthorized), ("Forbidden", sdk.Forbidden),
+     ("Throttled", sdk.Throttled), ("Timeout", sdk.Timeout), ("Unavailable", sdk.Unavailable),
+     ("BadRequest", sdk.BadRequest), ("Conflict", sdk.Conflict), ("Internal", sdk.InternalError),
+     ("FunctionError", sdk.FunctionError)],
+)
+def test_error_kinds_map_to_typed_exceptions(kind: str, cls: type[sdk.MeshfaasError]) -> None:
+    error = sdk.error_for(proto.ClientError(kind=kind, message="m", error_type="E",  # type: ignore[arg-type]
+                                            error_message="em"))
+    assert type(error) is cls and error.kind == kind
+
+
+@pytest.mark.parametrize(
+    ("version", "weights", "expected"),
+    [("1", None, (None, 0)), ("1", {2: 0.1}, ("2", 1000)), (1, {"2": 0.25, 1: 0.75}, ("2", 2500)),
+     ("1", {2: 0.0001}, ("2", 1))],
+)
+def test_alias_weights(version: Any, weights: Any, expected: tuple[str | None, int]) -> None:
+    assert sdk._weights(version, weights) == expected
+
+
+@pytest.mark.parametrize("weights", [{2: 1.5}, {2: -0.1}, {2: 0.1, 3: 0.1}, {1: 0.5}])
+def test_bad_alias_weights(weights: Any) -> None:
+    with pytest.raises(ValueError):
+        sdk._weights("1", weights)
