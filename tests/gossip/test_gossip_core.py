@@ -488,3 +488,26 @@ def test_a_merged_view_never_confirms_a_suspicion() -> None:
         g.handle(NodeId(peer), PushPullReply(members=(row,)), T0)
     assert g._deadlines.get(("suspect", subject)) == T0.mono_ns + 12 * NS_PER_S
     assert "confirmations" not in g.counters
+
+
+def test_a_stale_accusation_is_answered_with_our_current_alive() -> None:
+    g = make()
+    inc = g.incarnation
+    feed(g, Suspect(node=ME, incarnation=inc, accuser=X))  # refuted: inc + 1
+    drain(g)
+    g.handle(Y, Ping(seq=5, target=ME, updates=(Suspect(node=ME, incarnation=inc, accuser=Y),)),
+             T0)
+    out = sent(g)
+    assert (Y, GossipMsg(updates=(alive(ME, inc + 1, META),))) in out
+    assert g.incarnation == inc + 1 and g.counters["stale_accusations"] == 1
+
+
+def test_suspect_rows_of_a_push_pull_are_not_copied() -> None:
+    g = make()
+    feed(g, alive(X, 2))
+    row = MemberState(node=X, state="suspect", incarnation=2, meta=NodeMeta())
+    g.handle(Y, PushPullReply(members=(row,)), T0)
+    assert g.state_of(X) == "alive"
+    dead_row = MemberState(node=X, state="dead", incarnation=2, meta=NodeMeta())
+    g.handle(Y, PushPullReply(members=(dead_row,)), T0)
+    assert g.state_of(X) == "suspect"  # another view's death: a suspicion here
