@@ -71,7 +71,15 @@ from meshfaas.core import client_proto as proto
 from meshfaas.core import faas, faas_api
 from meshfaas.core.codec import message, tag_of
 from meshfaas.core.faas import CodeRef, FaasError, FaasStateMachine, FunctionConfig
-from meshfaas.core.router import MAX_ROUTE_ATTEMPTS, PeerView, RouteRequest, pick, pick_random
+from meshfaas.core.router import (
+    MAX_ROUTE_ATTEMPTS,
+    PeerView,
+    RouteRequest,
+    all_shares,
+    has_room,
+    pick,
+    pick_random,
+)
 from meshfaas.core.types import (
     NS_PER_MS,
     NS_PER_S,
@@ -282,6 +290,7 @@ class _Routing:
     tried: set[str]
     target: str = ""
     async_attempt: int = 0
+    sent_ns: int = 0  # when it was sent to ``target`` (monotonic)
 
 
 @attrs.define
@@ -290,6 +299,7 @@ class _Running:
 
     entry: str
     effect_id: int
+    function: str = ""
 
 
 def _timeout_record(route: _Routing, status: proto.InvocationStatus, message_text: str,
@@ -344,6 +354,8 @@ class MeshNode:
         self.sub_batches: dict[int, list[tuple[Any, int]]] = {}
         self.sub_pending: list[tuple[Any, int]] = []
         self.last_meta: NodeMeta = self._meta()
+        self._reserved: dict[str, tuple[str, int]] = {}
+        self._reserved_at = -1  # the applied index the reservation cache was built at
         self.deadlines.set(("meta",), now.mono_ns + config.meta_refresh_ns)
         self.deadlines.set(("async",), now.mono_ns + config.async_scan_ns)
         self.deadlines.set(("results",), now.mono_ns + NS_PER_S)
@@ -483,22 +495,49 @@ class MeshNode:
             self.paxos.command(paxos_api.Suspect(node_id=event.node_id, alive=True), self.now)
 
     def peer_views(self) -> list[PeerView]:
-        """The router's view: every member plus ourselves, from gossip metadata."""
+        """The router's view: every member plus ourselves, from gossip metadata.
+
+        A peer's load is its gossiped load plus what this node sent it recently
+        (within four metadata refreshes: older sends are in the gossiped figure);
+        ``running`` counts reserved functions (ours exactly, a peer's as sent by us).
+        """
+        reserved = self.reservations()
+        sent: dict[str, int] = {}
+        sent_fn: dict[tuple[str, str], int] = {}
+        recent_ns = self.now.mono_ns - 4 * self.cfg.meta_refresh_ns
+        for r in self.routing.values():
+            if r.target and r.sent_ns >= recent_ns:  # older ones are in the gossiped load
+                sent[r.target] = sent.get(r.target, 0) + 1
+            if r.target and r.function in reserved:  # gossip has no per-function counts
+                key = (r.target, r.function)
+                sent_fn[key] = sent_fn.get(key, 0) + 1
+        mine: dict[str, int] = {}
+        for run in self.running.values():
+            if run.function in reserved:
+                mine[run.function] = mine.get(run.function, 0) + 1
         views = [PeerView(node=self.node_id, state="alive", runtimes=frozenset(self.cfg.runtimes),
                           capacity=self.cfg.capacity, load=self.load,
-                          warm=frozenset(self.warm))]
+                          warm=frozenset(self.warm), running=mine)]
         for info in self.gossip.members():
             if info.node_id == self.node_id or info.state not in ("alive", "suspect"):
                 continue
             meta = info.meta
+            running = {fn: n for (node, fn), n in sent_fn.items() if node == info.node_id}
             views.append(PeerView(node=info.node_id, state="alive" if info.state == "alive"
                                   else "suspect", runtimes=frozenset(meta.runtimes),
-                                  capacity=meta.capacity, load=meta.load + self._sent_to(info.node_id),
-                                  warm=frozenset(meta.warm)))
+                                  capacity=meta.capacity, load=meta.load + sent.get(info.node_id, 0),
+                                  warm=frozenset(meta.warm), running=running))
         return views
 
-    def _sent_to(self, node: str) -> int:
-        return sum(1 for r in self.routing.values() if r.target == node)
+    def reservations(self) -> dict[str, tuple[str, int]]:
+        """Functions with reserved concurrency: name -> (runtime, reserved), cached per apply."""
+        index = self.paxos.chosen_upto
+        if self._reserved_at != index:
+            self._reserved = {f.name: (f.config.runtime, f.config.reserved_concurrency)
+                              for f in self.sm.list_functions()
+                              if f.config.reserved_concurrency is not None}
+            self._reserved_at = index
+        return self._reserved
 
     def live_peers(self) -> list[str]:
         return sorted(i.node_id for i in self.gossip.members()
@@ -712,7 +751,8 @@ class MeshNode:
         if self.cfg.routing == "random":
             decision = pick_random(self.peer_views(), request, self.rng)
         else:
-            decision = pick(self.peer_views(), request, self.rng)
+            decision = pick(self.peer_views(), request, self.rng,
+                            reservations=self.reservations())
         if decision.node is None:
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",
@@ -721,6 +761,7 @@ class MeshNode:
             self._finish_route(route, None, kind, text)
             return
         route.target = decision.node
+        route.sent_ns = self.now.mono_ns
         route.tried.add(decision.node)
         deadline = self.now.mono_ns + route.config.timeout_s * NS_PER_S + self.cfg.invoke_grace_ns
         self.deadlines.set(("invoke", route.invocation_id), deadline)
@@ -746,7 +787,7 @@ class MeshNode:
             else:
                 self.out.send(NodeId(entry), answer)
             return
-        if self.load >= self.cfg.capacity:
+        if not self._has_room(req.function):
             self._count("refused_full")
             self._deliver_refusal(entry, req.invocation_id, "full")
             return
@@ -755,7 +796,15 @@ class MeshNode:
                           version=req.version, code=req.code, config=req.config,
                           payload=req.payload, peers=tuple(self.live_peers()))
         effect_id = self._effect("invoke", task, req.invocation_id)
-        self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id)
+        self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id,
+                                                   function=req.function)
+
+    def _has_room(self, function: str) -> bool:
+        """Capacity, and reserved concurrency: our share for a reserved function,
+        and for any other the capacity left after every reservation's share."""
+        views = self.peer_views()
+        shares = all_shares(views, self.reservations())
+        return has_room(views[0], function, shares)
 
     def _deliver_refusal(self, entry: str, invocation_id: str, reason: str) -> None:
         if entry == self.node_id:
