@@ -385,6 +385,7 @@ class MeshProcess:
         self.driver.register_effect("invoke", self._effect_invoke)
         self.driver.register_effect("replicate_blob", self._effect_replicate)
         self.driver.register_effect("client_local", self._effect_local)
+        self._code_dirs: dict[str, Path] = {}  # sha256 -> unpacked code, once per process
         self._conns: dict[str, bytes] = {}
         self._next_conn = 0
         self._recent: dict[str, deque[proto.LogEvent]] = {}
@@ -519,14 +520,17 @@ class MeshProcess:
 
     async def _effect_invoke(self, effect: Effect) -> EffectResult:
         task: InvokeTask = effect.args
-        ok, error = await self.blob_service.fetch(task.code.sha256, task.code.size_bytes,
-                                                  list(task.peers))
-        if not ok:
-            return _failed(effect, task, "Sandbox.CodeUnavailable", error)
-        try:
-            code_dir = await trio.to_thread.run_sync(self._unpacked, task.code.sha256)
-        except (PackageError, OSError) as exc:
-            return _failed(effect, task, "Sandbox.BadCode", str(exc))
+        code_dir = self._code_dirs.get(task.code.sha256)
+        if code_dir is None:  # the first run of this code here: fetch and unpack it once
+            ok, error = await self.blob_service.fetch(task.code.sha256, task.code.size_bytes,
+                                                      list(task.peers))
+            if not ok:
+                return _failed(effect, task, "Sandbox.CodeUnavailable", error)
+            try:
+                code_dir = await trio.to_thread.run_sync(self._unpacked, task.code.sha256)
+            except (PackageError, OSError) as exc:
+                return _failed(effect, task, "Sandbox.BadCode", str(exc))
+            self._code_dirs[task.code.sha256] = code_dir
         layer = None
         if task.config.requirements:
             try:
