@@ -258,14 +258,23 @@ class _Operations:
     def _deploy(self, name: str, code: Any, progress: Callable[[int, int], None] | None,
                 **config: Any) -> Op[Deployed]:
         package = package_code(code)
+        try:
+            yield from self._store_code(package, progress)
+        except (Unavailable, Timeout, BadRequest):
+            # The upload moved to another node midway (its chunks restart at 0
+            # there), or the node failed: start the upload over, once.
+            yield from self._store_code(package, progress)
+        ref = CodeRef(sha256=package.sha256, size_bytes=package.size_bytes)
+        result: Deployed = yield self._call(proto.Deploy(name=name, code=ref, **config))
+        return result
+
+    def _store_code(self, package: Package,
+                    progress: Callable[[int, int], None] | None) -> Op[None]:
         have = yield self._call(proto.HasBlob(sha256=package.sha256))
         if not have:
             yield from self._upload(package, progress)
         elif progress is not None:
             progress(package.size_bytes, package.size_bytes)
-        ref = CodeRef(sha256=package.sha256, size_bytes=package.size_bytes)
-        result: Deployed = yield self._call(proto.Deploy(name=name, code=ref, **config))
-        return result
 
     def _upload(self, package: Package, progress: Callable[[int, int], None] | None) -> Op[None]:
         data, total = package.zip_bytes, package.size_bytes
@@ -495,7 +504,12 @@ class Client(_Operations):
         try:
             call = next(op)
             while True:
-                call = op.send(self._roundtrip(call))
+                try:
+                    value = self._roundtrip(call)
+                except MeshfaasError as exc:  # the operation may handle it
+                    call = op.throw(exc)
+                    continue
+                call = op.send(value)
         except StopIteration as stop:
             return cast(T, stop.value)
 
@@ -762,7 +776,12 @@ class AsyncClient(Client):
             try:
                 call = next(op)
                 while True:
-                    call = op.send(await self._aroundtrip(call))
+                    try:
+                        value = await self._aroundtrip(call)
+                    except MeshfaasError as exc:  # the operation may handle it
+                        call = op.throw(exc)
+                        continue
+                    call = op.send(value)
             except StopIteration as stop:
                 return cast(T, stop.value)
 

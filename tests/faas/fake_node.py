@@ -46,6 +46,7 @@ class FakeNode:
         self.retryable = False  # ... marked retryable (nothing was done)
         self.received = 0
         self.killed = False
+        self.after_reply: Callable[[proto.ClientRequest], None] | None = None  # a test hook
         self.got_request = trio.Event()  # set on every request; tests replace it to wait again
         self.router = self._bind(zmq.ROUTER, curve_keys)
         self.pub = self._bind(zmq.PUB, curve_keys)
@@ -117,6 +118,8 @@ class FakeNode:
             return
         response = self.respond(request)
         self.router.send_multipart([parts[0], proto.encode(response)], zmq.NOBLOCK)
+        if self.after_reply is not None:
+            self.after_reply(request)
 
     def respond(self, request: proto.ClientRequest) -> proto.ClientResponse:
         if self.unavailable:

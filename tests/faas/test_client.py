@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import zipfile
 from collections.abc import AsyncIterator
@@ -414,3 +415,27 @@ def test_alias_weights(version: Any, weights: Any, expected: tuple[str | None, i
 def test_bad_alias_weights(weights: Any) -> None:
     with pytest.raises(ValueError):
         sdk._weights("1", weights)
+
+
+async def test_deploy_restarts_its_upload_after_failover(
+        node: FakeNode, ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    """The first node dies after one chunk; the upload starts over on the second."""
+    first = FakeNode(ctx, node="n0")
+    first.sm = node.sm  # one replicated state, two nodes
+    (tmp_path / "app.py").write_text("def handler(e, c):\n    return 1\n")
+    (tmp_path / "blob.bin").write_bytes(random.Random(3).randbytes(6 * 1024 * 1024))
+
+    def die_after_first_chunk(request: Any) -> None:
+        if isinstance(request.body, proto.UploadChunk):
+            first.kill()
+
+    first.after_reply = die_after_first_chunk
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.serve)
+        async with make_client(node, ctx, endpoints=[first.endpoint, node.endpoint]) as c:
+            c.connect_timeout_s = 0.5
+            deployed = await c.deploy("big", tmp_path, handler="app.handler")
+        nursery.cancel_scope.cancel()
+    first.close()
+    assert deployed.created and deployed.function.code.sha256 in node.blobs
+    assert first.killed and deployed.function.code.sha256 not in first.blobs
