@@ -217,7 +217,8 @@ def up(nodes: int, data_dir: Path, base_port: int, capacity: int, sandbox: str,
         server_key = mesh.info[mesh.ids[0]]["public_key"]
         creds = data_dir / "credentials.json"
         _write_private(creds, {"endpoints": mesh.endpoints(), "api_key": api_key,
-                               "server_public_key": server_key})
+                               "server_public_key": server_key,
+                               "events_endpoints": [mesh.info[n]["events"] for n in mesh.ids]})
         with Client(mesh.endpoints(), api_key, server_public_key=server_key or None) as client:
             with console.status("waiting for a Paxos leader and the admin key"):
                 _wait_ready(client, time.monotonic() + READY_TIMEOUT_S)

@@ -553,8 +553,9 @@ class MeshNode:
         if self.sm.authenticate(call.request.api_key) is None and not self.caught_up():
             # A key this replica does not know yet may be in entries it has not
             # applied: say "try elsewhere", not "unauthorized".
-            self._fail(call.conn, call.request.request_id, "Unavailable",
-                       f"{self.node_id} is catching up with the log")
+            self._reply(call.conn, proto.fail(call.request.request_id, "Unavailable",
+                                              f"{self.node_id} is catching up with the log",
+                                              retryable=True))
             return
         plan = faas_api.plan(self.sm, call.request, node=self.node_id,
                              wall_ns=self.now.wall_ns, random_bytes=self.rng.randbytes)
@@ -758,7 +759,7 @@ class MeshNode:
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",
                     "throttled": "every node is at capacity",
                     "all_excluded": "every node refused"}.get(decision.reason, decision.reason)
-            self._finish_route(route, None, kind, text)
+            self._finish_route(route, None, kind, text, retryable=not route.tried)
             return
         route.target = decision.node
         route.sent_ns = self.now.mono_ns
@@ -846,7 +847,8 @@ class MeshNode:
         self._finish_route(route, msg.record, None, "")
 
     def _finish_route(self, route: _Routing, record: proto.InvocationRecord | None,
-                      kind: proto.ErrorKind | None, text: str) -> None:
+                      kind: proto.ErrorKind | None, text: str, *, retryable: bool = False) -> None:
+        """Answer the caller. ``retryable`` only when nothing ran anywhere."""
         self.routing.pop(route.invocation_id, None)
         self.deadlines.cancel(("invoke", route.invocation_id))
         if route.async_attempt:
@@ -854,7 +856,7 @@ class MeshNode:
             return
         if record is None:
             assert kind is not None
-            self._fail(route.conn, route.request_id, kind, text)
+            self._reply(route.conn, proto.fail(route.request_id, kind, text, retryable=retryable))
             return
         self._reply(route.conn, _invoke_response(route.request_id, record))
 

@@ -469,7 +469,8 @@ class MeshProcess:
             return
         if not self._accepting:
             self.clients.reply(request.routing_id, [proto.encode(proto.fail(
-                decoded.request_id, "Unavailable", "the node is shutting down"))])
+                decoded.request_id, "Unavailable", "the node is shutting down",
+                retryable=True))])
             return
         self._next_conn += 1
         conn = str(self._next_conn)
