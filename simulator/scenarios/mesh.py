@@ -34,7 +34,8 @@ Checkers, one per property:
   (and with the acknowledged code if still at that revision);
 * ``tables-converge``: every node ends with the same ``list_functions()``;
 * ``no-acked-async-lost``: every ``AsyncAccepted`` id ends ``succeeded`` or
-  ``dead_letter`` in every node's replicated state;
+  ``dead_letter`` in every node's replicated state (``succeeded`` only if an
+  execution of it did succeed);
 * ``no-duplicate-completion``: an async invocation executes successfully at
   most once per attempt the log started (a second success needs a failed or
   lost attempt between);
@@ -255,6 +256,10 @@ class NoAckedAsyncLost(Checker):
                 elif record.status not in ("succeeded", "dead_letter"):
                     found.append(f"{node}: accepted async {invocation_id} is {record.status} "
                                  f"after {record.attempts} attempt(s)")
+                elif record.status == "succeeded" and \
+                        not self.ledger.executions_ok.get(invocation_id):
+                    found.append(f"{node}: async {invocation_id} is succeeded, but no "
+                                 f"execution of it succeeded")
         return found
 
     def check_final(self, world: World) -> list[str]:
