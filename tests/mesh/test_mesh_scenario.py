@@ -139,3 +139,20 @@ def test_a_run_with_a_lost_disk_stays_clean() -> None:
     result = run_scenario("mesh", seed=3, params=FAST, on_world=watch)
     assert lost, "the plan lost no disk: this test no longer tests that"
     assert_clean(result)
+
+
+@pytest.mark.slow
+def test_a_long_busy_run_snapshots_and_installs_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
+    from paxos.replica import Replica
+
+    installs: list[int] = []
+    install = Replica.install_snapshot
+
+    def counting_install(self: Replica, *args: object) -> None:
+        installs.append(1)
+        install(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Replica, "install_snapshot", counting_install)
+    result = run_scenario("mesh", seed=2, duration_s=30, params={**FAST, "rate": 20.0})
+    assert installs, "no replica installed a snapshot: this run no longer tests that"
+    assert_clean(result)
