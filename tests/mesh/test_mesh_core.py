@@ -202,3 +202,20 @@ def test_a_node_that_lost_its_disk_gets_its_own_answers() -> None:
     deployed = mesh.deploy("n2", code=new_code)
     assert deployed.function.code == new_code
     assert mesh.core("n1").sm.get_function("hello").code == new_code
+
+
+def test_many_commands_in_one_paxos_slot_all_apply() -> None:
+    mesh = started()
+    batched: list[int] = []
+    mesh.world.observe(lambda node, note, t: batched.append(len(note.data.commands))
+                       if note.kind == "paxos.applied" and node == "n1" else None)
+    conns = [mesh.call(node, proto.Deploy(name=f"fn{i}", handler="app.handler",
+                                          code=faas.CodeRef(sha256=f"{i:02x}" * 32, size_bytes=9)))
+             for i, node in enumerate(mesh.ids * 20)]
+    for conn in conns:
+        response = mesh.wait_reply(conn)
+        assert response.ok, response.error
+    assert max(batched) > 1, "Paxos never batched: this test no longer tests that"
+    mesh.run_for(0.5)
+    for node in mesh.ids:
+        assert len(mesh.core(node).sm.list_functions()) == 60
