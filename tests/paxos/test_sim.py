@@ -144,9 +144,15 @@ def test_generated_fault_plans_never_break_the_correct_protocol(plan: FaultPlan)
     assert not result.violations, f"{result.violations[:3]}\nreplay: {result.replay}"
 
 
+SOAK_SEEDS = 10_000
+SOAK_CHUNK = 250
+
+
 @pytest.mark.soak
+@pytest.mark.timeout(1_800)
 @pytest.mark.skipif(os.environ.get("HYPOTHESIS_PROFILE") != "soak",
                     reason="10,000 seeds: run by `make soak`")
-def test_soak_seeds() -> None:
-    failures = _sweep(range(100_001, 110_001))
+@pytest.mark.parametrize("start", range(100_001, 100_001 + SOAK_SEEDS, SOAK_CHUNK))
+def test_soak_seeds(start: int) -> None:
+    failures = _sweep(range(start, start + SOAK_CHUNK))
     assert not failures, "\n".join(failures[:20])
