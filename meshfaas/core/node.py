@@ -329,8 +329,7 @@ class MeshNode:
         gossip_disk, paxos_disk, own_disk = _split_disk(disk)
         self.gossip = Gossip(config.gossip, self.node_id, gossip_disk, rng, now,
                              seeds=[NodeId(s) for s in seeds], meta=self._meta())
-        self.paxos = Replica(self._paxos_config(disk_lost), _SlotApply(self.sm), rng, paxos_disk,
-                             now)
+        self.paxos = Replica(self._paxos_config(disk_lost), self.sm, rng, paxos_disk, now)
         boot = int(own_disk.get("meta", {}).get("boots", 0)) + 1
         self.out.persist("m.meta", "boots", boot)
         # The boot counter alone could repeat (a lost disk, or a crash before its write
@@ -1122,30 +1121,6 @@ class MeshNode:
         self.effects[self.next_effect] = (kind, context)
         self.out.effect(Effect(effect_id=self.next_effect, kind=kind, args=args))
         return self.next_effect
-
-
-class _SlotApply:
-    """The state machine as Paxos sees it: several commands may share one slot.
-
-    Paxos batches many commands into one log slot and applies each with the
-    slot's index; :meth:`FaasStateMachine.apply` refuses an index that is not
-    above the last one. Commands of one slot are in order within it, so a repeat
-    of the last index is let through (found by the ``mesh`` simulator scenario).
-    """
-
-    def __init__(self, sm: FaasStateMachine) -> None:
-        self.sm = sm
-
-    def apply(self, index: int, command: Any) -> Any:
-        if index == self.sm.last_index:
-            self.sm.last_index = index - 1
-        return self.sm.apply(index, command)
-
-    def snapshot(self) -> bytes:
-        return self.sm.snapshot()
-
-    def restore(self, data: bytes) -> None:
-        self.sm.restore(data)
 
 
 def _split_disk(disk: Mapping[str, Mapping[Hashable, Any]]) -> tuple[
