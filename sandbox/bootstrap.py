@@ -37,7 +37,6 @@ travels through them.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -263,7 +262,8 @@ def load_handler(spec: str) -> Handler:
         return _fault_handler(FaultError(
             "Runtime.BuiltInModuleConflict", f"Cannot use built-in module {modname} as a handler module"))
     try:
-        module = importlib.import_module(modname)
+        __import__(modname)  # (cheaper to start than importlib.import_module)
+        module = sys.modules[modname]
     except ImportError as exc:
         return _fault_handler(FaultError(
             "Runtime.ImportModuleError", f"Unable to import module '{modname}': {exc}"))
