@@ -169,7 +169,7 @@ async def test_prewarm_and_idle_expiry_down_to_zero(runtimes: dict[str, Runtime]
     from sandbox_testlib import require_nsjail
 
     require_nsjail()
-    config = ExecutorConfig(data_dir=str(tmp_path), idle_expiry_ms=1500, uid_base=240_000, max_sandboxes=8)
+    config = ExecutorConfig(data_dir=str(tmp_path), idle_expiry_ms=3000, uid_base=240_000, max_sandboxes=8)
     async with Executor(config, runtimes=runtimes) as ex:
         fn = make_fn("app.handler")
         assert await ex.prewarm(fn, "3", count=2) == 2
