@@ -70,7 +70,7 @@ from meshfaas.core.node import ClientCall, InvokeRequest, InvokeTask, MeshConfig
 from meshfaas.core.router import PeerView
 from meshfaas.core.types import NS_PER_MS, NS_PER_S, Effect, EffectResult, NodeId, Notification
 from paxos import api as paxos_api
-from simulator.faults import ALL_KINDS, Fault, FaultPlan, random_plan
+from simulator.faults import ALL_KINDS, Fault, FaultKind, FaultPlan, random_plan
 from simulator.scenario import Checker, Run, Scenario, register_scenario
 from simulator.world import NodeBoot, World
 
@@ -340,7 +340,7 @@ class MeshScenario(Scenario):
     params = {"rate": 8.0, "deploy_share": 0.25, "async_share": 0.4, "fail_rate": 0.08,
               "timeout_rate": 0.02, "capacity": 4, "variant": "correct", "faults": True,
               "lose_disk": True, "liveness_s": 420.0, "retry_base_ms": 60_000,
-              "restart_max_ms": 3_000}
+              "restart_max_ms": 3_000, "fault_kinds": "all"}
 
     # -------------------------------------------------------------- set-up
 
@@ -371,10 +371,11 @@ class MeshScenario(Scenario):
         world.set_effect_handler(self._effect)
         self._schedule_workload(run)
         if run.params["faults"]:
-            kinds = [k for k in ALL_KINDS if k != "crash_lose_disk" or run.params["lose_disk"]]
+            kinds = _fault_kinds(str(run.params["fault_kinds"]), bool(run.params["lose_disk"]))
             plan = run.plan or random_plan(run.rng, run.nodes, int(run.duration_s * 1000),
                                            kinds=kinds)
-            plan = _with_restarts(_keep_one_lost_disk(plan), int(run.params["restart_max_ms"]))
+            plan = _keep_lost_disks(plan, keep=1 if run.params["lose_disk"] else 0)
+            plan = _with_restarts(plan, int(run.params["restart_max_ms"]))
             plan.schedule(world, self.node_ids)
 
     def _build(self, boot: NodeBoot) -> MeshNode:
@@ -596,6 +597,15 @@ def _final_status(world: World, invocation_id: str) -> str:
     return "missing"
 
 
+def _fault_kinds(spec: str, lose_disk: bool) -> list[FaultKind]:
+    """``all``, or a comma-separated list of fault kinds."""
+    wanted = list(ALL_KINDS) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
+    unknown = sorted(set(wanted) - set(ALL_KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {', '.join(unknown)}")
+    return [k for k in ALL_KINDS if k in wanted and (k != "crash_lose_disk" or lose_disk)]
+
+
 def _with_restarts(plan: FaultPlan, restart_max_ms: int) -> FaultPlan:
     """Follow every crash by a restart of the same nodes, at most ``restart_max_ms`` later."""
     faults = list(plan.faults)
@@ -606,14 +616,14 @@ def _with_restarts(plan: FaultPlan, restart_max_ms: int) -> FaultPlan:
     return FaultPlan(tuple(sorted(faults, key=lambda f: f.at_ms)))
 
 
-def _keep_one_lost_disk(plan: FaultPlan) -> FaultPlan:
-    """Paxos tolerates one lost disk per run: later disk-losing crashes become plain ones."""
+def _keep_lost_disks(plan: FaultPlan, *, keep: int) -> FaultPlan:
+    """Keep the first ``keep`` disk-losing crashes (of one node each); the rest become plain."""
     faults: list[Fault] = []
-    kept = False
+    kept = 0
     for fault in plan.faults:
         if fault.kind == "crash_lose_disk":
-            if not kept:
-                kept = True
+            if kept < keep:
+                kept += 1
                 faults.append(attrs.evolve(fault, nodes=fault.nodes[:1]))
                 fault = attrs.evolve(fault, kind="crash", nodes=fault.nodes[1:])
             else:

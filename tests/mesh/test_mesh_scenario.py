@@ -44,6 +44,12 @@ def test_three_nodes_with_long_outages(seed: int) -> None:
     assert_clean(run_scenario("mesh", seed=seed, params={**FAST, "restart_max_ms": 10_000}))
 
 
+@pytest.mark.parametrize("seed", [700, 701, 702, 703, 704])
+def test_busy_mesh_on_a_duplicating_reordering_lossy_network(seed: int) -> None:
+    params = {**FAST, "rate": 20.0, "fault_kinds": "duplicate,reorder,loss,clog,stall"}
+    assert_clean(run_scenario("mesh", seed=seed, params=params))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS_3_DEFAULT_BACKOFF)
 def test_three_nodes_with_lambda_backoff(seed: int) -> None:
@@ -115,9 +121,11 @@ def test_hedged_async_attempts_are_caught() -> None:
     assert result.figures["duplicate_completions"] > 0
 
 
-def test_unknown_variant_is_refused() -> None:
+def test_unknown_variant_or_fault_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown variant"):
         run_scenario("mesh", seed=1, params={"variant": "nope"})
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        run_scenario("mesh", seed=1, params={"fault_kinds": "crash,meteor"})
 
 
 def test_a_run_with_a_lost_disk_stays_clean() -> None:
