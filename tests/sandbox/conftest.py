@@ -6,6 +6,7 @@ skipped with a loud reason (printed to the terminal too); nothing is faked.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -35,8 +36,10 @@ def default_runtime(runtimes: dict[str, Runtime]) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path) -> ExecutorConfig:
+    # MESHFAAS_TEST_CGROUPS=off runs the suite as on a host without delegated cgroups.
+    cgroups = "off" if os.environ.get("MESHFAAS_TEST_CGROUPS") == "off" else "auto"
     return ExecutorConfig(data_dir=str(tmp_path / "node-data"), uid_base=UID_BASE,
-                          max_sandboxes=MAX_SANDBOXES, max_per_function=4)
+                          max_sandboxes=MAX_SANDBOXES, max_per_function=4, cgroups=cgroups)
 
 
 @pytest.fixture
