@@ -68,7 +68,15 @@ from meshfaas.core import auth, faas, faas_api
 from meshfaas.core import client_proto as proto
 from meshfaas.core.node import ClientCall, InvokeRequest, InvokeTask, MeshConfig, MeshNode
 from meshfaas.core.router import PeerView
-from meshfaas.core.types import NS_PER_MS, NS_PER_S, Effect, EffectResult, NodeId, Notification
+from meshfaas.core.types import (
+    NS_PER_MS,
+    NS_PER_S,
+    Effect,
+    EffectResult,
+    NodeId,
+    Notification,
+    Ready,
+)
 from paxos import api as paxos_api
 from simulator.faults import ALL_KINDS, Fault, FaultKind, FaultPlan, random_plan
 from simulator.scenario import Checker, Run, Scenario, register_scenario
@@ -102,7 +110,7 @@ class SimMeshNode(MeshNode):
 
     on_send: Callable[[NodeId, NodeId, Any], None] | None = None
 
-    def take_ready(self) -> Any:
+    def take_ready(self) -> Ready | None:
         ready = super().take_ready()
         if ready is not None and self.on_send is not None:
             for out in (*ready.send_now, *ready.send_after_persist):
