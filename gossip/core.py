@@ -56,6 +56,7 @@ import attrs
 from gossip import _maths
 from gossip._collections import BroadcastQueue, IdSet
 from gossip.messages import (
+    MAX_CO_ACCUSERS,
     MAX_INCARNATION,
     MAX_MEMBERS_PER_SYNC,
     MAX_UPDATES_PER_MESSAGE,
@@ -201,7 +202,7 @@ class Suspicion:
 
     def __init__(self, accuser: NodeId, incarnation: int, k: int, min_ns: int, max_ns: int,
                  start_ns: int) -> None:
-        self.accusers = {accuser}
+        self.accusers: dict[NodeId, None] = {accuser: None}  # in the order they came
         self.incarnation = incarnation
         self.k = k
         self.min_ns = min_ns
@@ -216,7 +217,7 @@ class Suspicion:
         """Count a new independent accuser; False if a duplicate or already at k."""
         if self.confirmations >= self.k or accuser in self.accusers:
             return False
-        self.accusers.add(accuser)
+        self.accusers[accuser] = None
         return True
 
     def deadline_ns(self) -> int:
@@ -832,13 +833,15 @@ class Gossip:
         if member is None or msg.incarnation < member.incarnation or member.state in (DEAD, LEFT):
             return
         if member.state == SUSPECT and msg.incarnation == member.incarnation:
-            self._confirm(member, msg, now)
+            if self._confirm_all(member, (msg.accuser, *msg.others), now):
+                self._queue.enqueue(msg.node, self._suspicion_update(member), urgent=True)
             return
         member.incarnation = msg.incarnation
         self._view_version += 1
         self._set_state(member, SUSPECT, now)
         self._start_suspicion(member, msg.accuser, now)
-        self._queue.enqueue(msg.node, msg, urgent=True)
+        self._confirm_all(member, msg.others, now)
+        self._queue.enqueue(msg.node, self._suspicion_update(member), urgent=True)
         self._notify("member_suspect", member)
 
     def _start_suspicion(self, member: Member, accuser: NodeId, now: Now) -> None:
@@ -854,13 +857,24 @@ class Gossip:
         self._suspicions[member.node_id] = suspicion
         self._deadlines.set(("suspect", member.node_id), suspicion.deadline_ns())
 
-    def _confirm(self, member: Member, msg: Suspect, now: Now) -> None:
+    def _confirm_all(self, member: Member, accusers: Iterable[NodeId], now: Now) -> bool:
+        """Count independent accusers; True if any was new (then re-gossip)."""
         suspicion = self._suspicions.get(member.node_id)
-        if suspicion is None or not suspicion.confirm(msg.accuser):
-            return
-        self._count("confirmations")
+        if suspicion is None:
+            return False
+        new = [a for a in accusers if a != member.node_id and suspicion.confirm(a)]
+        if not new:
+            return False
+        self._counters_add("confirmations", len(new))
         self._deadlines.set(("suspect", member.node_id), max(now.mono_ns, suspicion.deadline_ns()))
-        self._queue.enqueue(msg.node, msg, urgent=True)
+        return True
+
+    def _suspicion_update(self, member: Member) -> Suspect:
+        """The suspicion as we gossip it: every accuser we know of, in order."""
+        suspicion = self._suspicions[member.node_id]
+        first, *others = suspicion.accusers
+        return Suspect(node=member.node_id, incarnation=member.incarnation, accuser=first,
+                       others=tuple(others[:MAX_CO_ACCUSERS]))
 
     def _on_suspect_timer(self, key: tuple[Any, ...], now: Now) -> None:
         member = self._members.get(key[1])
@@ -941,6 +955,9 @@ class Gossip:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    def _counters_add(self, name: str, amount: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
     def _check_seq(self, seq: Any) -> bool:
         if type(seq) is int and 0 <= seq <= MAX_INCARNATION:
             return True
@@ -967,6 +984,12 @@ def _valid_update(update: Any) -> bool:
         return False
     if type(update) is Alive:
         return type(update.meta) is NodeMeta
+    if type(update) is Suspect:
+        others = update.others
+        if type(others) is not tuple or len(others) > MAX_CO_ACCUSERS:
+            return False
+        if not all(_is_id(a) for a in others):
+            return False
     return _is_id(update.accuser)
 
 

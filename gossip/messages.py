@@ -12,7 +12,8 @@ A ``Dead`` whose ``accuser`` is its own ``node`` is a graceful leave.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import attrs
 
@@ -27,21 +28,22 @@ MAX_RUNTIMES = 16
 MAX_WARM_FUNCTIONS = 64
 MAX_UPDATES_PER_MESSAGE = 64
 MAX_MEMBERS_PER_SYNC = 65_536
+MAX_CO_ACCUSERS = 8
 
 Role = Literal["voter", "worker"]
 StateName = Literal["alive", "suspect", "dead", "left"]
 
 
-def _bounded_str(limit: int) -> attrs._ValidatorType[str]:
-    def check(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+def _bounded_str(limit: int) -> Callable[[Any, attrs.Attribute[Any], str], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
         if len(value) > limit:
             raise ValueError(f"{attribute.name}: {len(value)} chars, over {limit}")
 
     return check
 
 
-def _bounded_names(limit: int) -> attrs._ValidatorType[tuple[str, ...]]:
-    def check(_inst: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+def _bounded_names(limit: int) -> Callable[[Any, attrs.Attribute[Any], tuple[str, ...]], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if len(value) > limit:
             raise ValueError(f"{attribute.name}: {len(value)} entries, over {limit}")
         if any(len(v) > MAX_NAME_CHARS for v in value):
@@ -88,11 +90,16 @@ class Alive:
 @message(102)
 @attrs.frozen(kw_only=True)
 class Suspect:
-    """``accuser`` suspects ``node`` at ``incarnation``."""
+    """``accuser`` suspects ``node`` at ``incarnation``.
+
+    ``others`` are further independent accusers the sender knows of (Lifeguard
+    confirmations), carried together so they spread in one message.
+    """
 
     node: NodeId
     incarnation: int
     accuser: NodeId
+    others: tuple[NodeId, ...] = attrs.field(default=(), validator=_bounded_names(MAX_CO_ACCUSERS))
 
 
 @message(103)

@@ -511,3 +511,18 @@ def test_suspect_rows_of_a_push_pull_are_not_copied() -> None:
     dead_row = MemberState(node=X, state="dead", incarnation=2, meta=NodeMeta())
     g.handle(Y, PushPullReply(members=(dead_row,)), T0)
     assert g.state_of(X) == "suspect"  # another view's death: a suspicion here
+
+
+def test_a_suspicion_gossips_all_its_accusers_in_one_update() -> None:
+    g = make()
+    add_members(g, 99)  # n = 100: min 2 s, max 12 s, k = 3
+    subject = NodeId("m00")
+    feed(g, Suspect(node=subject, incarnation=1, accuser=NodeId("m01"),
+                    others=(NodeId("m02"), NodeId("m03"), subject)))  # the suspect never counts
+    two_of_three = 4_075_187_496  # 12 s - (12 s - 2 s) * log 3 / log 4, floored
+    assert g._deadlines.get(("suspect", subject)) == T0.mono_ns + two_of_three
+    feed(g, Suspect(node=subject, incarnation=1, accuser=NodeId("m04")))
+    assert g._deadlines.get(("suspect", subject)) == T0.mono_ns + 2 * NS_PER_S
+    queued = g._queue.pending(subject)
+    assert queued == Suspect(node=subject, incarnation=1, accuser=NodeId("m01"),
+                             others=(NodeId("m02"), NodeId("m03"), NodeId("m04")))
