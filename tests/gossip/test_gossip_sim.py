@@ -37,6 +37,7 @@ def test_a_run_replays_to_the_same_trace() -> None:
     assert a.figures == b.figures
 
 
+@pytest.mark.slow
 def test_five_percent_loss_gives_no_false_death() -> None:
     r = run_scenario("gossip-loss", seed=5, nodes=12, duration_s=120)
     assert r.violations == ()
@@ -44,6 +45,7 @@ def test_five_percent_loss_gives_no_false_death() -> None:
     assert 2.0 < r.figures["msgs_per_node_per_period"] < 6
 
 
+@pytest.mark.slow
 def test_lifeguard_spares_a_slow_node_that_plain_swim_kills() -> None:
     on = run_scenario("gossip-slow-node", seed=1, nodes=10, duration_s=150,
                       params={"lifeguard": True})
