@@ -187,6 +187,7 @@ class World:
         self._trace_messages = trace_messages
         self.trace_lines: list[str] | None = [] if keep_trace else None
         self._observers: list[Observer] = []
+        self._taps: list[Callable[[NodeId, NodeId, Any, int], None]] = []
         self._effect_handler: EffectHandler | None = None
         self._link_base_ns: dict[tuple[NodeId, NodeId], int] = {}
         self.blocked: set[tuple[NodeId, NodeId]] = set()
@@ -360,10 +361,17 @@ class World:
             delay += clog[1]
         return delay
 
+    def tap(self, fn: Callable[[NodeId, NodeId, Any, int], None]) -> None:
+        """Call ``fn(src, dst, msg, time_ns)`` for every message a node sends, before
+        the network acts on it (checkers of "nothing leaves before it is durable")."""
+        self._taps.append(fn)
+
     def send(self, src: NodeId, out: Outbound) -> None:
         """Put one message on the simulated wire."""
         dst, msg = out.dst, out.msg
         self.stats["sent"] += 1
+        for fn in self._taps:
+            fn(src, dst, msg, self.time_ns)
         payload: Any = msg
         if self.codec is not None:
             payload = self.codec.encode(src, dst, msg)
@@ -442,6 +450,9 @@ class World:
         node = self.nodes[node_id]
         if not node.up or node.epoch != epoch:
             return
+        if node.stalled_until_ns > self.time_ns:  # a stalled node hears nothing until it wakes
+            self.at(node.stalled_until_ns, self._effect_done, node_id, epoch, result)
+            return
         assert node.core is not None
         node.core.on_result(result, node.now(self.time_ns))
         self._drain(node)
@@ -479,7 +490,16 @@ class World:
         node = self.nodes[node_id]
         if not node.up or node.epoch != epoch:
             return
-        node.disk.sync()
+        node.disk.sync()  # the disk finished even if the process is stalled
+        if node.stalled_until_ns > self.time_ns:
+            self.at(node.stalled_until_ns, self._after_sync, node_id, epoch, ready)
+            return
+        self._after_sync(node_id, epoch, ready)
+
+    def _after_sync(self, node_id: NodeId, epoch: int, ready: Ready) -> None:
+        node = self.nodes[node_id]
+        if not node.up or node.epoch != epoch:
+            return
         self.stats["fsyncs"] += 1
         for out in ready.send_after_persist:
             self.send(node_id, out)

@@ -79,14 +79,15 @@ class BroadcastNode:
         self.deadlines = Deadlines()
         # msg_id -> payload for messages we originated (durable table "sent")
         self.sent: dict[str, bytes] = {str(k): v for k, v in boot.disk.get("sent", {}).items()}
-        # msg_ids delivered here (durable table "delivered")
+        # msg_ids delivered here and synced (durable table "delivered")
         self.delivered: set[str] = {str(k) for k in boot.disk.get("delivered", {})}
+        # msg_ids whose "delivered" write is not synced yet
         # msg_id -> peers that have not acknowledged yet
         self.waiting: dict[str, set[NodeId]] = {}
         # batch seq -> (notes to emit once persisted)
         self.on_disk: dict[int, list[Notification]] = {}
         self.pending: list[Notification] = []
-        self.pending_ids: set[str] = set()
+        self.pending_ids: set[str] = set()  # delivered, but not yet on disk
         for msg_id in sorted(self.sent):
             self._start_sending(msg_id, boot.now)
 
@@ -106,7 +107,6 @@ class BroadcastNode:
         self.sent[cmd.msg_id] = cmd.payload
         self.out.persist("sent", cmd.msg_id, cmd.payload)
         self.out.persist("delivered", cmd.msg_id, 1)
-        self.delivered.add(cmd.msg_id)
         self.pending.append(Notification(kind="accepted", data=cmd.msg_id))
         self.pending.append(Notification(kind="delivered", data=cmd.msg_id))
         self._start_sending(cmd.msg_id, now)
@@ -134,6 +134,9 @@ class BroadcastNode:
 
     def on_persisted(self, seq: int) -> None:
         for note in self.on_disk.pop(seq, []):
+            if note.kind == "delivered":
+                self.delivered.add(str(note.data))
+                self.pending_ids.discard(str(note.data))
             self.out.notify(note.kind, note.data)
 
     def on_result(self, result: EffectResult, now: Now) -> None:
@@ -157,13 +160,12 @@ class BroadcastNode:
             self.pending.append(Notification(kind="delivered", data=msg.msg_id))
             self.out.send_after_persist(src, Ack(msg_id=msg.msg_id))
             return
-        if msg.msg_id in self.delivered:
+        if msg.msg_id in self.delivered:  # durable here: safe to acknowledge again
             self.out.send(src, Ack(msg_id=msg.msg_id))
             return
-        if msg.msg_id in self.pending_ids:
+        if msg.msg_id in self.pending_ids:  # its write is not synced yet: the ack follows it
             return
         self.pending_ids.add(msg.msg_id)
-        self.delivered.add(msg.msg_id)
         self.out.persist("delivered", msg.msg_id, 1)
         self.pending.append(Notification(kind="delivered", data=msg.msg_id))
         if self.variant == "ack-before-persist":
@@ -223,25 +225,54 @@ class NoCreation(Checker):
         return found
 
 
+class AckImpliesDurable(Checker):
+    """A node acknowledges a message only once its delivery record is on disk."""
+
+    name = "ack-implies-durable"
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.world: World | None = None
+
+    def attach(self, world: World) -> None:
+        """Watch every message ``world`` sends (called by the scenario's setup)."""
+        self.world = world
+        world.tap(self._on_send)
+
+    def _on_send(self, src: NodeId, dst: NodeId, msg: Any, time_ns: int) -> None:
+        if isinstance(msg, Ack) and self.world is not None:
+            durable = self.world.nodes[src].disk.durable.get("delivered", {})
+            if msg.msg_id not in durable:
+                self.found.append(f"{src} acknowledged {msg.msg_id} before it was on its disk")
+
+    def check_during(self, world: World) -> list[str]:
+        found, self.found = self.found, []
+        return found
+
+
 class Agreement(Checker):
-    """After the faults stop, every accepted broadcast is delivered everywhere."""
+    """After the faults stop, every accepted broadcast is delivered everywhere.
+
+    Delivery is judged on each node's *disk*: an fsync makes every earlier
+    write durable, so a node can crash after its delivery record is synced but
+    before it announced the delivery; after the restart it rightly counts the
+    message as delivered. What must never happen is a node that acknowledged a
+    message without it being on its disk.
+    """
 
     name = "agreement"
 
     def __init__(self, accepted: set[str]) -> None:
         self.accepted = accepted
-        self.delivered: dict[NodeId, set[str]] = {}
-
-    def on_notification(self, node_id: NodeId, note: Notification, time_ns: int) -> None:
-        if note.kind == "delivered":
-            self.delivered.setdefault(node_id, set()).add(str(note.data))
 
     def missing(self, world: World) -> list[str]:
         out = []
         for node_id in world.node_ids():
-            lacking = sorted(self.accepted - self.delivered.get(node_id, set()))
+            on_disk = {str(k) for k in world.nodes[node_id].disk.durable.get("delivered", {})}
+            lacking = sorted(self.accepted - on_disk)
             if lacking:
-                out.append(f"{node_id} never delivered {len(lacking)} accepted message(s), e.g. {lacking[0]}")
+                out.append(f"{node_id} never delivered {len(lacking)} accepted message(s), "
+                           f"e.g. {lacking[0]}")
         return out
 
     def check_final(self, world: World) -> list[str]:
@@ -268,6 +299,7 @@ class BroadcastScenario(Scenario):
         if variant not in ("correct", "ack-before-persist", "no-dedupe"):
             raise ValueError(f"unknown variant {variant!r}")
         self.world = world
+        self.ack_checker.attach(world)
         self.node_ids = run.node_ids()
         for node_id in self.node_ids:
             world.add_node(node_id, self._factory(variant))
@@ -304,7 +336,9 @@ class BroadcastScenario(Scenario):
         self.completed: set[str] = set()
         self.deliveries = 0
         self.agreement = Agreement(self.accepted)
-        return [NoDuplicateDelivery(), NoCreation(self.accepted, self.issued), self.agreement]
+        self.ack_checker = AckImpliesDurable()
+        return [NoDuplicateDelivery(), NoCreation(self.accepted, self.issued),
+                self.ack_checker, self.agreement]
 
     def _observe(self, node_id: NodeId, note: Notification, time_ns: int) -> None:
         if note.kind == "accepted":
