@@ -41,9 +41,11 @@ with promises from a majority of that slot's voters.
 
 Lost disks. A replica told its disk was lost (``PaxosConfig.disk_lost``)
 is a learner only until it has (1) asked every other member for the highest
-round and slot it knows and got every answer, (2) persisted a promise above
-every round that existed, and (3) learned every slot up to the highest slot
-reported. Only then does it vote again.
+round and slot it knows and got every answer, with fewer than a majority of
+the members (itself included) recovering, so every quorum holds a healthy
+replica that answered, (2) persisted a promise above every round those know,
+and (3) learned every slot up to the highest slot they hold. Only then does it
+vote again.
 """
 
 from __future__ import annotations
@@ -688,17 +690,23 @@ class Replica:
         self.send_durable(src, info)
 
     def handle_recover_info(self, src: NodeId, msg: RecoverInfo) -> None:
-        if not self.recovering or self.recover_target is not None or msg.recovering:
-            return
-        if msg.nonce != self.recover_nonce:
+        if not self.recovering or self.recover_target is not None or msg.nonce != self.recover_nonce:
             return
         self.recover_info[src] = msg
-        others = [p for p in self._members() if p != self.node_id]
+        members = self._members()
+        others = [p for p in members if p != self.node_id]
         if any(p not in self.recover_info for p in others):
             return
-        infos = [self.recover_info[p] for p in others]
-        floor_round = max(i.max_round for i in infos) + 1
-        self.recover_target = max(i.max_slot for i in infos)
+        healthy = [self.recover_info[p] for p in others if not self.recover_info[p].recovering]
+        if len(members) - len(healthy) >= quorum.majority(len(members)):
+            return  # some quorum may hold no healthy replica: wait (a majority of disks lost)
+        self._finish_recover_query(src, healthy)
+
+    def _finish_recover_query(self, src: NodeId, healthy: list[RecoverInfo]) -> None:
+        """Every quorum holds a healthy replica that answered: promise above every round
+        they know and learn every slot up to the highest they hold."""
+        floor_round = max(i.max_round for i in healthy) + 1
+        self.recover_target = max(i.max_slot for i in healthy)
         self.max_round = max(self.max_round, floor_round)
         self.persist_meta("max_round", self.max_round)
         self._promise_ballot((floor_round, ""))

@@ -258,3 +258,31 @@ def test_suspicion_of_the_leader_starts_an_election_early() -> None:
     c.world.crash(leader)
     c.command(follower, Suspect(node_id=leader))
     c.wait_for(lambda: c.leader() not in (None, leader), within_ms=1_500)
+
+
+def test_two_lost_disks_of_five_both_recover() -> None:
+    c = Cluster(5)
+    leader = c.wait_leader()
+    for seq in range(1, 4):
+        c.command(leader, Propose(client_id="a", seq=seq, payload=["append", "k", "q"]))
+        c.wait_result("a", seq)
+    victims = [n for n in c.ids if n != leader][:2]
+    for n in victims:
+        c.world.crash(n, lose_disk=True)
+    for n in victims:
+        c.world.restart(n)
+    c.wait_for(lambda: not any(c.core(n).recovering for n in victims))
+    assert all(c.core(n).sm.data == c.core(leader).sm.data for n in victims)
+
+
+def test_two_lost_disks_of_three_never_vote_again() -> None:
+    c = Cluster(3)
+    leader = c.wait_leader()
+    c.command(leader, Propose(client_id="a", seq=1, payload=["put", "k", "v"]))
+    c.wait_result("a", 1)
+    victims = [n for n in c.ids if n != leader]
+    for n in victims:
+        c.world.crash(n, lose_disk=True)
+        c.world.restart(n)
+    c.run_ms(2_000)
+    assert all(c.core(n).recovering for n in victims)  # a majority of disks is gone
