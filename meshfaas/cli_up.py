@@ -94,7 +94,7 @@ class Mesh:
                 "--data-dir", str(self.data_dir / node_id), "--peer", peer, "--client", client,
                 "--events", events, "--voters", ",".join(self.ids),
                 "--capacity", str(self.capacities[i] if i < len(self.capacities) else self.capacity),
-                "--sandbox", self.sandbox,
+                "--sandbox", self.sandbox, "--uid-base", str(200_000 + 2_000 * i),
                 "--bootstrap-key", str(self.data_dir / "bootstrap-key.json"), *self.extra_args]
         if i > 0:
             args += ["--join", _ports(self.base_port, 0)[0],

@@ -81,6 +81,7 @@ from meshfaas.runtime.transport import (
     Network,
     PeerTransport,
 )
+from paxos import api as paxos_api
 from sandbox.executor import Executor, ExecutorConfig, FunctionSpec, InvocationResult
 
 log = logging.getLogger("meshfaas.mesh")
@@ -304,6 +305,7 @@ class MeshProcessConfig:
     drain_s: float = 10.0
     async_retry_base_s: float = 60.0
     routing: str = "least-loaded"
+    uid_base: int = 200_000
     seed: int | None = None
 
 
@@ -366,7 +368,8 @@ class MeshProcess:
             raise NodeStartError(f"cannot bind the node's sockets: {exc}") from None
         self.executor = Executor(ExecutorConfig(
             data_dir=str(config.data_dir), backend=config.sandbox_backend,  # type: ignore[arg-type]
-            max_sandboxes=max(config.capacity * 2, 8), max_per_function=config.capacity))
+            max_sandboxes=max(config.capacity * 2, 8), max_per_function=config.capacity,
+            uid_base=config.uid_base))
         self.clock = SystemClock()
         seeds = self._seed_ids()
         mesh_config = MeshConfig(
@@ -449,6 +452,27 @@ class MeshProcess:
             self._send_reply(note.data)
         elif note.kind == "invocation" and isinstance(note.data, proto.InvocationRecord):
             self._publish_invocation(note.data)
+        elif note.kind == paxos_api.NOTE_APPLIED and isinstance(note.data, paxos_api.Applied):
+            self._prepare_deployed(note.data)
+
+    def _prepare_deployed(self, applied: paxos_api.Applied) -> None:
+        """On a deploy, have spare jails of the function's shape ready, so even its
+        first cold start here skips the jail and interpreter start."""
+        for command in applied.commands:
+            deployed = command.result
+            if not isinstance(deployed, faas.Deployed):
+                continue
+            fn = deployed.function
+            if fn.config.runtime not in self.executor.runtimes() or fn.config.requirements:
+                continue
+            spec = FunctionSpec(name=fn.name, handler=fn.config.handler,
+                                code_dir=str(self.code_root / fn.code.sha256),
+                                runtime=fn.config.runtime, memory_mb=fn.config.memory_mb,
+                                timeout_ms=fn.config.timeout_s * 1000, env=fn.config.env)
+            try:
+                self.executor.prepare(spec)
+            except Exception:  # a spare is an optimisation: never let it stop the node
+                log.exception("could not prepare spare jails for %s", fn.name)
 
     # -- clients ----------------------------------------------------------------
 
@@ -747,12 +771,16 @@ def node_cli() -> None:
               "(doubled for the second retry), as Lambda does.")
 @click.option("--routing", type=click.Choice(["least-loaded", "random"]), default="least-loaded",
               show_default=True, help="How invocations pick a node ('random' is a baseline).")
+@click.option("--uid-base", type=click.IntRange(100_000, 2**31 - 100_000), default=200_000,
+              show_default=True, help="First host uid of this node's sandboxes (give each node "
+              "on one host its own range).")
 @click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
 @click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
-          bootstrap_key: Path | None, async_retry_s: float, routing: str, probe_interval_ms: int,
+          bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
+          probe_interval_ms: int,
           probe_timeout_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -765,7 +793,7 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
         bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
-        routing=routing, seed=seed)
+        routing=routing, uid_base=uid_base, seed=seed)
     try:
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
