@@ -353,6 +353,7 @@ class MeshNode:
         self.sub_batches: dict[int, list[tuple[Any, int]]] = {}
         self.sub_pending: list[tuple[Any, int]] = []
         self.last_meta: NodeMeta = self._meta()
+        self.leaving = False  # LeaveMesh was asked: no more metadata updates
         self._reserved: dict[str, tuple[str, int]] = {}
         self._reserved_at = -1  # the applied index the reservation cache was built at
         self.deadlines.set(("meta",), now.mono_ns + config.meta_refresh_ns)
@@ -398,7 +399,9 @@ class MeshNode:
         elif isinstance(cmd, JoinMesh):
             self.gossip.command(AddSeeds(seeds=tuple(NodeId(s) for s in cmd.seeds)), now)
         elif isinstance(cmd, LeaveMesh):
-            self.gossip.command(Leave(), now)
+            if not self.leaving:
+                self.leaving = True
+                self.gossip.command(Leave(), now)
         elif isinstance(cmd, SetWarm):
             self.warm = tuple(sorted(cmd.warm))
         else:
@@ -1110,7 +1113,7 @@ class MeshNode:
 
     def _refresh_meta(self) -> None:
         meta = self._meta()
-        if meta != self.last_meta:
+        if meta != self.last_meta and not self.leaving:  # gossip refuses updates once left
             self.last_meta = meta
             self.gossip.command(UpdateMeta(meta=meta), self.now)
 
