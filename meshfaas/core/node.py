@@ -127,6 +127,8 @@ class MeshConfig:
     async_lease_grace_ns: int = 5 * NS_PER_S
     async_retry_base_ns: int = 60 * NS_PER_S
     routing: str = "least-loaded"  # or "random": the baseline the benchmarks compare against
+    invoke_accept_ns: int = 300 * NS_PER_MS  # resend an unconfirmed InvokeRequest after this
+    invoke_sends_max: int = 7  # about 2 s, then give up on the target (Unavailable)
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     paxos_heartbeat_ns: int = 40 * NS_PER_MS
@@ -234,6 +236,14 @@ class InvokeDone:
     record: proto.InvocationRecord
 
 
+@message(709)
+@attrs.frozen(kw_only=True)
+class InvokeAccepted:
+    """The target has the invocation (running, or already done and answered)."""
+
+    invocation_id: str
+
+
 @message(703)
 @attrs.frozen(kw_only=True)
 class ResultQuery:
@@ -291,6 +301,9 @@ class _Routing:
     target: str = ""
     async_attempt: int = 0
     sent_ns: int = 0  # when it was sent to ``target`` (monotonic)
+    accepted: bool = False  # the target confirmed it has the request
+    sends: int = 0  # InvokeRequests sent to the current target
+    request: InvokeRequest | None = None
 
 
 @attrs.define
@@ -774,11 +787,42 @@ class MeshNode:
         if decision.node == self.node_id:
             self._run_here(request_msg, self.node_id)
         else:
-            self.out.send(NodeId(decision.node), request_msg)
+            route.request, route.sends, route.accepted = request_msg, 0, False
+            self._send_request(route)
+
+    def _send_request(self, route: _Routing) -> None:
+        """Send (again) to the target until it confirms; the target dedupes by id."""
+        assert route.request is not None
+        route.sends += 1
+        self.out.send(NodeId(route.target), route.request)
+        self.deadlines.set(("accept", route.invocation_id),
+                           self.now.mono_ns + self.cfg.invoke_accept_ns)
+
+    def _on_accept_deadline(self, invocation_id: str) -> None:
+        route = self.routing.get(invocation_id)
+        if route is None or route.accepted or route.request is None:
+            return
+        if route.sends < self.cfg.invoke_sends_max:
+            self._count("invoke_resent")
+            self._send_request(route)
+            return
+        text = f"node {route.target} did not confirm the invocation"
+        if route.async_attempt:
+            self._finish_route(route, _timeout_record(route, "failed", text, route.target),
+                               None, text)
+        else:
+            self._finish_route(route, None, "Unavailable", text)
+
+    def _on_accepted(self, src: str, msg: InvokeAccepted) -> None:
+        route = self.routing.get(msg.invocation_id)
+        if route is not None and route.target == src:
+            route.accepted = True
+            self.deadlines.cancel(("accept", msg.invocation_id))
 
     def _run_here(self, req: InvokeRequest, entry: str) -> None:
         if req.invocation_id in self.running:
-            return  # a duplicate request: the running one will answer
+            self._confirm(entry, req.invocation_id)  # a duplicate: the running one will answer
+            return
         done = self.results.get(req.invocation_id)
         if done is not None and done[1].status == "succeeded" and done[1].node == self.node_id:
             # A duplicate of a request that already succeeded here (the network
@@ -801,6 +845,11 @@ class MeshNode:
         effect_id = self._effect("invoke", task, req.invocation_id)
         self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id,
                                                    function=req.function)
+        self._confirm(entry, req.invocation_id)
+
+    def _confirm(self, entry: str, invocation_id: str) -> None:
+        if entry != self.node_id:
+            self.out.send(NodeId(entry), InvokeAccepted(invocation_id=invocation_id))
 
     def _has_room(self, function: str) -> bool:
         """Capacity, and reserved concurrency: our share for a reserved function,
@@ -837,6 +886,7 @@ class MeshNode:
         if route is None:
             return
         self.deadlines.cancel(("invoke", msg.invocation_id))
+        self.deadlines.cancel(("accept", msg.invocation_id))
         route.target = ""
         self._route(route)
 
@@ -853,6 +903,7 @@ class MeshNode:
         """Answer the caller. ``retryable`` only when nothing ran anywhere."""
         self.routing.pop(route.invocation_id, None)
         self.deadlines.cancel(("invoke", route.invocation_id))
+        self.deadlines.cancel(("accept", route.invocation_id))
         if route.async_attempt:
             self._record_async(route, record, text)
             return
@@ -889,6 +940,8 @@ class MeshNode:
     def _handle_mesh(self, src: NodeId, msg: Any) -> None:
         if isinstance(msg, InvokeRequest):
             self._run_here(msg, src)
+        elif isinstance(msg, InvokeAccepted):
+            self._on_accepted(src, msg)
         elif isinstance(msg, InvokeRefused):
             if self._routed_to(msg.invocation_id, src):
                 self._on_refused(msg)
@@ -1098,6 +1151,8 @@ class MeshNode:
             self._retry_proposal(key[1], key[2])
         elif kind == "invoke":
             self._on_invoke_deadline(key[1])
+        elif kind == "accept":
+            self._on_accept_deadline(key[1])
         elif kind == "query":
             self._on_query_deadline(key[1], key[2])
         elif kind == "meta":
