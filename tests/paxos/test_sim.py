@@ -19,8 +19,10 @@ from simulator.strategies import fault_plans
 CHUNK = 50
 FIXED_SEEDS = 400  # seeds 1..400 every run
 VARYING_SEEDS = 100  # plus 100 seeds that change every day (printed on failure)
-HUNT = {"fault_kinds": "crash,loss,isolate", "fault_gap_ms": 80, "fsync_max_us": 20_000,
-        "clients": 8, "election_ms": 60, "restart_max_ms": 10}
+# Settings that hunt consensus bugs: a crash or a loss burst every ~60 ms, 20 ms fsyncs,
+# 12 clients, 60 ms election timeouts, restarts within 10 ms.
+HUNT = {"fault_kinds": "crash,loss", "fault_gap_ms": 60, "fsync_max_us": 20_000,
+        "clients": 12, "election_ms": 60, "restart_max_ms": 10}
 
 
 def _varying_base() -> int:
@@ -92,8 +94,8 @@ VARIANTS = {
     "apply_out_of_order": ({}, 20),
     "forget_sessions": ({}, 30),
     "skip_reproposal": (HUNT, 20),
-    "reply_before_persist": (HUNT, 40),
-    "reuse_ballot_after_restart": (HUNT, 40),
+    "reply_before_persist": (HUNT, 20),
+    "reuse_ballot_after_restart": (HUNT, 60),
 }
 
 
