@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import statistics
 import sys
 import tempfile
 import threading
@@ -31,9 +30,9 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "mesh"))
 
-from _machine import describe  # noqa: E402
+from _machine import describe
 
-from meshfaas.core import client_proto as proto  # noqa: E402
+from meshfaas.core import client_proto as proto
 
 ECHO = Path(__file__).resolve().parent / "handlers" / "echo"
 

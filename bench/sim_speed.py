@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import describe  # noqa: E402
+from _machine import describe
 
-from simulator import World, run_scenario  # noqa: E402
+from simulator import World, run_scenario
 
 
 def core_loop(total_events: int, chains: int = 1_000) -> float:
