@@ -530,6 +530,8 @@ class MeshProcess:
     # -- events -----------------------------------------------------------------
 
     def _publish_invocation(self, record: proto.InvocationRecord) -> None:
+        """Keep the log tail for RecentLogs; publish both events, encoding each only
+        if someone subscribed to its topic (usually nobody; see docs/performance.md)."""
         if record.function:
             event = proto.LogEvent(function=record.function, invocation_id=record.invocation_id,
                                    node=record.node, wall_ns=self.clock.now().wall_ns,
@@ -537,9 +539,12 @@ class MeshProcess:
             recent = self._recent.setdefault(record.function,
                                              deque(maxlen=RECENT_LOGS_PER_FUNCTION))
             recent.append(event)
-            self.events.publish(proto.log_topic(record.function), proto.encode(event))
-        self.events.publish(proto.INVOCATION_TOPIC_PREFIX + record.function.encode(),
-                            proto.encode(attrs.evolve(record, payload=None)))
+            topic = proto.log_topic(record.function)
+            if self.events.wants(topic):
+                self.events.publish(topic, proto.encode(event))
+        topic = proto.INVOCATION_TOPIC_PREFIX + record.function.encode()
+        if self.events.wants(topic):
+            self.events.publish(topic, proto.encode(attrs.evolve(record, payload=None)))
 
     # -- effects ------------------------------------------------------------------
 

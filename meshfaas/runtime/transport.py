@@ -408,6 +408,13 @@ class EventPublisher:
 
     A PUB drops for a slow subscriber at its high-water mark; :meth:`publish`
     itself never blocks and counts what it could not queue.
+
+    The socket is an XPUB (SUB clients see no difference) so that the node knows
+    which topic prefixes someone subscribed to: :meth:`wants` lets a caller skip
+    encoding an event nobody would receive (every invocation publishes two, and
+    usually nobody listens). ``wants`` errs towards True: a subscription still
+    queued in the socket (``EVENTS & POLLIN``) counts as "maybe", so an event is
+    never skipped that a plain PUB would have delivered.
     """
 
     def __init__(self, net: Network, *, bind: str = "tcp://127.0.0.1:*",
@@ -416,12 +423,29 @@ class EventPublisher:
         self.stats = Counters()
         if any_client_key:
             net.open_domain(EVENTS_DOMAIN)
-        sock = net.socket(zmq.PUB, server=True, domain=EVENTS_DOMAIN)
+        sock = net.socket(zmq.XPUB, server=True, domain=EVENTS_DOMAIN)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.bind(bind)
         self.endpoint = last_endpoint(sock)
+        self._sock = sock
+        self._prefixes: set[bytes] = set()  # subscribed topic prefixes (XPUB dedups them)
         self._zsock = ZSock(sock, name="pub", counters=self.stats, out_capacity=out_capacity,
-                            receives=False)
+                            on_recv=self._on_subscription)
+
+    def _on_subscription(self, parts: Parts) -> None:
+        msg = parts[0] if len(parts) == 1 else b""
+        if msg[:1] == b"\x01":
+            self._prefixes.add(msg[1:])
+        elif msg[:1] == b"\x00":
+            self._prefixes.discard(msg[1:])
+
+    def wants(self, topic: bytes) -> bool:
+        """Whether a subscriber may want ``topic`` (False only when surely nobody does)."""
+        if any(topic.startswith(prefix) for prefix in self._prefixes):
+            return True
+        if self._zsock.closed:
+            return False
+        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
     def publish(self, topic: bytes, payload: bytes) -> bool:
         return self._zsock.send_nowait([topic, payload])
