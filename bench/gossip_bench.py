@@ -97,7 +97,8 @@ def big(args: argparse.Namespace) -> None:
     seeds = [1] if args.quick else list(range(1, 1 + args.seeds))
     jobs: list[Job] = [("gossip-crash", s, nodes, 60 + crashes * 20.0,
                         {"crashes": crashes, "gap_s": 20.0, "warmup_s": 60.0,
-                         "restart": False, "detect_bound_s": 15.0, **FAST}) for s in seeds]
+                         "restart": False, "detect_bound_s": 15.0, "max_mult": args.max_mult,
+                         **FAST}) for s in seeds]
     rows = run_all(jobs, args.jobs)
     each = [x for r in rows for x in r["detect_all_seconds_each"]]
     firsts = [x for r in rows for x in r["detect_first_periods_each"]]
@@ -112,8 +113,9 @@ def loss(args: argparse.Namespace) -> None:
     """False deaths at 5% loss, summed over >= 1,000 simulated node-hours."""
     nodes, hours = (20, 0.5) if args.quick else (50, 2.5)
     seeds = range(1, 3 if args.quick else 9)
-    jobs: list[Job] = [("gossip-loss", s, nodes, hours * 3600, {"loss": args.loss, **FAST})
-                       for s in seeds]
+    jobs: list[Job] = [("gossip-loss", s, nodes, hours * 3600,
+                        {"loss": args.loss, "max_mult": args.max_mult, **FAST})
+                       for s in seeds[: args.max_seeds]]
     rows = run_all(jobs, args.jobs)
     summary("loss", loss=args.loss, node_hours=round(sum(r["node_hours"] for r in rows), 1),
             false_dead=sum(r["false_dead"] for r in rows),
@@ -174,6 +176,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--loss", type=float, default=0.05)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--max-mult", type=float, default=6.0,
+                        help="suspicion_max_timeout_mult (big, loss)")
+    parser.add_argument("--max-seeds", type=int, default=8, help="loss: at most this many seeds")
     args = parser.parse_args()
     print(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                       "processor": platform.processor() or platform.machine()}), flush=True)

@@ -183,6 +183,7 @@ class GossipScenario(Scenario):
     common_params: ClassVar[dict[str, Any]] = {
         "codec": "auto", "trace": "auto", "lifeguard": True, "period_ms": 1000,
         "push_pull_s": 10.0, "loss": 0.0, "faults": "none", "warmup_s": 10.0,
+        "max_mult": 6.0,
     }
     strict_accuracy: ClassVar[bool] = True
 
@@ -199,6 +200,7 @@ class GossipScenario(Scenario):
         period_ns = int(run.params["period_ms"]) * NS_PER_MS
         return GossipConfig(probe_interval_ns=period_ns, probe_timeout_ns=period_ns // 5,
                             push_pull_interval_ns=int(float(run.params["push_pull_s"]) * NS_PER_S),
+                            suspicion_max_timeout_mult=float(run.params["max_mult"]),
                             lifeguard=bool(run.params["lifeguard"]))
 
     def network(self, run: Run) -> NetworkConfig:
