@@ -63,6 +63,7 @@ EffectHandler = Callable[["World", NodeId, Effect], None]
 Factory = Callable[["NodeBoot"], Core]
 
 WALL_EPOCH_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
+_heappush = heapq.heappush
 
 
 def derive_rng(seed: int, *parts: object) -> random.Random:
@@ -201,21 +202,29 @@ class World:
 
     def at(self, t_ns: int, fn: Callable[..., None], *args: Any) -> None:
         """Schedule ``fn(*args)`` at virtual time ``t_ns`` (never in the past)."""
+        if t_ns < self.time_ns:
+            t_ns = self.time_ns
         self._seq += 1
-        heapq.heappush(self._heap, (max(t_ns, self.time_ns), self._seq, fn, args))
+        _heappush(self._heap, (t_ns, self._seq, fn, args))
 
     def after(self, delay_ns: int, fn: Callable[..., None], *args: Any) -> None:
-        self.at(self.time_ns + delay_ns, fn, *args)
+        """Schedule ``fn(*args)`` ``delay_ns`` from now (the hot path: kept inline)."""
+        self._seq += 1
+        _heappush(self._heap, (self.time_ns + max(delay_ns, 0), self._seq, fn, args))
 
     def run_until(self, t_ns: int) -> None:
         """Process every event due at or before ``t_ns``; time ends at ``t_ns``."""
         heap = self._heap
         pop = heapq.heappop
-        while heap and heap[0][0] <= t_ns:
-            t, _, fn, args = pop(heap)
-            self.time_ns = t
-            self.events += 1
-            fn(*args)
+        events = 0
+        try:
+            while heap and heap[0][0] <= t_ns:
+                t, _, fn, args = pop(heap)
+                self.time_ns = t
+                events += 1
+                fn(*args)
+        finally:
+            self.events += events
         self.time_ns = max(self.time_ns, t_ns)
 
     def pending_events(self) -> int:
