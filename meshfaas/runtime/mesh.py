@@ -41,6 +41,7 @@ import random
 import signal
 import sys
 import tempfile
+import time
 import zipfile
 from collections import deque
 from pathlib import Path
@@ -306,6 +307,7 @@ class MeshProcessConfig:
     async_retry_base_s: float = 60.0
     routing: str = "least-loaded"
     uid_base: int = 200_000
+    disk_lost: bool = False
     seed: int | None = None
 
 
@@ -319,15 +321,31 @@ def _security(config: MeshProcessConfig) -> Security:
     return Security.curve(keys)
 
 
-def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]]]:
-    store = SqliteStore(data_dir / "node.db")
+def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]], bool]:
+    """The node's store and its records; True when a damaged store was set aside.
+
+    A damaged store (a record failing its checksum, an unreadable file) is moved
+    to ``node.db.damaged-<time>`` and the node starts empty *as a replica that
+    lost its disk*: it does not vote in Paxos until it has caught up, so it never
+    acts on promises it no longer remembers.
+    """
+    path = data_dir / "node.db"
+    store = SqliteStore(path)
     loaded = store.load_checked()
-    if not loaded.ok:
-        store.close()
-        damaged = ", ".join(f"{c.table}: {c.reason}" for c in loaded.corrupt[:5])
-        raise NodeStartError(f"the store in {data_dir} is damaged ({loaded.error or damaged}); "
-                             "move it away to rejoin as a fresh node")
-    return store, loaded.tables
+    if loaded.ok:
+        return store, loaded.tables, False
+    store.close()
+    damaged = ", ".join(f"{c.table}: {c.reason}" for c in loaded.corrupt[:5])
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            old.rename(path.with_name(f"{path.name}{suffix}.damaged-{stamp}"))
+    log.error("the store in %s is damaged (%s); set aside as node.db.damaged-%s. This node "
+              "rejoins as a replica that lost its disk: it votes again once caught up.",
+              data_dir, loaded.error or damaged, stamp)
+    store = SqliteStore(path)
+    return store, store.load_checked().tables, True
 
 
 def read_bootstrap_key(path: Path | None) -> faas.PutApiKey | None:
@@ -355,7 +373,8 @@ class MeshProcess:
         from meshfaas.core.codec import Codec
 
         self.codec = Codec(self.cluster_id)
-        self.store, disk = _open_store(config.data_dir)
+        self.store, disk, damaged = _open_store(config.data_dir)
+        self.disk_lost = damaged or config.disk_lost
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.code_root = config.data_dir / "code"
         self.net = Network(security)
@@ -379,7 +398,8 @@ class MeshProcess:
             gossip=config.gossip, async_retry_base_ns=int(config.async_retry_base_s * 1e9),
             routing=config.routing)
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
-        self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds)
+        self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds,
+                             disk_lost=self.disk_lost)
         self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
                              codec=self.codec, store=self.store, clock=self.clock,
                              aliases=frozenset({self.peer.endpoint}))
@@ -779,13 +799,15 @@ def node_cli() -> None:
 @click.option("--uid-base", type=click.IntRange(100_000, 2**31 - 100_000), default=200_000,
               show_default=True, help="First host uid of this node's sandboxes (give each node "
               "on one host its own range).")
+@click.option("--disk-lost", is_flag=True, help="This node's data was lost (a new disk): rejoin "
+              "without voting in Paxos until caught up.")
 @click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
 @click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
           bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
-          probe_interval_ms: int,
+          disk_lost: bool, probe_interval_ms: int,
           probe_timeout_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -798,7 +820,7 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
         bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
-        routing=routing, uid_base=uid_base, seed=seed)
+        routing=routing, uid_base=uid_base, disk_lost=disk_lost, seed=seed)
     try:
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
