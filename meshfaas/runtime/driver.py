@@ -26,6 +26,14 @@ meshfaas.core.types:
 A batch with nothing to persist is finished at once, unless earlier batches are
 still pending: acknowledgements always go in ``seq`` order.
 
+*Lazy tables.* Writes to ``lazy_tables`` (the node's invocation results: their
+reply has already left, as a notification, before any sync) may wait up to
+``lazy_delay_s`` for company, so that one sync covers the results of many
+invocations instead of one each. The wait ends at once when an *urgent* batch
+arrives: one that writes any other table or has after-persist sends (Paxos,
+gossip), so consensus latency is untouched. On cancellation the persister
+writes and syncs what is pending before it ends.
+
 The ticker task sleeps until ``core.next_deadline()`` (read from the :class:`Clock`
 port) and calls ``tick``; any pump that changes the deadline wakes it, so an
 earlier deadline is never missed and a cancelled one never fires.
@@ -87,6 +95,8 @@ class Driver:
         clock: Clock,
         handlers: dict[str, EffectHandler] | None = None,
         aliases: frozenset[str] = frozenset(),
+        lazy_tables: frozenset[str] = frozenset(),
+        lazy_delay_s: float = 0.0,
     ) -> None:
         self.core = core
         self.node_id = node_id
@@ -101,6 +111,9 @@ class Driver:
         self._subscribers: list[tuple[frozenset[str] | None, trio.MemorySendChannel[Notification]]] = []
         self._pending: list[Ready] = []
         self._has_pending = trio.Event()
+        self._lazy_tables = lazy_tables
+        self._lazy_delay_s = lazy_delay_s
+        self._urgent = trio.Event()  # set when a pending batch may not wait (see docstring)
         self._syncing = False
         self._pumping = False
         self._nursery: trio.Nursery | None = None
@@ -211,6 +224,8 @@ class Driver:
         if ready.persist or self._pending or self._syncing:
             self._pending.append(ready)
             self._has_pending.set()
+            if self._is_urgent(ready):
+                self._urgent.set()
         else:
             self._finish(ready)
 
@@ -226,24 +241,51 @@ class Driver:
 
     # -- persisting ---------------------------------------------------------------
 
+    def _is_urgent(self, ready: Ready) -> bool:
+        if not self._lazy_delay_s or ready.send_after_persist:
+            return True
+        return any(w.table not in self._lazy_tables for w in ready.persist)
+
     async def _persister(self) -> None:
-        while True:
-            await self._has_pending.wait()
-            self._has_pending = trio.Event()
-            batches, self._pending = self._pending, []
-            writes = [w for b in batches for w in b.persist]
-            self._syncing = True
-            try:
-                if writes:
-                    self.store.write(writes)
-                    await trio.to_thread.run_sync(self.store.sync)
-                    self.stats.inc("syncs")
-            finally:
-                self._syncing = False
-            self.stats.inc("batches_persisted", len(batches))
-            for ready in batches:
-                self._finish(ready)
-            self._pump()
+        try:
+            while True:
+                await self._has_pending.wait()
+                if not self._urgent.is_set():  # only lazy writes: let more join them
+                    with trio.move_on_after(self._lazy_delay_s):
+                        await self._urgent.wait()
+                await self._persist_pending()
+        except trio.Cancelled:
+            self._flush_on_exit()
+            raise
+
+    def _flush_on_exit(self) -> None:
+        """Cancelled: make what is staged durable (blocking; only at shutdown)."""
+        writes = [w for b in self._pending for w in b.persist]
+        if not writes:
+            return
+        try:
+            self.store.write(writes)
+            self.store.sync()
+        except Exception:  # best effort while stopping: the core recovers from disk
+            self.stats.inc("exit_flush_failed")
+
+    async def _persist_pending(self) -> None:
+        self._has_pending = trio.Event()
+        self._urgent = trio.Event()
+        batches, self._pending = self._pending, []
+        writes = [w for b in batches for w in b.persist]
+        self._syncing = True
+        try:
+            if writes:
+                self.store.write(writes)
+                await trio.to_thread.run_sync(self.store.sync)
+                self.stats.inc("syncs")
+        finally:
+            self._syncing = False
+        self.stats.inc("batches_persisted", len(batches))
+        for ready in batches:
+            self._finish(ready)
+        self._pump()
 
     # -- time ---------------------------------------------------------------------
 

@@ -26,8 +26,11 @@ decodes nothing twice. Client frames (the client protocol) become
 
 Stopping (SIGTERM or SIGINT): the node stops taking client requests, waits up
 to ``drain_s`` for invocations it is running to finish, leaves the gossip
-group, and closes. Everything acknowledged to a client is already durable on a
-majority (Paxos) or in the result store (synced before the reply leaves).
+group, and closes. Every change acknowledged to a client is already durable on a
+majority (Paxos). An invocation's reply does not wait for its result record: the
+record is synced on the entry node and the node that ran it within about
+``RESULT_SYNC_DELAY_S`` plus one sync (results share syncs: the driver's lazy
+tables), and whatever is still pending is synced when the node stops.
 """
 
 from __future__ import annotations
@@ -92,6 +95,9 @@ BLOB_REQUEST_TIMEOUT_S = 3.0
 BLOB_REPLICATE_TIMEOUT_S = 60.0
 RECENT_LOGS_PER_FUNCTION = 200
 WARM_REFRESH_S = 0.5
+# Invocation results (already answered) wait up to this long to share one sync
+# (Driver lazy tables; docs/performance.md).
+RESULT_SYNC_DELAY_S = 0.01
 
 
 class NodeStartError(Exception):
@@ -402,7 +408,9 @@ class MeshProcess:
                              disk_lost=self.disk_lost)
         self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
                              codec=self.codec, store=self.store, clock=self.clock,
-                             aliases=frozenset({self.peer.endpoint}))
+                             aliases=frozenset({self.peer.endpoint}),
+                             lazy_tables=frozenset({"m.results"}),
+                             lazy_delay_s=RESULT_SYNC_DELAY_S)
         self.blob_service = BlobService(self.node_id, self.blobs, self._send_peer)
         self.driver.observe(self._on_notification)
         self.driver.register_effect("invoke", self._effect_invoke)

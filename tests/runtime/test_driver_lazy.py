@@ -1,0 +1,68 @@
+"""The driver's lazy tables: answered invocation results may wait to share a sync,
+but never delay an urgent (Paxos, gossip, after-persist) batch, and are synced at stop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from meshfaas.core.types import Now
+from meshfaas.runtime.clock import TrioClock
+from meshfaas.runtime.driver import Driver
+
+from .helpers import wait_until
+from .test_driver import CODEC, ME, FakeCore, GatedStore, Log, RecordingTransport
+
+
+class LazyCore(FakeCore):
+    def command(self, cmd: Any, now: Now) -> Any:
+        kind, n = cmd
+        if kind == "lazy":  # a result record: a lazy table, nothing sent after it
+            self.outbox.persist("r", n, n)
+            return ("ok", n)
+        return super().command(cmd, now)
+
+
+@asynccontextmanager
+async def lazy_driver(delay_s: float) -> AsyncIterator[tuple[Driver, GatedStore, Log, trio.Nursery]]:
+    log = Log()
+    store = GatedStore(log)
+    store.gate.set()
+    driver = Driver(LazyCore(log), node_id=ME, transport=RecordingTransport(log), codec=CODEC,
+                    store=store, clock=TrioClock(), lazy_tables=frozenset({"r"}),
+                    lazy_delay_s=delay_s)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        yield driver, store, log, nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_lazy_writes_share_one_sync_after_the_delay() -> None:
+    async with lazy_driver(0.5) as (driver, store, log, _):
+        driver.command(("lazy", 1))
+        driver.command(("lazy", 2))
+        assert store.syncs == []  # waiting for company
+        await wait_until(lambda: bool(store.syncs), what="the delayed sync")
+        assert store.syncs == [(1, 2)]
+        assert [e for e in log.events if e[0] == "on_persisted"] == [
+            ("on_persisted", 1), ("on_persisted", 2)]
+
+
+async def test_an_urgent_batch_ends_the_wait_at_once() -> None:
+    async with lazy_driver(60.0) as (driver, store, log, _):
+        driver.command(("lazy", 1))
+        driver.command(("batch", 3))  # writes table "t" and sends after persisting
+        await wait_until(lambda: ("send", 3) in log.events, timeout_s=5,
+                         what="the urgent batch's after-persist send")
+        assert store.syncs == [(1, 3)]
+
+
+async def test_pending_lazy_writes_are_synced_when_the_driver_stops() -> None:
+    async with lazy_driver(60.0) as (driver, store, _log, nursery):
+        driver.command(("lazy", 5))
+        assert store.syncs == []
+        nursery.cancel_scope.cancel()
+    assert store.syncs == [(5,)]
