@@ -115,7 +115,7 @@ def loss(args: argparse.Namespace) -> None:
     seeds = range(1, 3 if args.quick else 9)
     jobs: list[Job] = [("gossip-loss", s, nodes, hours * 3600,
                         {"loss": args.loss, "max_mult": args.max_mult, **FAST})
-                       for s in seeds[: args.max_seeds]]
+                       for s in seeds if args.first_seed <= s < args.first_seed + args.max_seeds]
     rows = run_all(jobs, args.jobs)
     summary("loss", loss=args.loss, node_hours=round(sum(r["node_hours"] for r in rows), 1),
             false_dead=sum(r["false_dead"] for r in rows),
@@ -139,7 +139,8 @@ def slow(args: argparse.Namespace) -> None:
     """One node stalls now and then: false deaths with Lifeguard and with plain SWIM."""
     seeds = range(1, 3 if args.quick else 11)
     duration = 300.0 if args.quick else 1800.0
-    jobs: list[Job] = [("gossip-slow-node", s, 16, duration, {"lifeguard": lg, **FAST})
+    jobs: list[Job] = [("gossip-slow-node", s, 16, duration,
+                        {"lifeguard": lg, "max_mult": args.max_mult, **FAST})
                        for s in seeds for lg in (True, False)]
     rows = run_all(jobs, args.jobs)
     on = [r for r in rows if r["lifeguard"]]
@@ -176,9 +177,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--loss", type=float, default=0.05)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--max-mult", type=float, default=6.0,
+    parser.add_argument("--max-mult", type=float, default=4.0,
                         help="suspicion_max_timeout_mult (big, loss)")
     parser.add_argument("--max-seeds", type=int, default=8, help="loss: at most this many seeds")
+    parser.add_argument("--first-seed", type=int, default=1, help="loss: the first seed")
     args = parser.parse_args()
     print(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                       "processor": platform.processor() or platform.machine()}), flush=True)

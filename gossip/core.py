@@ -117,7 +117,7 @@ class GossipConfig:
     nack_ratio: float = 0.8  # a helper nacks after this fraction of its probe timeout
     indirect_checks: int = 3
     suspicion_mult: float = 1.0
-    suspicion_max_timeout_mult: float = 6.0
+    suspicion_max_timeout_mult: float = 4.0
     suspicion_confirmations: int = 3
     retransmit_mult: int = 4
     awareness_max_mult: int = 8

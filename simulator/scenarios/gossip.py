@@ -183,7 +183,7 @@ class GossipScenario(Scenario):
     common_params: ClassVar[dict[str, Any]] = {
         "codec": "auto", "trace": "auto", "lifeguard": True, "period_ms": 1000,
         "push_pull_s": 10.0, "loss": 0.0, "faults": "none", "warmup_s": 10.0,
-        "max_mult": 6.0,
+        "max_mult": 4.0,
     }
     strict_accuracy: ClassVar[bool] = True
 

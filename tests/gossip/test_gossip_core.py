@@ -316,8 +316,11 @@ def test_an_ack_from_a_stranger_does_not_count() -> None:
     assert g.counters["drop_ack_from_stranger"] == 1
 
 
+LIFEGUARD_6 = GossipConfig(suspicion_max_timeout_mult=6.0)
+
+
 def test_suspicion_starts_at_max_and_shrinks_with_confirmations() -> None:
-    g = make()
+    g = make(LIFEGUARD_6)
     add_members(g, 99)  # n = 100 with us: min = 2 s, max = 12 s, k = 3
     feed(g, Suspect(node=NodeId("m00"), incarnation=1, accuser=NodeId("m01")))
     key = ("suspect", NodeId("m00"))
@@ -479,7 +482,7 @@ def test_a_failed_probe_tells_the_suspect_directly() -> None:
 
 
 def test_a_merged_view_never_confirms_a_suspicion() -> None:
-    g = make()
+    g = make(LIFEGUARD_6)
     add_members(g, 99)
     subject = NodeId("m00")
     feed(g, Suspect(node=subject, incarnation=1, accuser=NodeId("m01")))
@@ -514,7 +517,7 @@ def test_suspect_rows_of_a_push_pull_are_not_copied() -> None:
 
 
 def test_a_suspicion_gossips_all_its_accusers_in_one_update() -> None:
-    g = make()
+    g = make(LIFEGUARD_6)
     add_members(g, 99)  # n = 100: min 2 s, max 12 s, k = 3
     subject = NodeId("m00")
     feed(g, Suspect(node=subject, incarnation=1, accuser=NodeId("m01"),
