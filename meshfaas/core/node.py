@@ -372,6 +372,7 @@ class MeshNode:
         self.deadlines.set(("meta",), now.mono_ns + config.meta_refresh_ns)
         self.deadlines.set(("async",), now.mono_ns + config.async_scan_ns)
         self.deadlines.set(("results",), now.mono_ns + NS_PER_S)
+        self._pump()  # the sub-cores' start-up output (their first persists)
 
     def _paxos_config(self, disk_lost: bool) -> PaxosConfig:
         c = self.cfg
@@ -436,7 +437,7 @@ class MeshNode:
         return min(found) if found else None
 
     def take_ready(self) -> Ready | None:
-        self._pump()
+        # Every input (and the constructor) already merged the sub-cores' output.
         ready = self.out.take()
         if ready is not None and self.sub_pending:
             self.sub_batches[ready.seq] = self.sub_pending
