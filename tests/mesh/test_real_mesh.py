@@ -115,7 +115,18 @@ def test_deploy_then_invoke_through_every_node_and_resume(tmp_path: Path) -> Non
         again.stop()
 
 
-def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh3: LocalMesh) -> None:
+@pytest.fixture(params=[3, 5], ids=["3-nodes", "5-nodes"])
+def mesh_n(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(tmp_path, request.param)
+    try:
+        mesh.start()
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh_n: LocalMesh) -> None:
+    mesh3 = mesh_n
     with mesh3.client() as client:
         client.deploy("hello", str(EXAMPLE), handler="app.handler")
     acked: list[str] = []
@@ -151,6 +162,8 @@ def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh3: LocalMesh
         mesh3.mesh.kill(leader)
         killed_at = time.monotonic()
         wait_for(lambda: any(t > killed_at for t in invoke_ok), 30, "an invocation after the kill")
+        recovered_s = min(t for t in invoke_ok if t > killed_at) - killed_at
+        print(f"first invocation {recovered_s:.2f} s after kill -9 of the leader {leader}")
         n_acked = len(acked)
         wait_for(lambda: len(acked) > n_acked, 30, "a deploy acknowledged after the kill")
         mesh3.mesh.start_node(mesh3.mesh.ids.index(leader))
