@@ -314,6 +314,7 @@ class MeshProcessConfig:
     routing: str = "least-loaded"
     uid_base: int = 200_000
     disk_lost: bool = False
+    result_retention_s: float = 3600.0
     seed: int | None = None
 
 
@@ -402,7 +403,8 @@ class MeshProcess:
             runtimes=tuple(self.executor.runtimes()), peer_addr=self.peer.endpoint,
             client_addr=self.clients.endpoint, bootstrap_key=read_bootstrap_key(config.bootstrap_key),
             gossip=config.gossip, async_retry_base_ns=int(config.async_retry_base_s * 1e9),
-            routing=config.routing)
+            routing=config.routing,
+            result_retention_ns=int(config.result_retention_s * 1e9))
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
         self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds,
                              disk_lost=self.disk_lost)
@@ -807,6 +809,9 @@ def node_cli() -> None:
 @click.option("--uid-base", type=click.IntRange(100_000, 2**31 - 100_000), default=200_000,
               show_default=True, help="First host uid of this node's sandboxes (give each node "
               "on one host its own range).")
+@click.option("--result-retention", "result_retention_s", type=click.FloatRange(1, 30 * 86400),
+              default=3600.0, show_default=True,
+              help="Seconds an invocation's record and result stay readable by request id.")
 @click.option("--disk-lost", is_flag=True, help="This node's data was lost (a new disk): rejoin "
               "without voting in Paxos until caught up.")
 @click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
@@ -815,7 +820,7 @@ def node_cli() -> None:
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
           bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
-          disk_lost: bool, probe_interval_ms: int,
+          result_retention_s: float, disk_lost: bool, probe_interval_ms: int,
           probe_timeout_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -828,7 +833,8 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
         bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
-        routing=routing, uid_base=uid_base, disk_lost=disk_lost, seed=seed)
+        routing=routing, uid_base=uid_base, disk_lost=disk_lost,
+        result_retention_s=result_retention_s, seed=seed)
     try:
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
