@@ -148,12 +148,13 @@ def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh_n: LocalMes
         with mesh3.client(timeout_s=10) as client:
             while not stop.is_set():
                 try:
-                    client.invoke("hello", {"name": "x"})
+                    client.invoke("hello", {"name": "x"}, timeout_s=10)
                     invoke_ok.append(time.monotonic())
                 except MeshfaasError:
                     time.sleep(0.05)
 
-    threads = [threading.Thread(target=deployer), threading.Thread(target=invoker)]
+    threads = [threading.Thread(target=deployer, daemon=True),
+               threading.Thread(target=invoker, daemon=True)]
     for t in threads:
         t.start()
     try:
@@ -199,7 +200,7 @@ def test_a_node_killed_mid_invocation(mesh3: LocalMesh) -> None:
             except MeshfaasError as exc:
                 errors.append(exc)
 
-    thread = threading.Thread(target=caller)
+    thread = threading.Thread(target=caller, daemon=True)
     thread.start()
     with mesh3.client("n1") as observer:
         victim = _running_on(mesh3, observer)
