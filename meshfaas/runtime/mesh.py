@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -75,8 +74,14 @@ from meshfaas.core.node import (
 from meshfaas.core.types import NS_PER_MS, Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
 from meshfaas.runtime.driver import Driver
-from meshfaas.runtime.keys import KeyFileError, Security, ensure_cluster_keys
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
+from meshfaas.runtime.node import (
+    NodeStartError,
+    cluster_security,
+    join_list,
+    node_options,
+    serve_until_signalled,
+)
 from meshfaas.runtime.store import BlobStore, SqliteStore
 from meshfaas.runtime.transport import (
     ClientMessage,
@@ -98,10 +103,6 @@ WARM_REFRESH_S = 0.5
 # Invocation results (already answered) wait up to this long to share one sync
 # (Driver lazy tables; docs/performance.md).
 RESULT_SYNC_DELAY_S = 0.01
-
-
-class NodeStartError(Exception):
-    """The node cannot start (keys, store, addresses): a message for the operator."""
 
 
 # ---------------------------------------------------------------------------
@@ -318,16 +319,6 @@ class MeshProcessConfig:
     seed: int | None = None
 
 
-def _security(config: MeshProcessConfig) -> Security:
-    if config.insecure:
-        return Security.insecure()
-    try:
-        keys = ensure_cluster_keys(config.data_dir, given=config.keys, create=not config.join)
-    except KeyFileError as exc:
-        raise NodeStartError(str(exc)) from None
-    return Security.curve(keys)
-
-
 def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]], bool]:
     """The node's store and its records; True when a damaged store was set aside.
 
@@ -374,7 +365,7 @@ class MeshProcess:
     def __init__(self, config: MeshProcessConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        security = _security(config)
+        security = cluster_security(config.data_dir, config.keys, config.join, config.insecure)
         self.cluster_id = security.keys.cluster_id if security.keys else "insecure"
         self.public_key = security.keys.public_key.decode() if security.keys else ""
         from meshfaas.core.codec import Codec
@@ -757,19 +748,6 @@ def _record(task: InvokeTask, result: InvocationResult, node: str,
         error_message=str(error.get("errorMessage", ""))[:4096])
 
 
-async def run_until_signalled(config: MeshProcessConfig) -> None:
-    node = MeshProcess(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            print(json.dumps(node.endpoints()), flush=True)
-            async for signum in signals:
-                log.info("%s: %s, stopping", config.node_id, signal.Signals(signum).name)
-                await node.stop()
-                break
-            nursery.cancel_scope.cancel()
-
-
 # ---------------------------------------------------------------------------
 # CLI: meshfaas node start
 # ---------------------------------------------------------------------------
@@ -781,19 +759,9 @@ def node_cli() -> None:
 
 
 @node_cli.command("start")
-@click.option("--id", "node_id", required=True, help="This node's name in the cluster.")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--peer", default="tcp://127.0.0.1:*", show_default=True,
-              help="Endpoint to bind for peers.")
-@click.option("--client", default="tcp://127.0.0.1:*", show_default=True,
-              help="Endpoint to bind for clients.")
-@click.option("--events", default=None, help="Endpoint to bind the event PUB socket.")
-@click.option("--join", default="", help="Comma-separated peer endpoints of existing nodes.")
+@node_options
 @click.option("--voters", default="", help="Comma-separated ids of the Paxos voters "
               "(default: this node alone).")
-@click.option("--keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The cluster's keys/cluster.json, copied into the data directory.")
-@click.option("--insecure", is_flag=True, help="No CURVE (anyone who can connect can join).")
 @click.option("--capacity", type=click.IntRange(1, 1024), default=8, show_default=True,
               help="Invocations this node runs at once.")
 @click.option("--sandbox", "sandbox_backend", type=click.Choice(["nsjail", "unsafe"]),
@@ -814,9 +782,6 @@ def node_cli() -> None:
               help="Seconds an invocation's record and result stay readable by request id.")
 @click.option("--disk-lost", is_flag=True, help="This node's data was lost (a new disk): rejoin "
               "without voting in Paxos until caught up.")
-@click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
-@click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
           bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
@@ -830,13 +795,13 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
     voter_ids = tuple(v.strip() for v in voters.split(",") if v.strip()) or (node_id,)
     config = MeshProcessConfig(
         node_id=node_id, data_dir=data_dir, voters=voter_ids, peer_bind=peer, client_bind=client,
-        events_bind=events, join=tuple(a.strip() for a in join.split(",") if a.strip()),
+        events_bind=events, join=join_list(join),
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
         bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
         routing=routing, uid_base=uid_base, disk_lost=disk_lost,
         result_retention_s=result_retention_s, seed=seed)
     try:
-        trio.run(run_until_signalled, config)
+        trio.run(serve_until_signalled, MeshProcess(config), node_id)
     except NodeStartError as exc:
         raise click.ClickException(str(exc)) from None
 

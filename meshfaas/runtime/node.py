@@ -52,7 +52,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import click
@@ -102,14 +102,20 @@ class NodeConfig:
     seed: int | None = None
 
 
-def load_security(config: NodeConfig) -> Security:
-    if config.insecure:
+def cluster_security(data_dir: Path, keys: Path | None, join: tuple[str, ...],
+                     insecure: bool) -> Security:
+    """CURVE with the cluster's keys (created only by the first node of a new cluster)."""
+    if insecure:
         return Security.insecure()
     try:
-        keys = ensure_cluster_keys(config.data_dir, given=config.keys, create=not config.join)
+        found = ensure_cluster_keys(data_dir, given=keys, create=not join)
     except KeyFileError as exc:
         raise NodeStartError(str(exc)) from None
-    return Security.curve(keys)
+    return Security.curve(found)
+
+
+def load_security(config: NodeConfig) -> Security:
+    return cluster_security(config.data_dir, config.keys, config.join, config.insecure)
 
 
 def open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]]]:
@@ -288,17 +294,31 @@ class Node:
         self._nursery.cancel_scope.cancel()
 
 
-async def run_until_signalled(config: NodeConfig) -> None:
-    node = Node(config)
+class Stoppable(Protocol):
+    """A node process: run it in a nursery, ask its endpoints, stop it gracefully."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def endpoints(self) -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_until_signalled(node: Stoppable, name: str) -> None:
+    """Run ``node``, print its endpoints as one JSON line, stop it on SIGTERM/SIGINT."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             print(json.dumps(node.endpoints()), flush=True)
             async for signum in signals:
-                log.info("%s: %s, leaving", config.node_id, signal.Signals(signum).name)
+                log.info("%s: %s, stopping", name, signal.Signals(signum).name)
                 await node.stop()
                 break
             nursery.cancel_scope.cancel()
+
+
+async def run_until_signalled(config: NodeConfig) -> None:
+    await serve_until_signalled(Node(config), config.node_id)
 
 
 # ---------------------------------------------------------------------------
@@ -311,22 +331,42 @@ def node_cli() -> None:
     """Run a meshfaas node."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The options every kind of node takes (this membership node and the FaaS node).
+_COMMON_OPTIONS = (
+    click.option("--id", "node_id", required=True, help="This node's name in the cluster."),
+    click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path)),
+    click.option("--peer", default="tcp://127.0.0.1:*", show_default=True,
+                 help="Endpoint to bind for peers."),
+    click.option("--client", default="tcp://127.0.0.1:*", show_default=True,
+                 help="Endpoint to bind for clients."),
+    click.option("--events", default=None, help="Endpoint to bind the event PUB socket."),
+    click.option("--join", default="", help="Comma-separated peer endpoints of existing nodes."),
+    click.option("--keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                 help="The cluster's keys/cluster.json, copied into the data directory."),
+    click.option("--insecure", is_flag=True,
+                 help="No CURVE (anyone who can connect can join)."),
+    click.option("--probe-interval-ms", type=int, default=1000, show_default=True),
+    click.option("--probe-timeout-ms", type=int, default=200, show_default=True),
+    click.option("--seed", type=int, default=None, help="Seed of the node's random generator."),
+)
+
+
+def node_options(command: F) -> F:
+    """Apply the options every node takes."""
+    for option in reversed(_COMMON_OPTIONS):
+        command = option(command)
+    return command
+
+
+def join_list(join: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in join.split(",") if a.strip())
+
+
 @node_cli.command("start")
-@click.option("--id", "node_id", required=True, help="This node's name in the cluster.")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--peer", default="tcp://127.0.0.1:*", show_default=True,
-              help="Endpoint to bind for peers.")
-@click.option("--client", default="tcp://127.0.0.1:*", show_default=True,
-              help="Endpoint to bind for clients.")
-@click.option("--events", default=None, help="Endpoint to bind the event PUB socket.")
-@click.option("--join", default="", help="Comma-separated peer endpoints of existing nodes.")
-@click.option("--keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The cluster's keys/cluster.json, copied into the data directory.")
-@click.option("--insecure", is_flag=True, help="No CURVE (anyone who can connect can join).")
+@node_options
 @click.option("--role", type=click.Choice(["voter", "worker"]), default="worker")
-@click.option("--probe-interval-ms", type=int, default=1000, show_default=True)
-@click.option("--probe-timeout-ms", type=int, default=200, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed of the node's random generator.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           keys: Path | None, insecure: bool, role: str, probe_interval_ms: int,
           probe_timeout_ms: int, seed: int | None) -> None:
@@ -337,8 +377,8 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
                           probe_timeout_ns=probe_timeout_ms * NS_PER_MS)
     config = NodeConfig(node_id=NodeId(node_id), data_dir=data_dir, peer_bind=peer,
                         client_bind=client, events_bind=events,
-                        join=tuple(a.strip() for a in join.split(",") if a.strip()),
-                        keys=keys, insecure=insecure, gossip=gossip, role=role, seed=seed)
+                        join=join_list(join), keys=keys, insecure=insecure, gossip=gossip,
+                        role=role, seed=seed)
     try:
         trio.run(run_until_signalled, config)
     except NodeStartError as exc:
