@@ -34,7 +34,8 @@ same sequence number until answered (the session table makes a retry apply
 once).
 
 *Invocations.* The entry node routes (:func:`meshfaas.core.router.pick`:
-live peers with the runtime, warm preferred, two random choices by load) and
+live peers with the runtime, warm preferred, itself against one random other
+by load, forwarding only to escape a real imbalance) and
 either runs the invocation itself (an ``invoke`` effect) or sends an
 :class:`InvokeRequest`. The target refuses when it is full
 (:class:`InvokeRefused`; the entry tries another peer, at most
@@ -769,7 +770,7 @@ class MeshNode:
             decision = pick_random(self.peer_views(), request, self.rng)
         else:
             decision = pick(self.peer_views(), request, self.rng,
-                            reservations=self.reservations())
+                            reservations=self.reservations(), local=self.node_id)
         if decision.node is None:
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",

@@ -22,6 +22,13 @@ answers a :class:`RouteDecision`: a node, or why there is none.
    first draw (so equal peers share the traffic evenly). Drawing two at random instead of taking the global minimum
    keeps nodes acting on the same stale gossip from all herding onto one
    peer; always offering a warm one means equal loads always pick warm.
+4. Locality: when the entry node itself (``local``) is a roomy candidate it is
+   always the first draw, and the second is drawn among the others (warm ones
+   first). The entry wins unless the other's cost is lower by more than
+   ``hop_penalty_bp``: forwarding costs two extra messages on two nodes and a
+   network round trip, so it is worth it only to escape a real imbalance.
+   Each entry still compares itself with one random peer, so nodes acting on
+   the same stale figures do not herd onto one peer.
 
 Reserved concurrency across the mesh
 ------------------------------------
@@ -54,6 +61,7 @@ Reason = Literal["ok", "no_runtime", "all_excluded", "throttled"]
 
 SCALE_BP = 10_000
 DEFAULT_COLD_PENALTY_BP = 2_500  # a cold start weighs like a quarter of a node's capacity
+DEFAULT_HOP_PENALTY_BP = 1_000  # forwarding weighs like a tenth of a node's capacity
 MAX_ROUTE_ATTEMPTS = 3  # peers tried for one invocation before answering Throttled
 
 
@@ -179,6 +187,20 @@ def two_choices(
     return _better(first, rng.choice(rest), warm_key, cold_penalty_bp)
 
 
+def local_or_other(
+    local: PeerView, pool: Sequence[PeerView], warm_key: str, rng: random.Random,
+    cold_penalty_bp: int = DEFAULT_COLD_PENALTY_BP, hop_penalty_bp: int = DEFAULT_HOP_PENALTY_BP,
+) -> PeerView:
+    """The entry node against one other candidate (warm ones drawn first); see step 4."""
+    others = sorted((p for p in pool if p.node != local.node), key=lambda p: p.node)
+    if not others:
+        return local
+    warm = [p for p in others if warm_key in p.warm]
+    other = rng.choice(warm or others)
+    local_cost = cost_bp(local, warm_key, cold_penalty_bp)
+    return other if cost_bp(other, warm_key, cold_penalty_bp) + hop_penalty_bp < local_cost else local
+
+
 def candidates(peers: Iterable[PeerView], request: RouteRequest) -> tuple[list[PeerView], Reason]:
     """Non-dead peers with the runtime, minus the excluded ones, sorted by node id."""
     with_runtime = [p for p in peers if p.state != "dead" and request.runtime in p.runtimes]
@@ -195,8 +217,14 @@ def pick(
     *,
     reservations: Mapping[str, tuple[str, int]] | None = None,
     cold_penalty_bp: int = DEFAULT_COLD_PENALTY_BP,
+    local: str | None = None,
+    hop_penalty_bp: int = DEFAULT_HOP_PENALTY_BP,
 ) -> RouteDecision:
-    """Choose the peer to run ``request`` (see the module docstring)."""
+    """Choose the peer to run ``request`` (see the module docstring).
+
+    ``local`` names the entry node: when it is an alive candidate with room it
+    is preferred unless another is cheaper by more than ``hop_penalty_bp``.
+    """
     pool, reason = candidates(peers, request)
     if not pool:
         return RouteDecision(node=None, reason=reason)
@@ -205,7 +233,12 @@ def pick(
     if not roomy:
         return RouteDecision(node=None, reason="throttled")
     alive = [p for p in roomy if p.state == "alive"]
-    chosen = two_choices(alive or roomy, request.warm_key, rng, cold_penalty_bp)
+    pool = alive or roomy
+    here = next((p for p in pool if p.node == local), None)
+    if here is not None:
+        chosen = local_or_other(here, pool, request.warm_key, rng, cold_penalty_bp, hop_penalty_bp)
+    else:
+        chosen = two_choices(pool, request.warm_key, rng, cold_penalty_bp)
     return RouteDecision(node=chosen.node, reason="ok")
 
 

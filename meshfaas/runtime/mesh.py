@@ -385,7 +385,8 @@ class MeshProcess:
             raise NodeStartError(f"cannot bind the node's sockets: {exc}") from None
         self.executor = Executor(ExecutorConfig(
             data_dir=str(config.data_dir), backend=config.sandbox_backend,  # type: ignore[arg-type]
-            max_sandboxes=max(config.capacity * 2, 8), max_per_function=config.capacity,
+            # a gateway (capacity 0) never runs anything: the core refuses first
+            max_sandboxes=max(config.capacity * 2, 8), max_per_function=max(config.capacity, 1),
             uid_base=config.uid_base))
         self.clock = SystemClock()
         seeds = self._seed_ids()
@@ -484,7 +485,8 @@ class MeshProcess:
             if not isinstance(deployed, faas.Deployed):
                 continue
             fn = deployed.function
-            if fn.config.runtime not in self.executor.runtimes() or fn.config.requirements:
+            if (fn.config.runtime not in self.executor.runtimes() or fn.config.requirements
+                    or self.config.capacity == 0):
                 continue
             spec = FunctionSpec(name=fn.name, handler=fn.config.handler,
                                 code_dir=str(self.code_root / fn.code.sha256),
@@ -762,8 +764,8 @@ def node_cli() -> None:
 @node_options
 @click.option("--voters", default="", help="Comma-separated ids of the Paxos voters "
               "(default: this node alone).")
-@click.option("--capacity", type=click.IntRange(1, 1024), default=8, show_default=True,
-              help="Invocations this node runs at once.")
+@click.option("--capacity", type=click.IntRange(0, 1024), default=8, show_default=True,
+              help="Invocations this node runs at once (0: a gateway that only routes).")
 @click.option("--sandbox", "sandbox_backend", type=click.Choice(["nsjail", "unsafe"]),
               default="nsjail", show_default=True,
               help="'unsafe' runs user code without isolation: only where nsjail cannot run.")

@@ -145,6 +145,33 @@ def test_two_choices_spreads_load() -> None:
     assert len(counts) == 4 and max(counts.values()) < 200
 
 
+LOCAL_CASES = [
+    # the entry node "a" and the others, what the entry picks
+    ([peer("a", 3, warm=True), peer("b", 3, warm=True), peer("c", 3, warm=True)], {"a"}),
+    ([peer("a", 4, warm=True), peer("b", 3, warm=True)], {"a"}),  # 10% dearer: within the hop
+    ([peer("a", 6, warm=True), peer("b", 3, warm=True)], {"b"}),  # 30% dearer: forward
+    ([peer("a", 0), peer("b", 0, warm=True)], {"b"}),  # a cold start costs more than a hop
+    ([peer("a", 10, warm=True), peer("b", 9, warm=True)], {"b"}),  # full here
+    ([peer("a", 0, state="suspect"), peer("b", 5)], {"b"}),  # alive peers first
+    ([peer("a", 2, warm=True)], {"a"}),
+]
+
+
+@pytest.mark.parametrize(("peers", "expected"), LOCAL_CASES)
+def test_the_entry_node_runs_it_unless_another_is_clearly_cheaper(
+        peers: list[PeerView], expected: set[str]) -> None:
+    for seed in range(20):
+        assert pick(peers, REQ, random.Random(seed), local="a").node in expected
+
+
+def test_locality_does_not_herd_the_entries_onto_one_peer() -> None:
+    """Every entry full: each forwards, and the forwards spread over the others."""
+    peers = [peer("a", 10)] + [peer(n, 2, warm=True) for n in "bcde"]
+    rng = random.Random(3)
+    counts = Counter(pick(peers, REQ, rng, local="a").node for _ in range(400))
+    assert set(counts) == set("bcde") and max(counts.values()) < 200
+
+
 def test_pick_is_deterministic_for_a_seed() -> None:
     peers = [peer(n, load=i % 3) for i, n in enumerate("abcdefg")]
     first = [pick(peers, REQ, random.Random(11)).node for _ in range(5)]

@@ -101,7 +101,10 @@ def test_a_full_node_refuses_and_the_router_tries_another() -> None:
         mesh = started(seed=seed, capacity=1, auto=False)
         mesh.deploy()
         mesh.run_for(1)
-        conns = [mesh.call(node, proto.Invoke(name="hello", payload=b"{}")) for node in mesh.ids]
+        # n2 runs its own caller's invocation; n1 runs one and must forward the
+        # other, and its gossiped view of n2 does not show n2 busy yet.
+        conns = [mesh.call(node, proto.Invoke(name="hello", payload=b"{}"))
+                 for node in ("n2", "n1", "n1")]
         mesh.wait_for(lambda m=mesh: len(m.runs) == 3, within_s=3, what="three invocations running")
         assert sorted(r.node for r in mesh.runs) == mesh.ids  # one per node: capacity 1 each
         refusals += sum(mesh.core(n).counters.get("refused_full", 0) for n in mesh.ids)
@@ -219,3 +222,16 @@ def test_many_commands_in_one_paxos_slot_all_apply() -> None:
     mesh.run_for(0.5)
     for node in mesh.ids:
         assert len(mesh.core(node).sm.list_functions()) == 60
+
+
+def test_the_entry_node_runs_what_it_can_and_a_gateway_forwards_everything() -> None:
+    mesh = started(capacity={"n1": 8, "n2": 8, "n3": 0})
+    mesh.deploy()
+    mesh.run_for(1)
+    for _ in range(6):
+        assert mesh.request("n1", proto.Invoke(name="hello", payload=b"{}")).ok
+        assert mesh.request("n3", proto.Invoke(name="hello", payload=b"{}")).ok
+    ran_on = sorted(r.node for r in mesh.runs)
+    assert "n3" not in ran_on  # capacity 0: a gateway never runs anything
+    assert ran_on.count("n1") >= 6  # n1's own callers ran on n1 (nothing was busy)
+    assert ran_on.count("n2") >= 1  # n3's callers were forwarded, to n1 or n2
