@@ -67,7 +67,16 @@ from typing import Any
 
 import attrs
 
-from gossip import AddSeeds, Gossip, GossipConfig, Leave, MemberEvent, NodeMeta, UpdateMeta
+from gossip import (
+    AddSeeds,
+    Gossip,
+    GossipConfig,
+    Leave,
+    MemberEvent,
+    MemberInfo,
+    NodeMeta,
+    UpdateMeta,
+)
 from meshfaas.core import client_proto as proto
 from meshfaas.core import faas, faas_api
 from meshfaas.core.codec import message, tag_of
@@ -354,11 +363,16 @@ class MeshNode:
         self.waiting: dict[tuple[str, int], _Waiting] = {}
         self.queued: list[_Waiting] = []  # proposals waiting for a free lane
         self.routing: dict[str, _Routing] = {}
+        self._views: dict[str, tuple[Any, str, PeerView]] = {}  # node -> (meta, state, view)
+        self._own_runtimes = frozenset(config.runtimes)
         self.running: dict[str, _Running] = {}
         self.effects: dict[int, tuple[str, Any]] = {}  # effect id -> (kind, context)
         self.next_effect = 0
-        self.results: dict[str, tuple[int, proto.InvocationRecord]] = {
-            str(k): v for k, v in own_disk.get("results", {}).items()}
+        # Oldest first (insertion order, by wall time on load), so eviction and
+        # expiry touch only the records they remove.
+        self.results: dict[str, tuple[int, proto.InvocationRecord]] = dict(sorted(
+            ((str(k), v) for k, v in own_disk.get("results", {}).items()),
+            key=lambda kv: (kv[1][0], kv[0])))
         self.queries: dict[int, tuple[str, str, set[str]]] = {}  # id -> (conn, request, asked)
         self.next_query = 0
         self.async_running: set[str] = set()  # async request ids this leader dispatched
@@ -517,34 +531,50 @@ class MeshNode:
         A peer's load is its gossiped load plus what this node sent it recently
         (within four metadata refreshes: older sends are in the gossiped figure);
         ``running`` counts reserved functions (ours exactly, a peer's as sent by us).
+        A peer's view is rebuilt only when its state or metadata changed.
         """
         reserved = self.reservations()
         sent: dict[str, int] = {}
         sent_fn: dict[tuple[str, str], int] = {}
-        recent_ns = self.now.mono_ns - 4 * self.cfg.meta_refresh_ns
-        for r in self.routing.values():
-            if r.target and r.sent_ns >= recent_ns:  # older ones are in the gossiped load
-                sent[r.target] = sent.get(r.target, 0) + 1
-            if r.target and r.function in reserved:  # gossip has no per-function counts
-                key = (r.target, r.function)
-                sent_fn[key] = sent_fn.get(key, 0) + 1
+        if self.routing:
+            recent_ns = self.now.mono_ns - 4 * self.cfg.meta_refresh_ns
+            for r in self.routing.values():
+                if r.target and r.sent_ns >= recent_ns:  # older ones are in the gossiped load
+                    sent[r.target] = sent.get(r.target, 0) + 1
+                if r.target and r.function in reserved:  # gossip has no per-function counts
+                    key = (r.target, r.function)
+                    sent_fn[key] = sent_fn.get(key, 0) + 1
         mine: dict[str, int] = {}
-        for run in self.running.values():
-            if run.function in reserved:
-                mine[run.function] = mine.get(run.function, 0) + 1
-        views = [PeerView(node=self.node_id, state="alive", runtimes=frozenset(self.cfg.runtimes),
+        if reserved:
+            for run in self.running.values():
+                if run.function in reserved:
+                    mine[run.function] = mine.get(run.function, 0) + 1
+        views = [PeerView(node=self.node_id, state="alive", runtimes=self._own_runtimes,
                           capacity=self.cfg.capacity, load=self.load,
                           warm=frozenset(self.warm), running=mine)]
         for info in self.gossip.members():
             if info.node_id == self.node_id or info.state not in ("alive", "suspect"):
                 continue
-            meta = info.meta
-            running = {fn: n for (node, fn), n in sent_fn.items() if node == info.node_id}
-            views.append(PeerView(node=info.node_id, state="alive" if info.state == "alive"
-                                  else "suspect", runtimes=frozenset(meta.runtimes),
-                                  capacity=meta.capacity, load=meta.load + sent.get(info.node_id, 0),
-                                  warm=frozenset(meta.warm), running=running))
+            view = self._peer_view(info)
+            extra = sent.get(info.node_id, 0)
+            running = ({fn: n for (node, fn), n in sent_fn.items() if node == info.node_id}
+                       if sent_fn else None)
+            if extra or running:
+                view = attrs.evolve(view, load=view.load + extra, running=running or {})
+            views.append(view)
         return views
+
+    def _peer_view(self, info: MemberInfo) -> PeerView:
+        """A member's view from its gossiped state and metadata, cached until they change."""
+        cached = self._views.get(info.node_id)
+        if cached is not None and cached[0] is info.meta and cached[1] == info.state:
+            return cached[2]
+        meta = info.meta
+        view = PeerView(node=info.node_id, state="alive" if info.state == "alive" else "suspect",
+                        runtimes=frozenset(meta.runtimes), capacity=meta.capacity,
+                        load=meta.load, warm=frozenset(meta.warm))
+        self._views[info.node_id] = (meta, info.state, view)
+        return view
 
     def reservations(self) -> dict[str, tuple[str, int]]:
         """Functions with reserved concurrency: name -> (runtime, reserved), cached per apply."""
@@ -567,16 +597,17 @@ class MeshNode:
         if isinstance(body, proto.GetResult):
             self._get_result(call, body.invocation_id)
             return
-        if self.sm.authenticate(call.request.api_key) is None and not self.caught_up():
-            # A key this replica does not know yet may be in entries it has not
-            # applied: say "try elsewhere", not "unauthorized".
-            self._reply(call.conn, proto.fail(call.request.request_id, "Unavailable",
-                                              f"{self.node_id} is catching up with the log",
-                                              retryable=True))
-            return
         plan = faas_api.plan(self.sm, call.request, node=self.node_id,
                              wall_ns=self.now.wall_ns, random_bytes=self.rng.randbytes)
         if isinstance(plan, faas_api.Reply):
+            error = plan.response.error
+            if error is not None and error.kind == "Unauthorized" and not self.caught_up():
+                # A key this replica does not know yet may be in entries it has not
+                # applied: say "try elsewhere", not "unauthorized".
+                self._reply(call.conn, proto.fail(call.request.request_id, "Unavailable",
+                                                  f"{self.node_id} is catching up with the log",
+                                                  retryable=True))
+                return
             self._reply(call.conn, plan.response)
         elif isinstance(plan, faas_api.Propose):
             self._start_proposal(plan, call.conn)
@@ -968,16 +999,23 @@ class MeshNode:
 
     def _store_result(self, record: proto.InvocationRecord) -> None:
         record = _trim(record)
+        self.results.pop(record.invocation_id, None)  # a rewrite moves it to the young end
         self.results[record.invocation_id] = (self.now.wall_ns, record)
         self.out.persist("m.results", record.invocation_id, (self.now.wall_ns, record))
-        if len(self.results) > self.cfg.max_results:
-            oldest = min(self.results, key=lambda k: (self.results[k][0], k))
+        while len(self.results) > self.cfg.max_results:
+            oldest = next(iter(self.results))
             del self.results[oldest]
             self.out.persist("m.results", oldest, None)
 
     def _expire_results(self) -> None:
+        """Drop records older than the retention, from the old end (insertion order
+        follows the wall clock except across a clock step, which delays at most
+        the records behind a younger one until the next pass)."""
         horizon = self.now.wall_ns - self.cfg.result_retention_ns
-        for key in sorted(k for k, (at, _) in self.results.items() if at < horizon):
+        while self.results:
+            key, (at, _) = next(iter(self.results.items()))
+            if at >= horizon:
+                return
             del self.results[key]
             self.out.persist("m.results", key, None)
 

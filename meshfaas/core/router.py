@@ -147,6 +147,8 @@ def has_room(peer: PeerView, function: str, shares: Mapping[str, Mapping[str, in
     """
     if peer.load >= peer.capacity:
         return False
+    if not shares:
+        return True
     if function in shares:
         return peer.running.get(function, 0) < shares[function].get(peer.node, 0)
     reserved_here = sum(s.get(peer.node, 0) for s in shares.values())
@@ -228,7 +230,7 @@ def pick(
     pool, reason = candidates(peers, request)
     if not pool:
         return RouteDecision(node=None, reason=reason)
-    shares = all_shares(peers, reservations or {})
+    shares = all_shares(peers, reservations) if reservations else {}
     roomy = [p for p in pool if has_room(p, request.function, shares)]
     if not roomy:
         return RouteDecision(node=None, reason="throttled")

@@ -103,6 +103,7 @@ class ZSock:
         self._batch = batch
         self._receives = receives  # False for send-only sockets (PUB)
         self._wake: trio.CancelScope | None = None
+        self._parked = False  # the owner waits on the fd with nothing queued
         self._closed = False
 
     # -- callers ------------------------------------------------------------
@@ -112,6 +113,9 @@ class ZSock:
         if self._closed:
             self._count("dropped_closed")
             return False
+        if self._parked:
+            self._send_direct(parts)
+            return True
         try:
             self._out_send.send_nowait(parts)
         except trio.WouldBlock:
@@ -120,6 +124,17 @@ class ZSock:
         if self._wake is not None:
             self._wake.cancel()
         return True
+
+    def _send_direct(self, parts: Parts) -> None:
+        """The owner is parked with nothing queued: send from here (same thread,
+        and the owner is not inside a socket call), sparing it a wake-up. The
+        send may consume the FD's edge for a message that arrived meanwhile, so
+        the owner is woken if one is waiting."""
+        self._send_one(parts)
+        if self._receives and int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._parked = False
+            assert self._wake is not None
+            self._wake.cancel()
 
     @property
     def closed(self) -> bool:
@@ -184,8 +199,11 @@ class ZSock:
                 if self._out_recv.statistics().current_buffer_used:
                     return
                 while not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    self._parked = True
                     await trio.lowlevel.wait_readable(fd)
+                    self._parked = False
             finally:
+                self._parked = False
                 self._wake = None
 
     def _close(self) -> None:

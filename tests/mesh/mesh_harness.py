@@ -38,11 +38,12 @@ class RunRecord:
 
 class Mesh:
     def __init__(self, n: int = 3, *, seed: int = 1, capacity: int | dict[str, int] = 8,
-                 auto: bool = True, run_ms: int = 5) -> None:
+                 auto: bool = True, run_ms: int = 5, cfg: dict[str, Any] | None = None) -> None:
         self.world = World(seed, codec=Codec("sim"))
         self.ids = [NodeId(f"n{i}") for i in range(1, n + 1)]
         self.put_key, self.token = admin_key(seed)
         self.capacity = capacity
+        self.cfg = cfg or {}  # MeshConfig overrides for every node
         self.auto = auto
         self.run_ms = run_ms
         self.replies: dict[str, proto.ClientResponse] = {}
@@ -58,7 +59,7 @@ class Mesh:
     def _build(self, boot: NodeBoot) -> MeshNode:
         cap = self.capacity if isinstance(self.capacity, int) else self.capacity[boot.node_id]
         cfg = MeshConfig(node_id=boot.node_id, voters=tuple(self.ids), capacity=cap,
-                         bootstrap_key=self.put_key)
+                         bootstrap_key=self.put_key, **self.cfg)
         return MeshNode(cfg, boot.disk, boot.rng, boot.now,
                         seeds=[i for i in self.ids if i != boot.node_id], restarts=boot.restarts,
                         disk_lost=boot.lost_disk)

@@ -6,7 +6,7 @@ from mesh_harness import Mesh
 
 from meshfaas.core import auth, faas
 from meshfaas.core import client_proto as proto
-from meshfaas.core.types import NodeId
+from meshfaas.core.types import NS_PER_S, NodeId
 
 
 def started(**kwargs: object) -> Mesh:
@@ -235,3 +235,36 @@ def test_the_entry_node_runs_what_it_can_and_a_gateway_forwards_everything() -> 
     assert "n3" not in ran_on  # capacity 0: a gateway never runs anything
     assert ran_on.count("n1") >= 6  # n1's own callers ran on n1 (nothing was busy)
     assert ran_on.count("n2") >= 1  # n3's callers were forwarded, to n1 or n2
+
+
+def _invoke_ids(mesh: Mesh, node: str, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        response = mesh.request(node, proto.Invoke(name="hello", payload=b"{}"))
+        assert response.ok
+        ids.append(response.value.invocation_id)
+    return ids
+
+
+def test_the_result_store_keeps_the_newest_records_and_survives_a_restart() -> None:
+    mesh = started(cfg={"max_results": 3})
+    mesh.deploy()
+    ids = _invoke_ids(mesh, "n1", 5)
+    assert list(mesh.core("n1").results) == ids[2:]  # the two oldest were evicted
+    mesh.world.crash(NodeId("n1"))
+    mesh.world.restart(NodeId("n1"))
+    mesh.run_for(1)
+    assert list(mesh.core("n1").results) == ids[2:]  # from disk, oldest first
+    newer = _invoke_ids(mesh, "n1", 1)
+    assert list(mesh.core("n1").results) == ids[3:] + newer
+
+
+def test_results_expire_after_the_retention() -> None:
+    mesh = started(cfg={"result_retention_ns": 90 * NS_PER_S})
+    mesh.deploy()
+    old = _invoke_ids(mesh, "n1", 2)
+    mesh.run_for(40)
+    young = _invoke_ids(mesh, "n1", 1)
+    mesh.run_for(85)  # expiry runs every 60 s: at about 120 s the old ones are older than 90 s
+    assert set(mesh.core("n1").results) == set(young)
+    assert not set(old) & set(mesh.core("n1").results)
