@@ -294,6 +294,8 @@ class Gossip:
         self._awareness = 0
         self._push_pulls = 0
         self._view_version = 0  # bumped on every change a push-pull would carry
+        self._state_changes = 0  # bumped on every member state change
+        self._members_cache: tuple[tuple[int, int, bool, int, int], list[MemberInfo]] | None = None
         self._snapshot_cache: tuple[int, tuple[MemberState, ...]] | None = None
         self._sync_backoff_ns = config.push_pull_interval_ns  # shorter just after a join
         # joining and leaving
@@ -381,12 +383,19 @@ class Gossip:
         return self._awareness
 
     def members(self) -> list[MemberInfo]:
-        """Every node we know, ourselves included, sorted by id."""
-        own_state: StateName = LEFT if self._leaving else ALIVE
-        rows = [MemberInfo(self.node_id, own_state, self._incarnation, self._meta)]
-        rows += [MemberInfo(m.node_id, m.state, m.incarnation, m.meta)
-                 for m in self._members.values()]
-        return sorted(rows, key=lambda r: r.node_id)
+        """Every node we know, ourselves included, sorted by id.
+
+        Rebuilt only when something it shows may have changed (the routers of
+        the mesh node ask several times per invocation)."""
+        key = (self._view_version, self._state_changes, self._leaving, self._incarnation,
+               id(self._meta))
+        if self._members_cache is None or self._members_cache[0] != key:
+            own_state: StateName = LEFT if self._leaving else ALIVE
+            rows = [MemberInfo(self.node_id, own_state, self._incarnation, self._meta)]
+            rows += [MemberInfo(m.node_id, m.state, m.incarnation, m.meta)
+                     for m in self._members.values()]
+            self._members_cache = (key, sorted(rows, key=lambda r: r.node_id))
+        return list(self._members_cache[1])
 
     def state_of(self, node_id: NodeId) -> StateName | None:
         if node_id == self.node_id:
@@ -905,6 +914,7 @@ class Gossip:
         if member.state == state:
             return
         member.state = state
+        self._state_changes += 1
         member.state_change_ns = now.mono_ns
         if state != SUSPECT:
             self._suspicions.pop(member.node_id, None)

@@ -887,9 +887,11 @@ class MeshNode:
     def _has_room(self, function: str) -> bool:
         """Capacity, and reserved concurrency: our share for a reserved function,
         and for any other the capacity left after every reservation's share."""
+        reservations = self.reservations()
+        if not reservations:
+            return self.load < self.cfg.capacity
         views = self.peer_views()
-        shares = all_shares(views, self.reservations())
-        return has_room(views[0], function, shares)
+        return has_room(views[0], function, all_shares(views, reservations))
 
     def _deliver_refusal(self, entry: str, invocation_id: str, reason: str) -> None:
         if entry == self.node_id:
