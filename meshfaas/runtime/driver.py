@@ -35,8 +35,10 @@ gossip), so consensus latency is untouched. On cancellation the persister
 writes and syncs what is pending before it ends.
 
 The ticker task sleeps until ``core.next_deadline()`` (read from the :class:`Clock`
-port) and calls ``tick``; any pump that changes the deadline wakes it, so an
-earlier deadline is never missed and a cancelled one never fires.
+port) and calls ``tick`` if a deadline is then due; a pump that makes the next
+deadline *earlier* wakes it, so an earlier deadline is never missed. A deadline
+that moved later or was cancelled does not wake it (every invocation sets and
+cancels one): it wakes at the old time, finds nothing due and sleeps again.
 
 A sync that fails (:class:`~meshfaas.runtime.store.StoreError`) is not survivable
 for the batches in it: their after-persist messages must never leave. The error
@@ -212,8 +214,11 @@ class Driver:
                 self._dispatch(ready)
         finally:
             self._pumping = False
-        if self._tick_scope is not None and self.core.next_deadline() != self._tick_deadline:
-            self._tick_scope.cancel()
+        if self._tick_scope is not None:
+            deadline = self.core.next_deadline()
+            if deadline is not None and (self._tick_deadline is None
+                                         or deadline < self._tick_deadline):
+                self._tick_scope.cancel()
 
     def _dispatch(self, ready: Ready) -> None:
         for note in ready.notifications:
@@ -299,9 +304,10 @@ class Driver:
                 finally:
                     self._tick_scope = None
             if scope.cancelled_caught or deadline is None:
-                continue  # the deadline changed: look again
+                continue  # an earlier deadline came: look again
             now = self.clock.now()
-            if now.mono_ns >= deadline:
+            due = self.core.next_deadline()  # it may have moved later or gone meanwhile
+            if due is not None and now.mono_ns >= due:
                 self.stats.inc("ticks")
                 self.core.tick(now)
                 self._pump()

@@ -73,7 +73,7 @@ from meshfaas.core.node import (
 )
 from meshfaas.core.types import NS_PER_MS, Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
-from meshfaas.runtime.driver import Driver
+from meshfaas.runtime.driver import Driver, drain_nowait
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
 from meshfaas.runtime.node import (
     NodeStartError,
@@ -451,19 +451,24 @@ class MeshProcess:
 
     async def _read_peers(self) -> None:
         addresses = {self.node_id, self.peer.endpoint}  # a seed is addressed by its endpoint
-        async for frame in self.peer.inbound:
-            try:
-                env = self.codec.decode(frame)
-            except DecodeError:
-                self.peer.stats.inc("decode_errors")
-                continue
-            if env.dst not in addresses:
-                self.peer.stats.inc("dropped_misaddressed")
-                continue
-            if isinstance(env.msg, BLOB_MESSAGES):
-                self.blob_service.handle(NodeId(env.src), env.msg)
-            else:
-                self.driver.deliver(NodeId(env.src), env.msg)
+        async for frame in self.peer.inbound:  # then whatever else is queued, unyielding
+            self._on_peer_frame(frame, addresses)
+            for more in drain_nowait(self.peer.inbound):
+                self._on_peer_frame(more, addresses)
+
+    def _on_peer_frame(self, frame: bytes, addresses: set[str]) -> None:
+        try:
+            env = self.codec.decode(frame)
+        except DecodeError:
+            self.peer.stats.inc("decode_errors")
+            return
+        if env.dst not in addresses:
+            self.peer.stats.inc("dropped_misaddressed")
+            return
+        if isinstance(env.msg, BLOB_MESSAGES):
+            self.blob_service.handle(NodeId(env.src), env.msg)
+        else:
+            self.driver.deliver(NodeId(env.src), env.msg)
 
     def _on_notification(self, note: Notification) -> None:
         if note.kind == "member" and isinstance(note.data, MemberEvent):
@@ -500,8 +505,10 @@ class MeshProcess:
     # -- clients ----------------------------------------------------------------
 
     async def _serve_clients(self) -> None:
-        async for request in self.clients.inbound:
+        async for request in self.clients.inbound:  # then whatever else is queued, unyielding
             self._on_client(request)
+            for more in drain_nowait(self.clients.inbound):
+                self._on_client(more)
 
     def _on_client(self, request: ClientMessage) -> None:
         if len(request.parts) != 1:
