@@ -40,6 +40,10 @@ either runs the invocation itself (an ``invoke`` effect) or sends an
 :class:`InvokeRequest`. The target refuses when it is full
 (:class:`InvokeRefused`; the entry tries another peer, at most
 ``MAX_ROUTE_ATTEMPTS``) or runs it and answers :class:`InvokeDone`. The entry
+resends an :class:`InvokeRequest` nobody confirmed (the target dedups by id);
+the target confirms with :class:`InvokeAccepted` only a run that is still
+going after ``invoke_confirm_delay_ns``, as a quick run's ``InvokeDone``
+confirms it (one message less each way for most invocations). The entry
 fails a pending invocation explicitly when its target is declared dead or
 when its deadline (the function timeout plus a grace) passes.
 
@@ -139,6 +143,13 @@ class MeshConfig:
     routing: str = "least-loaded"  # or "random": the baseline the benchmarks compare against
     invoke_accept_ns: int = 300 * NS_PER_MS  # resend an unconfirmed InvokeRequest after this
     invoke_sends_max: int = 7  # about 2 s, then give up on the target (Unavailable)
+    # A runner confirms an InvokeRequest only if it is still running after this
+    # long (well inside invoke_accept_ns): the InvokeDone of a quick run confirms it.
+    invoke_confirm_delay_ns: int = 100 * NS_PER_MS
+    # A request this node refused stays refused for this long: a late duplicate
+    # of it (resent, or duplicated by the network) must not run after the entry
+    # has routed the invocation elsewhere.
+    refusal_memory_ns: int = 10 * NS_PER_S
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     paxos_heartbeat_ns: int = 40 * NS_PER_MS
@@ -366,6 +377,7 @@ class MeshNode:
         self._views: dict[str, tuple[Any, str, PeerView]] = {}  # node -> (meta, state, view)
         self._own_runtimes = frozenset(config.runtimes)
         self.running: dict[str, _Running] = {}
+        self.refused: dict[str, int] = {}  # invocation id -> when we refused it (oldest first)
         self.effects: dict[int, tuple[str, Any]] = {}  # effect id -> (kind, context)
         self.next_effect = 0
         # Oldest first (insertion order, by wall time on load), so eviction and
@@ -856,6 +868,10 @@ class MeshNode:
         if req.invocation_id in self.running:
             self._confirm(entry, req.invocation_id)  # a duplicate: the running one will answer
             return
+        if self._refused_before(req.invocation_id):
+            self._count("refused_again")
+            self._deliver_refusal(entry, req.invocation_id, "full")
+            return
         done = self.results.get(req.invocation_id)
         if done is not None and done[1].status == "succeeded" and done[1].node == self.node_id:
             # A duplicate of a request that already succeeded here (the network
@@ -869,6 +885,8 @@ class MeshNode:
             return
         if not self._has_room(req.function):
             self._count("refused_full")
+            if entry != self.node_id:
+                self.refused[req.invocation_id] = self.now.mono_ns
             self._deliver_refusal(entry, req.invocation_id, "full")
             return
         self.load += 1
@@ -878,7 +896,18 @@ class MeshNode:
         effect_id = self._effect("invoke", task, req.invocation_id)
         self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id,
                                                    function=req.function)
-        self._confirm(entry, req.invocation_id)
+        if entry != self.node_id:
+            self.deadlines.set(("confirm", req.invocation_id),
+                               self.now.mono_ns + self.cfg.invoke_confirm_delay_ns)
+
+    def _refused_before(self, invocation_id: str) -> bool:
+        """Whether we refused this invocation lately (forgetting, oldest first, what
+        is older than ``refusal_memory_ns`` or beyond ``max_results`` entries)."""
+        horizon = self.now.mono_ns - self.cfg.refusal_memory_ns
+        while self.refused and (len(self.refused) > self.cfg.max_results
+                                or next(iter(self.refused.values())) < horizon):
+            del self.refused[next(iter(self.refused))]
+        return invocation_id in self.refused
 
     def _confirm(self, entry: str, invocation_id: str) -> None:
         if entry != self.node_id:
@@ -904,6 +933,7 @@ class MeshNode:
         self.load = max(0, self.load - 1)
         if running is None:
             return
+        self.deadlines.cancel(("confirm", invocation_id))  # the InvokeDone confirms it
         record = result.value if result.ok and isinstance(result.value, proto.InvocationRecord) \
             else proto.InvocationRecord(invocation_id=invocation_id, function="", status="failed",
                                         node=self.node_id, error_type="Sandbox.Error",
@@ -1195,6 +1225,10 @@ class MeshNode:
             self._on_invoke_deadline(key[1])
         elif kind == "accept":
             self._on_accept_deadline(key[1])
+        elif kind == "confirm":
+            running = self.running.get(key[1])
+            if running is not None:
+                self._confirm(running.entry, key[1])
         elif kind == "query":
             self._on_query_deadline(key[1], key[2])
         elif kind == "meta":

@@ -6,6 +6,7 @@ from mesh_harness import Mesh
 
 from meshfaas.core import auth, faas
 from meshfaas.core import client_proto as proto
+from meshfaas.core.node import InvokeRefused, InvokeRequest
 from meshfaas.core.types import NS_PER_S, NodeId
 
 
@@ -268,3 +269,36 @@ def test_results_expire_after_the_retention() -> None:
     mesh.run_for(85)  # expiry runs every 60 s: at about 120 s the old ones are older than 90 s
     assert set(mesh.core("n1").results) == set(young)
     assert not set(old) & set(mesh.core("n1").results)
+
+
+def _handle_now(mesh: Mesh, node: str, src: str, msg: object) -> tuple[list[object], list[str]]:
+    """Hand ``msg`` to ``node``'s core outside the simulated network; what it sends and
+    the kinds of effects it starts."""
+    core = mesh.core(node)
+    core.handle(NodeId(src), msg, core.now)
+    ready = core.take_ready()
+    assert ready is not None and not ready.persist
+    core.on_persisted(ready.seq)
+    return [o.msg for o in ready.send_now], [e.kind for e in ready.effects]
+
+
+def test_a_late_copy_of_a_refused_request_is_refused_again() -> None:
+    """n2, full, refuses a forwarded request; the entry runs it elsewhere. A copy
+    arriving once n2 has room (a resend or a network duplicate) must not run."""
+    mesh = started(capacity=1, auto=False)
+    mesh.deploy()
+    mesh.run_for(1)
+    mesh.call("n2", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=3, what="n2 busy with its own caller")
+    task = mesh.runs[0].task
+    late = InvokeRequest(invocation_id="n1~forwarded", function=task.function,
+                         version=task.version, code=task.code, config=task.config, payload=b"{}")
+    sent, effects = _handle_now(mesh, "n2", "n1", late)
+    assert sent == [InvokeRefused(invocation_id="n1~forwarded", reason="full")]
+    mesh.finish_all()
+    mesh.run_for(1)
+    assert mesh.core("n2").load == 0
+    sent, effects = _handle_now(mesh, "n2", "n1", late)
+    assert sent == [InvokeRefused(invocation_id="n1~forwarded", reason="full")]
+    assert "invoke" not in effects
+    assert mesh.core("n2").counters.get("refused_again", 0) == 1
