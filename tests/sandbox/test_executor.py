@@ -410,3 +410,12 @@ async def test_bad_events_are_unmarshal_errors_with_jsons_message(executor: Exec
     with pytest.raises(ValueError) as info:
         json.loads(payload)
     assert res.error["errorMessage"] == f"Unable to unmarshal input: {info.value}"
+
+
+async def test_jails_run_the_bootstrap_precompiled_by_their_runtime(
+        executor: Executor, make_fn: MakeFn, config: ExecutorConfig) -> None:
+    for name in ("python3.11", "python3.13"):
+        assert result(await executor.invoke(make_fn("lean.argv0", runtime=name), "1", b"{}", "r")) \
+            == "/opt/meshfaas/bootstrap.pyc"
+    compiled = sorted(p.name for p in (Path(config.data_dir) / "bootstrap").iterdir())
+    assert [n.split("-")[0] for n in compiled] == ["python3.11", "python3.13"]

@@ -19,3 +19,7 @@ def log_late(event, context):
 
 def roundtrip(event, context):
     return event
+
+
+def argv0(event, context):
+    return sys.argv[0]
