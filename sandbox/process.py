@@ -212,6 +212,18 @@ class _FrameReader:
         del buffer[:total]
         return head, body
 
+    def read_now(self) -> tuple[bytes, bytes] | None:
+        """A frame, if one is complete after at most one read that does not wait."""
+        frame = self._parse()
+        if frame is None:
+            try:
+                chunk = os.read(self.stream.fileno(), 1 << 16)
+            except BlockingIOError:
+                return None
+            self.buffer += chunk  # (at EOF, nothing: read_raw will see the EOF again)
+            frame = self._parse()
+        return frame
+
     async def read_raw(self) -> tuple[bytes, bytes] | None:
         """(header bytes, body) of the next frame, or None at EOF. Always a
         checkpoint; raises ProtocolError, OSError, trio.ClosedResourceError."""
@@ -365,13 +377,28 @@ class SandboxProcess:
 
     async def _send_and_read(self, request: bytes, timeout_s: float, raw: bool,
                              ) -> tuple[Any, bool, str]:
-        assert self._frames is not None
+        assert self._frames is not None and self._to_jail is not None
+        deadline = trio.current_time() + timeout_s
         frame: Any = None
         problem = ""
-        with trio.move_on_after(timeout_s) as scope:
+        sent = 0
+        if raw:  # fast path: on a busy machine the answer is often in by the time the write returns
             try:
-                if request:
-                    await self._send(request)
+                sent = self._write_now(request)
+                frame = self._frames.read_now() if sent == len(request) else None
+            except OSError as exc:
+                problem = f"pipe to sandbox broke: {exc}"
+            except ProtocolError as exc:
+                problem = str(exc)
+            if frame is not None or problem:
+                await trio.lowlevel.checkpoint()
+                return frame, False, problem
+        with trio.move_on_at(deadline) as scope:
+            try:
+                if sent < len(request):
+                    sent += self._write_now(memoryview(request)[sent:])
+                if sent < len(request):
+                    await self._to_jail.send_all(memoryview(request)[sent:])
                 frame = await (self._frames.read_raw() if raw else self._frames.read())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 problem = f"pipe to sandbox broke: {exc}"
@@ -379,16 +406,14 @@ class SandboxProcess:
                 problem = str(exc)
         return frame, scope.cancelled_caught, problem
 
-    async def _send(self, request: bytes) -> None:
-        """Write straight to the pipe (it has room for a small frame: one syscall,
-        no scheduling round); the stream finishes what did not fit."""
+    def _write_now(self, data: bytes | memoryview) -> int:
+        """Write what the pipe takes without waiting (all of a small frame: one
+        syscall, no scheduling round); returns how many bytes went."""
         assert self._to_jail is not None
         try:
-            sent = os.write(self._to_jail.fileno(), request)
+            return os.write(self._to_jail.fileno(), data)
         except BlockingIOError:
-            sent = 0
-        if sent < len(request):
-            await self._to_jail.send_all(memoryview(request)[sent:])
+            return 0
 
     async def start(self, init_timeout_s: float, nursery: trio.Nursery | None = None) -> None:
         """Spawn and wait for the bootstrap's ready frame (the handler is imported by then).
