@@ -14,7 +14,8 @@ figure comes from this run on this machine:
   imported on claim) -- what a node sees after its first cold start of a
   shape;
 - warm: the host's call to a warm sandbox's trivial handler and back
-  (``Executor.invoke``), p50 and p99;
+  (``Executor.invoke``), p50 and p99, and the CPU each call costs the host
+  process (all of it: trio included) and the jailed interpreter;
 - RSS and PSS of an idle warm sandbox (the jailed interpreter, and nsjail's
   supervisor process).
 """
@@ -59,6 +60,8 @@ def bare_starts(python: str, count: int) -> list[float]:
 
 async def fresh_cold_starts(ex: Executor, fn: FunctionSpec, count: int) -> list[float]:
     runtime = pick(ex.runtime_info(), fn.runtime)
+    if hasattr(ex, "ensure_bootstrap"):  # (the precompiled bootstrap, as the executor uses)
+        await ex.ensure_bootstrap(runtime)
     out = []
     for i in range(count):
         spec = ex._spec(fn, "1", runtime, ex.config.uid_base + ex.config.max_sandboxes - 1)
@@ -85,15 +88,26 @@ async def spare_cold_starts(ex: Executor, fn: FunctionSpec, count: int) -> list[
     return out
 
 
-async def warm_calls(ex: Executor, fn: FunctionSpec, count: int) -> list[float]:
+def cpu_ns(pid: int) -> int:
+    """CPU time a process (its main thread) has used, from the scheduler's accounting."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def warm_calls(ex: Executor, fn: FunctionSpec, count: int) -> tuple[list[float], dict[str, float]]:
+    """Round trips in us, and CPU per call in us: the host process, the jailed interpreter."""
     await ex.invoke(fn, "warm", b"1", "w")
+    sandbox = ex._pool._idle[(fn.name, "warm", fn)][0].sandbox.sandbox
+    jail_pid = sandbox.jail_pid()
     out = []
+    host0, jail0 = time.process_time_ns(), cpu_ns(jail_pid)
     for i in range(count):
         start = time.perf_counter()
         res = await ex.invoke(fn, "warm", b"1", f"w{i}")
         out.append((time.perf_counter() - start) * 1e6)
         assert res.status == "ok" and not res.cold_start
-    return out
+    host1, jail1 = time.process_time_ns(), cpu_ns(jail_pid)
+    return out, {"warm_host_cpu_us": (host1 - host0) / count / 1e3,
+                 "warm_jail_cpu_us": (jail1 - jail0) / count / 1e3}
 
 
 ECHO_CHILD = """
@@ -196,7 +210,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             fresh = await fresh_cold_starts(ex, fn, args.cold)
             spare = await spare_cold_starts(ex, fn, args.cold)
             bare_after = bare_starts(runtime.executable, args.cold)
-            warm = await warm_calls(ex, fn, args.warm)
+            warm, warm_cpu = await warm_calls(ex, fn, args.warm)
             echo = await echo_floor(runtime.executable, args.warm)
             memory = await idle_memory(ex, fn, 8)
     bare_all = bare + bare_after
@@ -213,6 +227,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "warm_p99_us": pct(warm, 0.99),
         "echo_p50_us": pct(echo, 0.5),
         "echo_p99_us": pct(echo, 0.99),
+        **warm_cpu,
         "cold_n": args.cold,
         "warm_n": args.warm,
         **memory,
@@ -234,6 +249,8 @@ def markdown(r: dict[str, object]) -> str:
             f"| cold start, spare jail claimed (n={f['cold_n']}) | {f['spare_p50_ms']} ms | {f['spare_p99_ms']} ms | {ratio_spare:.2f}x |",
             f"| warm invocation, host round trip (n={f['warm_n']}) | {f['warm_p50_us']} us | {f['warm_p99_us']} us | |",
             f"| floor: pipe echo to a child interpreter (n={f['warm_n']}) | {f['echo_p50_us']} us | {f['echo_p99_us']} us | |",
+            "",
+            f"CPU per warm invocation (mean): host process {f['warm_host_cpu_us']} us, jailed interpreter {f['warm_jail_cpu_us']} us.",
             "",
             f"Idle warm sandbox memory (mean of {f['count']}): jailed interpreter RSS {f['jailed_rss_mb']} MB "
             f"(PSS {f['jailed_pss_mb']} MB); nsjail supervisor RSS {f['nsjail_rss_mb']} MB (PSS {f['nsjail_pss_mb']} MB).",

@@ -3,15 +3,17 @@
 Theory of operation
 -------------------
 Run as ``python -I -S bootstrap.py <read_fd> <write_fd>`` inside the jail (or,
-for the unsafe backend, as a plain subprocess). Standard library only; works on
-Python 3.11, 3.12 and 3.13.
+for the unsafe backend, as a plain subprocess); the executor usually runs a
+copy precompiled by the runtime itself (``bootstrap.pyc``, see
+``sandbox/precompile.py``) so no cold start compiles this file. Standard
+library only; works on Python 3.11, 3.12 and 3.13.
 
 1. Init (once per sandbox, the cold start): put the task root (``/var/task``)
    and the dependency layer (``/opt/layer``, with its ``.pth`` files) first on
-   ``sys.path`` (``-S``: the interpreter's own site-packages stay out), route
-   ``logging`` to stdout in Lambda's format, import the handler named by
-   ``_HANDLER`` ("module.function") and time it. Import failures do not end the
-   process: like Lambda, the handler is replaced by one that raises
+   ``sys.path`` (``-S``: the interpreter's own site-packages stay out), arrange
+   for ``logging`` to go to stdout in Lambda's format, import the handler named
+   by ``_HANDLER`` ("module.function") and time it. Import failures do not end
+   the process: like Lambda, the handler is replaced by one that raises
    Runtime.ImportModuleError / Runtime.UserCodeSyntaxError /
    Runtime.HandlerNotFound / Runtime.MalformedHandlerName on every call, and
    those results are marked fatal so the host never keeps such a sandbox.
@@ -29,34 +31,118 @@ Python 3.11, 3.12 and 3.13.
    byte the handler wrote went into the log pipe before the result frame, the
    host has it all once it has the result, with no marker in the stream.
 
-Frames, both ways: ``>II`` (header length, body length), a UTF-8 JSON header,
-then the body bytes (the event, the result, or the error object as JSON).
-stdout and stderr are the log pipe the host reads and caps; the result never
-travels through them.
+Frames, both ways: ``>II`` (header length, body length), the header, then the
+body bytes (the event, the result, or the error object as JSON). The header of
+the two frames of every invocation is binary (:data:`INVOKE_HEAD`,
+:data:`RESULT_HEAD`, told apart by their first byte); the rare ones (ready,
+load, exit) are a UTF-8 JSON object (first byte ``{``). stdout and stderr are
+the log pipe the host reads and caps; the result never travels through them.
+
+Cold start cost is mostly imports, so this module imports only what is
+compiled into the interpreter or tiny: no ``typing``, ``collections``,
+``traceback`` (imported on the first error), no ``json`` (which pulls in
+``re``, ``enum``, ``functools`` and ``collections``: the event and result go
+through the same C accelerator json uses, see :func:`json_loads`), and no
+``logging``: an import hook configures Lambda's log format the moment the
+function (or a library it uses) imports ``logging``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 import resource
 import struct
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from typing import Any
 
-Handler = Callable[[Any, Any], Any]
-Json = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only; typing costs ~10 ms of a cold start
+    from collections.abc import Callable
+    from typing import Any
+
+    Handler = Callable[[Any, Any], Any]
+    Json = dict[str, Any]
 
 FRAME = struct.Struct(">II")
+INVOKE_HEAD = struct.Struct(">cIH")
+"""b"I", deadline in ms, request id length; then the request id and the ARN (UTF-8)."""
+RESULT_HEAD = struct.Struct(">c??dIId")
+"""b"R", ok, fatal, duration ms, billed ms, max memory MB, init ms (NaN: none)."""
+INVOKE_TAG = b"I"
+RESULT_TAG = b"R"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 6_291_556
-_HERE_FILE = os.path.abspath(__file__)
 LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s"
+
+
+# ---------------------------------------------------------------------------
+# JSON without importing json
+# ---------------------------------------------------------------------------
+
+
+class _ScanContext:
+    """The attributes json's C scanner reads from a JSONDecoder (its defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": -math.inf, "Infinity": math.inf, "NaN": math.nan}.__getitem__
+
+
+_SCAN: Any = None
+_ENCODE_STR: Any = None
+_MAKE_ENCODER: Any = None
+try:
+    import _json
+
+    _SCAN = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+    _ENCODE_STR = _json.encode_basestring_ascii
+    _MAKE_ENCODER = _json.make_encoder
+except (ImportError, AttributeError, TypeError):  # no accelerator: json itself, always
+    _SCAN = None
+_WHITESPACE = " \t\n\r"
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError  # the fallback below re-encodes with json for its exact message
+
+
+def json_loads(data: bytes) -> Any:
+    """``json.loads(data)``: the same C scanner json uses; anything unusual
+    (an error, a BOM, UTF-16/32) goes to json itself for its result or error."""
+    if _SCAN is not None and data[:3] != b"\xef\xbb\xbf" and b"\x00" not in data[:4]:
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            start = len(text) - len(text.lstrip(_WHITESPACE))
+            value, end = _SCAN(text, start)
+            if end == len(text) or not text[end:].strip(_WHITESPACE):
+                return value
+        except Exception:  # (its errors need json.decoder imported: json raises them)
+            pass
+    import json
+
+    return json.loads(data)
+
+
+def json_dumps(value: Any) -> bytes:
+    """``json.dumps(value).encode()``: json's C encoder with json's defaults;
+    on any error json itself runs again, so the exception is json's own."""
+    if _MAKE_ENCODER is not None:
+        if isinstance(value, str):
+            text: str = _ENCODE_STR(value)
+            return text.encode()
+        try:
+            encoder = _MAKE_ENCODER({}, _not_serializable, _ENCODE_STR, None, ": ", ", ",
+                                    False, False, True)
+            return "".join(encoder(value, 0)).encode()
+        except Exception:
+            pass
+    import json
+
+    return json.dumps(value).encode()
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +151,30 @@ LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(m
 
 
 def encode_frame(header: Json, body: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    """A frame with a JSON header (ready, load, exit)."""
+    head = json_dumps(header)
+    return FRAME.pack(len(head), len(body)) + head + body
+
+
+def encode_invoke(request_id: str, deadline_ms: int, arn: str, body: bytes) -> bytes:
+    rid = request_id.encode()
+    head = INVOKE_HEAD.pack(INVOKE_TAG, deadline_ms, len(rid)) + rid + arn.encode()
+    return FRAME.pack(len(head), len(body)) + head + body
+
+
+def decode_invoke(head: bytes) -> tuple[str, int, str]:
+    """(request id, deadline ms, ARN) from an invoke header; raises struct.error/ValueError."""
+    _, deadline_ms, rid_len = INVOKE_HEAD.unpack_from(head)
+    rid_end = INVOKE_HEAD.size + rid_len
+    if rid_end > len(head):
+        raise ValueError("invoke header too short")
+    return head[INVOKE_HEAD.size:rid_end].decode(), deadline_ms, head[rid_end:].decode()
+
+
+def encode_result(ok: bool, fatal: bool, duration_ms: float, billed_ms: int, max_memory_mb: int,
+                  init_ms: float | None, body: bytes) -> bytes:
+    head = RESULT_HEAD.pack(RESULT_TAG, ok, fatal, duration_ms, billed_ms, max_memory_mb,
+                            math.nan if init_ms is None else init_ms)
     return FRAME.pack(len(head), len(body)) + head + body
 
 
@@ -85,7 +194,8 @@ class FrameReader:
             self.buffer += chunk
         return True
 
-    def read(self) -> tuple[Json, bytes] | None:
+    def read_raw(self) -> tuple[bytes, bytes] | None:
+        """(header bytes, body) of the next frame; None at EOF."""
         if not self._fill(FRAME.size):
             return None
         head_len, body_len = FRAME.unpack_from(self.buffer)
@@ -94,10 +204,17 @@ class FrameReader:
         end = FRAME.size + head_len + body_len
         if not self._fill(end):
             return None
-        head = bytes(self.buffer[FRAME.size:FRAME.size + head_len]) or b"{}"
+        head = bytes(self.buffer[FRAME.size:FRAME.size + head_len])
         body = bytes(self.buffer[FRAME.size + head_len:end])
         del self.buffer[:end]
-        return json.loads(head), body
+        return head, body
+
+    def read(self) -> tuple[Json, bytes] | None:
+        """The next frame with its JSON header decoded (not for invoke frames)."""
+        frame = self.read_raw()
+        if frame is None:
+            return None
+        return json_loads(frame[0] or b"{}"), frame[1]
 
 
 def read_frame(fd: int) -> tuple[Json, bytes] | None:
@@ -127,9 +244,12 @@ class FaultError(Exception):
 
 
 def _user_frames(tb: Any) -> list[str]:
+    import traceback  # only on errors: it costs a cold start several ms
+
+    here = _user_frames.__code__.co_filename  # this file, also when run from a .pyc
     frames = traceback.extract_tb(tb)
     for i, frame in enumerate(frames):
-        if os.path.abspath(frame.filename) != _HERE_FILE:
+        if frame.filename != here:
             return traceback.format_list(frames[i:])
     return []
 
@@ -189,10 +309,10 @@ class LambdaContext:
 _CURRENT_REQUEST_ID = ""
 
 
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.aws_request_id = _CURRENT_REQUEST_ID
-        return True
+def _add_request_id(record: Any) -> bool:
+    """A logging filter (any callable will do): stamps the current request id."""
+    record.aws_request_id = _CURRENT_REQUEST_ID
+    return True
 
 
 class Unbuffered:
@@ -215,17 +335,62 @@ class Unbuffered:
         return getattr(self._stream, name)
 
 
-def _setup_streams_and_logging() -> None:
-    sys.stdout = Unbuffered(sys.stdout)
-    sys.stderr = Unbuffered(sys.stderr)
+def configure_logging(logging: Any) -> None:
+    """Lambda's root logger: Lambda's format on stdout, at AWS_LAMBDA_LOG_LEVEL."""
     handler = logging.StreamHandler(sys.stdout)
     formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_add_request_id)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "WARNING").upper())
+
+
+class _ConfigureAfterExec:
+    """Wraps the loader of ``logging``: runs the module, then configures it."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        configure_logging(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, is_package, ... for linecache & co
+        return getattr(self._loader, name)
+
+
+class LoggingHook:
+    """A meta path finder that configures ``logging`` when it is first imported
+    (by the handler or a library), so sandboxes that never log never import it.
+    It steps aside after that one import."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ConfigureAfterExec(spec.loader)
+                return spec
+        return None
+
+
+def _setup_streams_and_logging() -> None:
+    sys.stdout = Unbuffered(sys.stdout)
+    sys.stderr = Unbuffered(sys.stderr)
+    if "logging" in sys.modules:  # imported already (never under -I -S): configure now
+        configure_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, LoggingHook())
 
 
 def _setup_path() -> None:
@@ -301,33 +466,45 @@ def _log_error(error: Json) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _call(handler: Handler, body: bytes, context: LambdaContext, max_response: int) -> tuple[bool, bytes]:
+def _call(handler: Handler, body: bytes, context: LambdaContext, max_response: int) -> bytes:
     try:
-        event = json.loads(body) if body else None
+        event = json_loads(body) if body else None
     except ValueError as exc:
         raise FaultError("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}") from None
     result = handler(event, context)
     try:
-        out = json.dumps(result).encode()
+        out = json_dumps(result)
     except (TypeError, ValueError) as exc:
         raise FaultError("Runtime.MarshalError", f"Unable to marshal response: {exc}") from None
     if len(out) > max_response:
         raise FaultError("Function.ResponseSizeTooLarge",
                          f"Response payload size exceeded maximum allowed payload size ({max_response} bytes).")
-    return True, out
+    return out
 
 
 def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Json, bytes]:
-    """Run one invocation; returns the result frame (header, body)."""
+    """Run one invocation (header: request_id, deadline_ms, arn); returns the
+    result header and body (tests; :func:`serve` uses :func:`invoke_frame`)."""
+    frame = invoke_frame(handler, str(header.get("request_id", "")),
+                         int(header.get("deadline_ms", 3000)), str(header.get("arn", "")), body, state)
+    head_len = FRAME.unpack_from(frame)[0]
+    _, ok, fatal, duration_ms, billed_ms, memory_mb, init_ms = RESULT_HEAD.unpack_from(frame, FRAME.size)
+    result = {"op": "result", "ok": ok, "fatal": fatal, "duration_ms": duration_ms,
+              "billed_ms": billed_ms, "max_memory_mb": memory_mb,
+              "init_ms": None if init_ms != init_ms else init_ms}
+    return result, frame[FRAME.size + head_len:]
+
+
+def invoke_frame(handler: Handler, request_id: str, deadline_ms: int, arn: str, body: bytes,
+                 state: Json) -> bytes:
+    """Run one invocation; returns the whole result frame."""
     global _CURRENT_REQUEST_ID
-    request_id = str(header.get("request_id", ""))
     _CURRENT_REQUEST_ID = request_id
     start = time.monotonic()
-    context = LambdaContext(request_id, start + header.get("deadline_ms", 3000) / 1000,
-                            str(header.get("arn", "")), state["context"])
+    context = LambdaContext(request_id, start + deadline_ms / 1000, arn, state["context"])
     fatal = bool(getattr(handler, "fatal", False))
     try:
-        ok, out = _call(handler, body, context, state["max_response"])
+        ok, out = True, _call(handler, body, context, state["max_response"])
     except MemoryError:
         ok, fatal = False, True
         out = _error_json("Runtime.OutOfMemory", "Runtime exited with error: out of memory", request_id)
@@ -337,28 +514,18 @@ def invoke(handler: Handler, header: Json, body: bytes, state: Json) -> tuple[Js
     except Exception as exc:
         ok, error = False, error_object(exc, request_id)
         _log_error(error)
-        out = json.dumps(error).encode()
-    return _finish(request_id, start, ok, fatal, out, state)
+        out = json_dumps(error)
+    duration_ms = (time.monotonic() - start) * 1000
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return encode_result(ok, fatal, duration_ms, max(1, math.ceil(duration_ms)), max_memory_used_mb(),
+                         state.pop("init_ms", None), out)
 
 
 def _error_json(error_type: str, message: str, request_id: str) -> bytes:
     error = {"errorMessage": message, "errorType": error_type, "requestId": request_id, "stackTrace": []}
     _log_error(error)
-    return json.dumps(error).encode()
-
-
-def _finish(request_id: str, start: float, ok: bool, fatal: bool, out: bytes,
-            state: Json) -> tuple[Json, bytes]:
-    duration_ms = (time.monotonic() - start) * 1000
-    billed_ms = max(1, math.ceil(duration_ms))
-    memory_mb = max_memory_used_mb()
-    init_ms = state.pop("init_ms", None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    result = {"op": "result", "request_id": request_id, "ok": ok, "fatal": fatal,
-              "duration_ms": duration_ms, "billed_ms": billed_ms, "max_memory_mb": memory_mb,
-              "init_ms": init_ms}
-    return result, out
+    return json_dumps(error)
 
 
 # ---------------------------------------------------------------------------
@@ -394,12 +561,19 @@ def serve(read_fd: int, write_fd: int) -> int:
     state = {"init_ms": init_ms, "context": context_fields(),
              "max_response": int(os.environ.get("MESHFAAS_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES))}
     write_all(write_fd, encode_frame({"op": "ready", "init_ms": init_ms, "python": version}))
+    return _serve_invocations(reader, write_fd, handler, state)
+
+
+def _serve_invocations(reader: FrameReader, write_fd: int, handler: Handler, state: Json) -> int:
     while True:
-        frame = reader.read()
-        if frame is None or frame[0].get("op") == "exit":
+        frame = reader.read_raw()
+        if frame is None:
             return 0
-        header, out = invoke(handler, frame[0], frame[1], state)
-        write_all(write_fd, encode_frame(header, out))
+        head, body = frame
+        if head[:1] != INVOKE_TAG:  # a JSON frame: exit (or anything else: end as well)
+            return 0
+        request_id, deadline_ms, arn = decode_invoke(head)
+        write_all(write_fd, invoke_frame(handler, request_id, deadline_ms, arn, body, state))
 
 
 def main(argv: list[str]) -> int:

@@ -40,6 +40,7 @@ import trio
 from sandbox.cgroups import plan_cgroups, remove_stale_jail_cgroups
 from sandbox.lambda_log import format_log
 from sandbox.layers import LayerStore
+from sandbox.precompile import PrecompileError, compile_bootstrap
 from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
 from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
 from sandbox.spec import AS_HEADROOM_MB, LAYER_ROOT, TASK_ROOT, CgroupPlan, SandboxSpec
@@ -198,6 +199,9 @@ class Executor:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._closed = False
+        self._bootstraps: dict[str, str] = {}
+        """Runtime name -> the bootstrap its jails run (a precompiled .pyc when it could be built)."""
+        self._bootstrap_lock = trio.Lock()
 
     # -- setup ------------------------------------------------------------
 
@@ -377,6 +381,7 @@ class Executor:
             runtime = pick(self._runtimes, function.runtime)
         except RuntimeMissing as exc:
             return _failure(request_id, "unavailable", "Runtime.InvalidRuntime", str(exc), function)
+        await self.ensure_bootstrap(runtime)  # (before any reservation: it may wait)
         key = _key(function, version)
         reservation = self._pool.reserve(key)
         for victim in reservation.evicted:
@@ -445,6 +450,7 @@ class Executor:
         self._spares.setdefault(shape, []).append(slot)
 
     async def _spawn_spare(self, template: FunctionSpec) -> _Slot | None:
+        await self.ensure_bootstrap(pick(self._runtimes, template.runtime))
         if not self._free_uids:
             return None
         uid = self._free_uids.pop()
@@ -539,6 +545,21 @@ class Executor:
         if release and key is not None:
             self._pool.release(key)
 
+    async def ensure_bootstrap(self, runtime: Runtime) -> str:
+        """The bootstrap file ``runtime``'s jails run: compiled by that runtime
+        once per node (sandbox/precompile.py), or the source if that failed."""
+        async with self._bootstrap_lock:
+            if runtime.name not in self._bootstraps:
+                folder = Path(self.config.data_dir) / "bootstrap"
+                try:
+                    path = await trio.to_thread.run_sync(
+                        compile_bootstrap, runtime, Path(BOOTSTRAP_FILE), folder)
+                    self._bootstraps[runtime.name] = str(path)
+                except PrecompileError as exc:
+                    log.warning("sandbox: running the bootstrap from source for %s: %s", runtime.name, exc)
+                    self._bootstraps[runtime.name] = BOOTSTRAP_FILE
+        return self._bootstraps[runtime.name]
+
     def _layer_path(self, function: FunctionSpec) -> str | None:
         if function.layer is None:
             return None
@@ -568,7 +589,8 @@ class Executor:
             env["MESHFAAS_SPARE"] = "1"
         return SandboxSpec(
             interpreter=runtime.executable, interpreter_prefix=runtime.prefix,
-            code_dir=code_dir or function.code_dir, bootstrap_file=BOOTSTRAP_FILE, layer_dir=layer,
+            code_dir=code_dir or function.code_dir, layer_dir=layer,
+            bootstrap_file=self._bootstraps.get(runtime.name, BOOTSTRAP_FILE),
             memory_mb=function.memory_mb, timeout_ms=function.timeout_ms,
             max_pids=function.max_pids, max_open_files=function.max_open_files,
             max_file_size_mb=function.max_file_size_mb, tmp_size_mb=function.tmp_size_mb,

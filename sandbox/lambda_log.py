@@ -14,31 +14,32 @@ LAMBDA_STATUS = {"timeout": "timeout", "oom": "error", "crash": "error"}
 
 def report_line(*, request_id: str, outcome: Outcome, memory_size_mb: int, init_ms: float | None) -> str:
     """AWS Lambda's REPORT line (tab-separated), with Status for abnormal ends."""
-    parts = [f"REPORT RequestId: {request_id}", f"Duration: {outcome.duration_ms:.2f} ms",
-             f"Billed Duration: {outcome.billed_ms} ms", f"Memory Size: {memory_size_mb} MB",
-             f"Max Memory Used: {outcome.max_memory_mb} MB"]
+    line = (f"REPORT RequestId: {request_id}\tDuration: {outcome.duration_ms:.2f} ms\t"
+            f"Billed Duration: {outcome.billed_ms} ms\tMemory Size: {memory_size_mb} MB\t"
+            f"Max Memory Used: {outcome.max_memory_mb} MB")
     if init_ms is not None:
-        parts.append(f"Init Duration: {init_ms:.2f} ms")
+        line += f"\tInit Duration: {init_ms:.2f} ms"
     if outcome.status in LAMBDA_STATUS:
-        parts.append(f"Status: {LAMBDA_STATUS[outcome.status]}")
+        line += f"\tStatus: {LAMBDA_STATUS[outcome.status]}"
         error = outcome.error() or {}
         if outcome.status != "timeout" and error.get("errorType"):
-            parts.append(f"Error Type: {error['errorType']}")
-    return "\t".join(parts)
+            line += f"\tError Type: {error['errorType']}"
+    return line
 
 
 def format_log(*, request_id: str, version: str, outcome: Outcome, memory_size_mb: int,
                init_ms: float | None, tail_bytes: int) -> str:
     """The invocation's log as Lambda shows it, cut to its last ``tail_bytes`` bytes."""
-    body = outcome.log if not outcome.log or outcome.log.endswith(b"\n") else outcome.log + b"\n"
     report = report_line(request_id=request_id, outcome=outcome, memory_size_mb=memory_size_mb,
                          init_ms=init_ms)
-    text = b"".join([
-        outcome.init_log,
-        f"START RequestId: {request_id} Version: {version}\n".encode(),
-        body,
-        f"END RequestId: {request_id}\n{report}\n".encode(),
-    ])
+    start = f"START RequestId: {request_id} Version: {version}\n"
+    end = f"END RequestId: {request_id}\n{report}\n"
+    if not outcome.log and not outcome.init_log:  # the usual warm call: nothing printed
+        short = start + end
+        if len(short) <= tail_bytes and short.isascii():
+            return short
+    body = outcome.log if not outcome.log or outcome.log.endswith(b"\n") else outcome.log + b"\n"
+    text = b"".join([outcome.init_log, start.encode(), body, end.encode()])
     tail = text[-tail_bytes:]
     skip = 0
     while skip < min(3, len(tail)) and 0x80 <= tail[skip] < 0xC0:  # a cut UTF-8 sequence

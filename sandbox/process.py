@@ -41,7 +41,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from sandbox.bootstrap import FRAME, encode_frame
+from sandbox.bootstrap import FRAME, RESULT_HEAD, RESULT_TAG, encode_frame, encode_invoke
 from sandbox.cgroups import set_jail_limits
 from sandbox.spec import (
     MB,
@@ -187,38 +187,73 @@ class ProtocolError(Exception):
 
 
 class _FrameReader:
+    """Reads frames from the jail's result pipe straight off its (non-blocking)
+    descriptor: one ``os.read`` per frame in the usual case, and a wait for the
+    pipe only when it is empty (the stream's own ``receive_some`` would add two
+    scheduling rounds per frame). Only this reader reads that pipe."""
+
     def __init__(self, stream: trio.lowlevel.FdStream, max_body: int) -> None:
         self.stream = stream
         self.buffer = bytearray()
         self.max_body = max_body
 
-    async def _fill(self, size: int) -> bool:
-        while len(self.buffer) < size:
-            chunk = await self.stream.receive_some(1 << 16)
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
-
-    async def read(self) -> tuple[dict[str, Any], bytes] | None:
-        if not await self._fill(FRAME.size):
+    def _parse(self) -> tuple[bytes, bytes] | None:
+        buffer = self.buffer
+        if len(buffer) < FRAME.size:
             return None
-        head_len, body_len = FRAME.unpack(self.buffer[: FRAME.size])
+        head_len, body_len = FRAME.unpack_from(buffer)
         if head_len > MAX_HEADER_BYTES or body_len > self.max_body:
             raise ProtocolError(f"frame too large: header {head_len} B, body {body_len} B")
         total = FRAME.size + head_len + body_len
-        if not await self._fill(total):
+        if len(buffer) < total:
             return None
-        head = bytes(self.buffer[FRAME.size: FRAME.size + head_len])
-        body = bytes(self.buffer[FRAME.size + head_len: total])
-        del self.buffer[:total]
+        head = bytes(buffer[FRAME.size: FRAME.size + head_len])
+        body = bytes(buffer[FRAME.size + head_len: total])
+        del buffer[:total]
+        return head, body
+
+    def read_now(self) -> tuple[bytes, bytes] | None:
+        """A frame, if one is complete after at most one read that does not wait."""
+        frame = self._parse()
+        if frame is None:
+            try:
+                chunk = os.read(self.stream.fileno(), 1 << 16)
+            except BlockingIOError:
+                return None
+            self.buffer += chunk  # (at EOF, nothing: read_raw will see the EOF again)
+            frame = self._parse()
+        return frame
+
+    async def read_raw(self) -> tuple[bytes, bytes] | None:
+        """(header bytes, body) of the next frame, or None at EOF. Always a
+        checkpoint; raises ProtocolError, OSError, trio.ClosedResourceError."""
+        waited = False
+        while (frame := self._parse()) is None:
+            try:
+                chunk = os.read(self.stream.fileno(), 1 << 16)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.stream.fileno())
+                waited = True
+                continue
+            if not chunk:
+                break
+            self.buffer += chunk
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return frame
+
+    async def read(self) -> tuple[dict[str, Any], bytes] | None:
+        """The next frame with a JSON header (ready frames)."""
+        frame = await self.read_raw()
+        if frame is None:
+            return None
         try:
-            header = json.loads(head)
+            header = json.loads(frame[0] or b"{}")
         except ValueError as exc:
             raise ProtocolError(f"bad frame header: {exc}") from None
         if not isinstance(header, dict):
             raise ProtocolError("frame header is not an object")
-        return header, body
+        return header, frame[1]
 
 
 # ---------------------------------------------------------------------------
@@ -322,38 +357,63 @@ class SandboxProcess:
         os.set_blocking(ns_r, False)
         self._nsjail_log_fd = ns_r
 
-    async def _await_frame(self, request: bytes, timeout_s: float,
-                           ) -> tuple[tuple[dict[str, Any], bytes] | None, bool, str]:
+    async def _await_frame(self, request: bytes, timeout_s: float, *, raw: bool = False,
+                           ) -> tuple[Any, bool, str]:
         """Send ``request`` (if any) and read one frame while draining the log pipe.
 
-        Returns (frame or None, whether the deadline passed, what broke).
+        Returns (frame or None, whether the deadline passed, what broke); the
+        frame is (header bytes, body) when ``raw``, else (header dict, body).
         """
         assert self._logs is not None
         if self._pumping:  # a long-lived task drains the log pipe already
-            result = await self._send_and_read(request, timeout_s)
+            result = await self._send_and_read(request, timeout_s, raw)
         else:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._logs.pump)
-                result = await self._send_and_read(request, timeout_s)
+                result = await self._send_and_read(request, timeout_s, raw)
                 nursery.cancel_scope.cancel()
         self._logs.drain_now()
         return result
 
-    async def _send_and_read(self, request: bytes, timeout_s: float,
-                             ) -> tuple[tuple[dict[str, Any], bytes] | None, bool, str]:
-        assert self._to_jail is not None and self._frames is not None
-        frame: tuple[dict[str, Any], bytes] | None = None
+    async def _send_and_read(self, request: bytes, timeout_s: float, raw: bool,
+                             ) -> tuple[Any, bool, str]:
+        assert self._frames is not None and self._to_jail is not None
+        deadline = trio.current_time() + timeout_s
+        frame: Any = None
         problem = ""
-        with trio.move_on_after(timeout_s) as scope:
+        sent = 0
+        if raw:  # fast path: on a busy machine the answer is often in by the time the write returns
             try:
-                if request:
-                    await self._to_jail.send_all(request)
-                frame = await self._frames.read()
+                sent = self._write_now(request)
+                frame = self._frames.read_now() if sent == len(request) else None
+            except OSError as exc:
+                problem = f"pipe to sandbox broke: {exc}"
+            except ProtocolError as exc:
+                problem = str(exc)
+            if frame is not None or problem:
+                await trio.lowlevel.checkpoint()
+                return frame, False, problem
+        with trio.move_on_at(deadline) as scope:
+            try:
+                if sent < len(request):
+                    sent += self._write_now(memoryview(request)[sent:])
+                if sent < len(request):
+                    await self._to_jail.send_all(memoryview(request)[sent:])
+                frame = await (self._frames.read_raw() if raw else self._frames.read())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 problem = f"pipe to sandbox broke: {exc}"
             except ProtocolError as exc:
                 problem = str(exc)
         return frame, scope.cancelled_caught, problem
+
+    def _write_now(self, data: bytes | memoryview) -> int:
+        """Write what the pipe takes without waiting (all of a small frame: one
+        syscall, no scheduling round); returns how many bytes went."""
+        assert self._to_jail is not None
+        try:
+            return os.write(self._to_jail.fileno(), data)
+        except BlockingIOError:
+            return 0
 
     async def start(self, init_timeout_s: float, nursery: trio.Nursery | None = None) -> None:
         """Spawn and wait for the bootstrap's ready frame (the handler is imported by then).
@@ -449,13 +509,14 @@ class SandboxProcess:
         if self.state != "idle":
             raise RuntimeError(f"invoke on a sandbox in state {self.state}")
         self.state = "busy"
-        header = {"op": "invoke", "request_id": request_id, "deadline_ms": int(timeout_s * 1000),
-                  "arn": arn}
-        frame, timed_out, problem = await self._await_frame(encode_frame(header, payload), timeout_s)
+        request = encode_invoke(request_id, int(timeout_s * 1000), arn, payload)
+        frame, timed_out, problem = await self._await_frame(request, timeout_s, raw=True)
         if timed_out:
             outcome = await self._timed_out(request_id, timeout_s)
         elif frame is None:
             outcome = await self._died(request_id, problem)
+        elif frame[0][:1] != RESULT_TAG or len(frame[0]) != RESULT_HEAD.size:
+            outcome = await self._died(request_id, "frame is not a result")
         else:
             outcome = self._completed(frame)
         if outcome.reusable:
@@ -464,20 +525,16 @@ class SandboxProcess:
             await self.kill()
         return outcome
 
-    def _completed(self, result: tuple[dict[str, Any], bytes]) -> Outcome:
-        header, body = result
+    def _completed(self, result: tuple[bytes, bytes]) -> Outcome:
+        head, body = result
         assert self._logs is not None
-        ok = bool(header.get("ok"))
-        fatal = bool(header.get("fatal"))
+        _, ok, fatal, duration_ms, billed_ms, max_memory_mb, init_ms = RESULT_HEAD.unpack(head)
         status: Status = "ok" if ok else "error"
         if not ok and b'"Runtime.OutOfMemory"' in body[:200]:
             status = "oom"
         return Outcome(
-            status=status, body=body,
-            duration_ms=float(header.get("duration_ms", 0.0)),
-            billed_ms=int(header.get("billed_ms", 0)),
-            max_memory_mb=int(header.get("max_memory_mb", 0)),
-            init_ms=header.get("init_ms"),
+            status=status, body=body, duration_ms=duration_ms, billed_ms=billed_ms,
+            max_memory_mb=max_memory_mb, init_ms=None if math.isnan(init_ms) else init_ms,
             log=self._logs.take(),
             init_log=self._take_init_log(),
             reusable=not fatal,

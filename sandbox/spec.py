@@ -21,7 +21,7 @@ What the jail looks like from inside:
   capabilities and no_new_privs set;
 - read-only: the system library folders (``/usr``, ``/lib``, ``/lib64``), the
   interpreter prefix at its own path, the bootstrap at
-  ``/opt/meshfaas/bootstrap.py``, the function code at ``/var/task``, its
+  ``/opt/meshfaas/bootstrap.py`` (or ``.pyc``, precompiled), the function code at ``/var/task``, its
   dependency layer at ``/opt/layer``; ``/dev/null``, ``/dev/zero``,
   ``/dev/urandom``; a private read-only ``/proc`` of its own pid namespace;
 - read-write: only a tmpfs at ``/tmp`` of ``tmp_size_mb``;
@@ -44,7 +44,7 @@ TASK_ROOT = "/var/task"
 LAYER_ROOT = "/opt/layer"
 """Where the dependency layer (a ``pip install --target`` folder) is mounted."""
 BOOTSTRAP_PATH = "/opt/meshfaas/bootstrap.py"
-"""Where the in-jail runtime is mounted."""
+"""Where the in-jail runtime is mounted (``bootstrap.pyc`` when precompiled)."""
 JAIL_UID = 65534
 JAIL_GID = 65534
 HOSTNAME = "sandbox"
@@ -117,7 +117,7 @@ class SandboxSpec:
     code_dir: str
     """Host folder with the function's code, mounted read-only at /var/task."""
     bootstrap_file: str
-    """Host path of sandbox/bootstrap.py."""
+    """Host path of sandbox/bootstrap.py, or of its precompiled .pyc (sandbox/precompile.py)."""
     layer_dir: str | None = None
     """Host folder of the dependency layer, mounted read-only at /opt/layer."""
     memory_mb: int = 128
@@ -191,6 +191,12 @@ def _covered(path: str, mounts: tuple[str, ...]) -> bool:
     return any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts)
 
 
+def bootstrap_in_jail(spec: SandboxSpec) -> str:
+    """The bootstrap's path inside the jail: a precompiled one keeps its suffix
+    (Python runs a .pyc named on its command line as bytecode)."""
+    return BOOTSTRAP_PATH + "c" if spec.bootstrap_file.endswith(".pyc") else BOOTSTRAP_PATH
+
+
 def _mount_args(spec: SandboxSpec) -> list[str]:
     args: list[str] = []
     for path in spec.system_ro_mounts:
@@ -199,7 +205,7 @@ def _mount_args(spec: SandboxSpec) -> list[str]:
         args += ["-R", spec.interpreter_prefix]
     for dev, writable in DEVICE_MOUNTS:
         args += ["-B" if writable else "-R", dev]
-    args += ["-R", f"{spec.bootstrap_file}:{BOOTSTRAP_PATH}"]
+    args += ["-R", f"{spec.bootstrap_file}:{bootstrap_in_jail(spec)}"]
     args += ["-R", f"{spec.code_dir}:{TASK_ROOT}"]
     if spec.layer_dir is not None:
         args += ["-R", f"{spec.layer_dir}:{LAYER_ROOT}"]
@@ -275,7 +281,7 @@ def render_nsjail_argv(
     argv += ["--pass_fd", str(read_fd), "--pass_fd", str(write_fd)]
     for key, value in spec.env:
         argv += ["--env", f"{key}={value}"]
-    argv += ["--", spec.interpreter, *spec.python_flags, BOOTSTRAP_PATH, str(read_fd), str(write_fd)]
+    argv += ["--", spec.interpreter, *spec.python_flags, bootstrap_in_jail(spec), str(read_fd), str(write_fd)]
     return argv
 
 

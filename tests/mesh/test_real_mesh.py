@@ -7,7 +7,6 @@ Every wait is on a condition with a deadline; every process started here is stop
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,29 +17,12 @@ import pytest
 
 from meshfaas.cli_up import Mesh, _ensure_admin_key
 from meshfaas.client import Client, MeshfaasError, Timeout, Unavailable
+from tests.ports import port_range
 
 pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 SLEEPY = Path(__file__).resolve().parent / "handlers" / "sleepy"
-
-
-def _free_base_port(count: int) -> int:
-    """A base port with ``count`` free ports after it (checked by binding each)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range on loopback")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -61,7 +43,7 @@ class LocalMesh:
     def __init__(self, root: Path, nodes: int) -> None:
         self.root = root
         self.api_key = _ensure_admin_key(root)
-        self.mesh = Mesh(root, nodes, _free_base_port(3 * nodes), "nsjail", capacity=4,
+        self.mesh = Mesh(root, nodes, port_range(3 * nodes), "nsjail", capacity=4,
                          extra_args=("--async-retry-delay", "1"))
 
     def start(self) -> None:

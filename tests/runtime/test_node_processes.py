@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ import zmq
 from meshfaas.core.codec import from_cbor, to_cbor
 from meshfaas.runtime.keys import cluster_key_path, read_keys
 from meshfaas.runtime.messages import NodeStatus, NodeStatusRequest
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 PROBE_MS = 200
 POLL_S = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NodeProc:

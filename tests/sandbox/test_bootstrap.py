@@ -3,6 +3,7 @@ loading faults, error objects and the context object."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -105,3 +106,59 @@ def test_start_failure_explains_why_and_how_to_fix(nsjail_log: str, hint: str) -
     assert "did not start (exit status 255)" in message
     assert "nsjail said: " + nsjail_log in message
     assert hint in message
+
+
+def _circular() -> list[object]:
+    value: list[object] = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    {"a": [1, 2.5, -0.0, 1e300, True, False, None], "é": "😀 \"q\" \\ \n", 3: "int key"},
+    "plain", "", 0, 10**40, float("nan"), float("inf"), [], {}, (1, 2), [[[[]]]],
+])
+def test_json_dumps_is_jsons(value: object) -> None:
+    assert bootstrap.json_dumps(value) == json.dumps(value).encode()
+
+
+@pytest.mark.parametrize("value", [{1, 2}, {"k": object()}, {(1, 2): 3}, _circular()])
+def test_json_dumps_errors_are_jsons(value: object) -> None:
+    with pytest.raises((TypeError, ValueError)) as expected:
+        json.dumps(value)
+    with pytest.raises(type(expected.value)) as got:
+        bootstrap.json_dumps(value)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("data", [b'{"a": [1, 2.5, null]}', b" 1 ", b"\n\t[]\r", b'"\\ud800"',
+                                  b'\xef\xbb\xbf{"bom": 1}', "[1]".encode("utf-32")])
+def test_json_loads_is_jsons(data: bytes) -> None:
+    assert bootstrap.json_loads(data) == json.loads(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"{x", b"[1,", b"[1] 2", b"\xff", b"nul"])
+def test_json_loads_errors_are_jsons(data: bytes) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(data)
+    with pytest.raises(ValueError) as got:
+        bootstrap.json_loads(data)
+    assert str(got.value) == str(expected.value)
+
+
+def test_invoke_and_result_frames() -> None:
+    frame = bootstrap.encode_invoke("rid-é", 2500, "arn:aws:lambda:x", b'{"e": 1}')
+    head_len, body_len = bootstrap.FRAME.unpack_from(frame)
+    head = frame[bootstrap.FRAME.size:bootstrap.FRAME.size + head_len]
+    assert bootstrap.decode_invoke(head) == ("rid-é", 2500, "arn:aws:lambda:x")
+    assert frame[bootstrap.FRAME.size + head_len:] == b'{"e": 1}' and body_len == 8
+    with pytest.raises(ValueError):
+        bootstrap.decode_invoke(head[:bootstrap.INVOKE_HEAD.size + 2])
+    state = {"context": bootstrap.context_fields(), "max_response": 1000, "init_ms": 12.5}
+    header, body = bootstrap.invoke(lambda event, context: [event, context.aws_request_id],
+                                    {"request_id": "r1", "deadline_ms": 1000}, b"7", state)
+    assert body == b'[7, "r1"]'
+    assert header["ok"] and not header["fatal"] and header["init_ms"] == 12.5
+    assert header["billed_ms"] >= 1 and header["max_memory_mb"] > 0
+    header, _ = bootstrap.invoke(lambda event, context: None, {"request_id": "r2"}, b"", state)
+    assert header["init_ms"] is None  # only the first invocation reports init

@@ -130,6 +130,7 @@ async def test_syntax_error(executor: Executor, make_fn: MakeFn, tmp_path: Path)
 async def test_marshal_errors(executor: Executor, make_fn: MakeFn) -> None:
     res = await executor.invoke(make_fn("app.not_json"), "1", b"{}", "r")
     assert res.error is not None and res.error["errorType"] == "Runtime.MarshalError"
+    assert res.error["errorMessage"] == "Unable to marshal response: Object of type set is not JSON serializable"
     res = await executor.invoke(make_fn("app.echo"), "1", b"{not json", "r")
     assert res.error is not None and res.error["errorType"] == "Runtime.UnmarshalError"
 
@@ -207,6 +208,11 @@ async def test_each_runtime_runs_handlers(executor: Executor, make_fn: MakeFn,
     for name in ("python3.11", "python3.12", "python3.13"):
         info = result(await executor.invoke(make_fn("app.context_info", runtime=name), "1", b"{}", "r"))
         assert "python{}.{}".format(*info["python"][:2]) == name
+        nasty = rb'{"\u00e9": [1.5, -0.0, 1e300, null, "\ud83d\ude00"], "n": NaN}'
+        res = await executor.invoke(make_fn("lean.roundtrip", runtime=name), "1", nasty, "r")
+        assert res.result == json.dumps(json.loads(nasty)).encode()  # json's C accelerator, any version
+        res = await executor.invoke(make_fn("lean.roundtrip", runtime=name), "1", b"[1,", "r")
+        assert res.error is not None and res.error["errorType"] == "Runtime.UnmarshalError"
 
 
 async def test_missing_runtime_is_a_clear_error(executor: Executor, make_fn: MakeFn) -> None:
@@ -373,3 +379,43 @@ async def test_spare_takes_the_claiming_functions_memory_limit(
         assert res.error is not None and f"its limit is {function_mb} MB" in res.error["errorMessage"]
     else:
         assert result(res) == allocate_mb and res.max_memory_mb >= allocate_mb
+
+
+async def test_lean_cold_start_imports_and_late_logging(executor: Executor, make_fn: MakeFn) -> None:
+    # The runtime itself imports none of the heavy modules (they cost a cold start ms each)...
+    assert result(await executor.invoke(make_fn("lean.modules"), "1", b"{}", "r1")) == []
+    # ...and logging, imported late by the handler, is still configured as on Lambda.
+    res = await executor.invoke(make_fn("lean.log_late"), "1", b'"x"', "r2")
+    assert result(res) == 30  # WARNING
+    assert any(re.fullmatch(r"\[WARNING\]\t\S+Z\tr2\tlate warning x", ln) for ln in res.log_tail.splitlines())
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"a": [1, 2.5, -3e300, true, false, null], "\\u00e9": "\\ud83d\\ude00 \\"q\\""}',
+    b"  [1, {}]  \n", b'"just a string"', b"NaN", b"-Infinity", b'\xef\xbb\xbf{"bom": 1}',
+    "[1, 2]".encode("utf-16"), b'{"big": 123456789012345678901234567890}',
+])
+async def test_events_and_results_round_trip_as_json_does(executor: Executor, make_fn: MakeFn,
+                                                           payload: bytes) -> None:
+    res = await executor.invoke(make_fn("lean.roundtrip"), "1", payload, "r")
+    assert res.status == "ok", res.error
+    assert res.result == json.dumps(json.loads(payload)).encode()
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1,", b"[1] x", b'"\xff"', b"\x00\x01"])
+async def test_bad_events_are_unmarshal_errors_with_jsons_message(executor: Executor, make_fn: MakeFn,
+                                                                  payload: bytes) -> None:
+    res = await executor.invoke(make_fn("lean.roundtrip"), "1", payload, "r")
+    assert res.error is not None and res.error["errorType"] == "Runtime.UnmarshalError"
+    with pytest.raises(ValueError) as info:
+        json.loads(payload)
+    assert res.error["errorMessage"] == f"Unable to unmarshal input: {info.value}"
+
+
+async def test_jails_run_the_bootstrap_precompiled_by_their_runtime(
+        executor: Executor, make_fn: MakeFn, config: ExecutorConfig) -> None:
+    for name in ("python3.11", "python3.13"):
+        assert result(await executor.invoke(make_fn("lean.argv0", runtime=name), "1", b"{}", "r")) \
+            == "/opt/meshfaas/bootstrap.pyc"
+    compiled = sorted(p.name for p in (Path(config.data_dir) / "bootstrap").iterdir())
+    assert [n.split("-")[0] for n in compiled] == ["python3.11", "python3.13"]
