@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import resource
+import select
 import signal
 import subprocess
 from collections.abc import Callable
@@ -145,6 +146,8 @@ class _LogReader:
         self.stream = stream
         self.tail = LogTail(tail_bytes)
         self.eof = False
+        self._poll = select.poll()  # "anything there?" without a failing read (most calls print nothing)
+        self._poll.register(stream.fileno(), select.POLLIN)
 
     async def pump(self) -> None:
         try:
@@ -159,6 +162,8 @@ class _LogReader:
 
     def drain_now(self) -> None:
         """Read whatever is in the pipe without waiting (no other task may be reading)."""
+        if self.eof or not self._poll.poll(0):  # (data, EOF and a closed fd all show up)
+            return
         fd = self.stream.fileno()
         while not self.eof:
             try:
