@@ -10,16 +10,20 @@ timeout, whether it may be resent) and receive the decoded value; the two
 clients only differ in how they drive a round trip (zmq poller vs trio's
 edge-triggered FD wait).
 
-Failover: the DEALER is created with ``IMMEDIATE`` so a send waits for a
-completed connection (TCP and the CURVE handshake); if none completes within
-``connect_timeout_s`` the endpoint counts as down and the next one is tried.
-While waiting for a reply the client also watches the socket monitor: if the
-connection drops (the node died), a read-only request is resent to the next
-endpoint, anything else raises :class:`Unavailable` at once (an invocation may
-or may not have run; an async one is safe to resend since it carries its
-idempotency key). A node's own ``Unavailable`` answer (no leader, no quorum)
-also moves on to the next endpoint. Stale replies to earlier requests are
-recognised by request id and dropped.
+Failover: each client keeps one DEALER, created with ``IMMEDIATE`` so a send
+succeeds only on a completed connection (TCP and the CURVE handshake); if none
+completes within ``connect_timeout_s`` the endpoint counts as down and the next
+one is tried. While a request waits, :class:`_Watch` pings the node on the same
+connection every ``liveness_interval_s``; a dropped connection, or
+``liveness_timeout_s`` without any frame from the node, means the node is gone
+(a kill -9 is noticed in about a second, a hung node in ``liveness_timeout_s``,
+where the call's own timeout may be 900 s and more). A request that is safe to
+resend (reads, idempotent writes, ``Event`` invocations with their idempotency
+key) then moves on to the next endpoint; anything else raises
+:class:`Unavailable` at once, saying it may or may not have taken effect. A
+node's own ``Unavailable`` answer (no leader, no quorum) moves on too when the
+request is safe to resend or the answer is ``retryable``. Stale replies to
+earlier requests (and pongs) are recognised by request id and dropped.
 
 Neither client is safe to share between threads; an ``AsyncClient`` serialises
 its requests with a lock (open several clients for parallel calls).
@@ -541,6 +545,8 @@ class Client(_Operations):
                  context: zmq.Context[Any] | None = None,
                  liveness_interval_s: float = LIVENESS_INTERVAL_S,
                  liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
+        if not 0 < liveness_interval_s < liveness_timeout_s:
+            raise ValueError("liveness_timeout_s must be longer than liveness_interval_s > 0")
         self._ep = _Endpoints(endpoints, api_key, server_public_key, client_public_key,
                               client_secret_key)
         self.timeout_s = timeout_s
