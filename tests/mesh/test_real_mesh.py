@@ -7,6 +7,7 @@ Every wait is on a condition with a deadline; every process started here is stop
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -227,7 +228,8 @@ def _async_invoke(mesh: LocalMesh, node: str, payload: Any, out: dict[str, Any])
 
 
 def test_callers_of_a_node_killed_mid_invocation_fail_fast(mesh3: LocalMesh) -> None:
-    """Sync and trio callers get Unavailable within seconds of kill -9, not after 120 s."""
+    """Sync and trio callers get Unavailable within seconds of kill -9 (or SIGSTOP) of the
+    node they are connected to, not at their 120 s timeout."""
     with mesh3.client() as client:
         client.deploy("sleepy", str(SLEEPY), handler="app.handler", timeout_s=60)
         entry = client.invoke_detailed("sleepy", {"seconds": 0}).node  # warm there: runs there
@@ -266,3 +268,25 @@ def test_callers_of_a_node_killed_mid_invocation_fail_fast(mesh3: LocalMesh) -> 
                 server_public_key=key, connect_timeout_s=0.5) as client:
         assert "sleepy" in {f.name for f in client.list_functions()}  # a read fails over
     mesh3.mesh.start_node(mesh3.mesh.ids.index(entry))  # (a mesh stops faster whole)
+    _caller_of_a_hung_node_fails_fast(mesh3, next(n for n in mesh3.mesh.ids if n != entry))
+
+
+def _caller_of_a_hung_node_fails_fast(mesh: LocalMesh, entry: str) -> None:
+    """SIGSTOP, not kill: the connection stays open and only the silence tells."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=_async_invoke, daemon=True,
+                              args=(mesh, entry, {"seconds": 6}, out))
+    thread.start()
+    with mesh.client(entry) as observer:
+        wait_for(lambda: sum(observer.status().load.values()) >= 1, 20, "the invocation to run")
+    proc = mesh.mesh.procs[entry]
+    proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        thread.join(30)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert isinstance(out.get("error"), Unavailable) and "no answer" in str(out["error"]), out
+    waited_s = out["at"] - stopped_at
+    print(f"trio caller: Unavailable {waited_s:.2f} s after SIGSTOP of {entry}")
+    assert waited_s < 8, waited_s
