@@ -8,6 +8,7 @@ Every wait is on a condition with a deadline; every process started here is stop
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,9 @@ import pytest
 
 from meshfaas.cli_up import Mesh, _ensure_admin_key
 from meshfaas.client import Client, MeshfaasError, Timeout, Unavailable
+
+if __package__ is None or not __package__.startswith("tests"):  # imported by bench/ scripts
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.ports import port_range
 
 pytestmark = pytest.mark.slow
