@@ -140,3 +140,32 @@ async def test_reads_and_event_invocations_move_on_from_a_silent_node(
         with trio.fail_after(10):
             first = await c.invoke_async("hello", {}, idempotency_key="k1")
         assert first and slow.sm.get_async(first) is not None
+
+
+@pytest.mark.parametrize(
+    ("heard_at", "now", "writable", "goes_on", "why"),
+    [(0.0, 1.0, True, True, ""),  # 1 s of silence: ping and wait on
+     (0.0, 2.9, True, True, ""),
+     (0.0, 3.0, True, False, "no answer"),  # 3 s of silence: gone
+     (2.5, 3.5, True, True, ""),  # something came 1 s ago
+     (2.5, 3.5, False, False, "dropped"),  # cannot send: the connection dropped
+     (0.0, 0.5, False, False, "dropped")],
+)
+def test_watch_table(heard_at: float, now: float, writable: bool, goes_on: bool,
+                     why: str) -> None:
+    clock = [0.0]
+    watch = sdk._Watch(lambda: clock[0], interval_s=1.0, silence_s=3.0)
+    assert watch.next_tick == 1.0
+    clock[0] = heard_at
+    watch.heard()
+    assert watch.tick(now, writable) is goes_on
+    assert why in watch.why and (goes_on or watch.why)
+    if goes_on:
+        assert watch.next_tick == now + 1.0
+
+
+def test_liveness_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        sdk.Client("tcp://127.0.0.1:1", api_key="k", liveness_interval_s=3, liveness_timeout_s=3)
+    with pytest.raises(ValueError):
+        sdk.AsyncClient("tcp://127.0.0.1:1", api_key="k", liveness_interval_s=0)
