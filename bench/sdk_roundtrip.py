@@ -1,47 +1,59 @@
-"""The SDK's own cost per request, against a bare pyzmq round trip in the same run.
+"""The SDK's own cost per request: latency and client CPU, against a bare pyzmq round trip.
 
-A thread runs a pyzmq ROUTER on 127.0.0.1 that answers every client-protocol
-request with a canned response (``Pong``, or an ``InvokeResult`` echoing the
-payload). The script measures, in one process and one run:
+A child process runs a pyzmq ROUTER on 127.0.0.1 that answers every
+client-protocol request with a canned response (``Pong``, or an
+``InvokeResult`` echoing the payload). This process measures, one mode after
+the other:
 
-* bare: a pyzmq DEALER sending a pre-encoded request frame and waiting for the reply;
-* ``Client.ping()`` and ``Client.invoke()``: the same round trip through the SDK
-  (request encoding, request id check, failover logic, response decoding);
-* ``AsyncClient.ping()`` under trio.
+* ``bare``: a pyzmq DEALER sending a pre-encoded request frame and waiting for the reply;
+* ``Client.ping()`` / ``Client.invoke()``: the same round trip through the SDK
+  (request encoding, request id check, failover and liveness logic, decoding);
+* ``AsyncClient.ping()`` / ``AsyncClient.invoke()`` under trio, one caller;
+* ``AsyncClient.invoke() xC``: C concurrent ``AsyncClient`` s in one trio loop
+  (the shape of bench/mesh_bench.py's load generators).
 
-Usage: .venv/bin/python bench/sdk_roundtrip.py [--n 5000] [--curve]
+For each: p50 and p99 latency, calls per second, and this process's CPU time
+per call (``time.process_time``: every thread, so libzmq's I/O thread counts;
+the server is another process and does not).
+
+Usage: .venv/bin/python bench/sdk_roundtrip.py [--n 5000] [--curve] [--concurrency 16]
+       [--modes bare,ping,invoke,aping,ainvoke,aconc]
+Compare two trees by running this script with PYTHONPATH pointing at each.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import multiprocessing as mp
 import statistics
-import threading
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 import zmq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe
+
 from meshfaas import client as sdk
 from meshfaas.core import client_proto as proto
 
+PAYLOAD = {"name": "bench"}
 
-def serve(ctx: zmq.Context[Any], endpoint_box: list[str], stop: threading.Event,
-          curve: tuple[bytes, bytes] | None) -> None:
+
+def serve(endpoint_queue: Any, curve: tuple[bytes, bytes] | None) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         sock.curve_publickey, sock.curve_secretkey = curve
         sock.curve_server = True
     sock.bind("tcp://127.0.0.1:*")
-    endpoint_box.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while not stop.is_set():
-        if not poller.poll(100):
-            continue
+    endpoint_queue.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    while True:
         ident, frame = sock.recv_multipart()
         request = proto.decode_request(frame)
         if isinstance(request.body, proto.Invoke):
@@ -50,28 +62,35 @@ def serve(ctx: zmq.Context[Any], endpoint_box: list[str], stop: threading.Event,
         else:
             value = proto.Pong(node="n1")
         sock.send_multipart([ident, proto.encode(proto.ok(request.request_id, value))])
-    sock.close()
 
 
-def percentiles(samples_s: list[float]) -> str:
-    us = sorted(s * 1e6 for s in samples_s)
-    p50 = statistics.median(us)
-    p99 = us[int(len(us) * 0.99) - 1]
-    return f"p50 {p50:7.1f} us   p99 {p99:7.1f} us"
+class Sample:
+    """Latencies of one mode, and the CPU and wall time the whole mode took."""
+
+    def __init__(self, latencies_s: list[float], cpu_s: float, wall_s: float) -> None:
+        self.latencies_s, self.cpu_s, self.wall_s = latencies_s, cpu_s, wall_s
+
+    def line(self, name: str) -> str:
+        us = sorted(s * 1e6 for s in self.latencies_s)
+        n = len(us)
+        p99 = us[max(0, int(n * 0.99) - 1)]
+        return (f"{name:32s} p50 {statistics.median(us):7.1f} us  p99 {p99:8.1f} us  "
+                f"{n / self.wall_s:8.0f} calls/s  CPU {self.cpu_s / n * 1e6:6.1f} us/call")
 
 
-def timed(fn: Any, n: int) -> list[float]:
+def timed(fn: Callable[[], Any], n: int) -> Sample:
     for _ in range(min(200, n)):
         fn()
     out = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
-    return out
+    return Sample(out, time.process_time() - cpu0, time.perf_counter() - wall0)
 
 
-def bare(ctx: zmq.Context[Any], endpoint: str, n: int, curve: tuple[bytes, bytes] | None) -> list[float]:
+def bare(ctx: zmq.Context[Any], endpoint: str, n: int, curve: tuple[bytes, bytes] | None) -> Sample:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
@@ -90,44 +109,90 @@ def bare(ctx: zmq.Context[Any], endpoint: str, n: int, curve: tuple[bytes, bytes
         sock.close()
 
 
-async def async_pings(endpoint: str, n: int, server_key: bytes | None) -> list[float]:
+async def async_calls(endpoint: str, n: int, server_key: bytes | None, invoke: bool) -> Sample:
     async with sdk.AsyncClient(endpoint, api_key="k", server_public_key=server_key) as c:
+        async def once() -> None:
+            if invoke:
+                await c.invoke("f", PAYLOAD)
+            else:
+                await c.ping()
+
         for _ in range(min(200, n)):
-            await c.ping()
+            await once()
         out = []
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             t0 = time.perf_counter()
-            await c.ping()
+            await once()
             out.append(time.perf_counter() - t0)
-        return out
+        return Sample(out, time.process_time() - cpu0, time.perf_counter() - wall0)
+
+
+async def concurrent_invokes(endpoint: str, n: int, server_key: bytes | None,
+                             concurrency: int) -> Sample:
+    """``concurrency`` clients in one loop, ``n`` invocations in all (after a warm-up)."""
+    out: list[float] = []
+    per_client = max(1, n // concurrency)
+
+    async def worker(c: sdk.AsyncClient, calls: int, record: bool) -> None:
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            await c.invoke("f", PAYLOAD)
+            if record:
+                out.append(time.perf_counter() - t0)
+
+    clients = [sdk.AsyncClient(endpoint, api_key="k", server_public_key=server_key)
+               for _ in range(concurrency)]
+    try:
+        async with trio.open_nursery() as nursery:
+            for c in clients:
+                nursery.start_soon(worker, c, 20, False)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for c in clients:
+                nursery.start_soon(worker, c, per_client, True)
+        return Sample(out, time.process_time() - cpu0, time.perf_counter() - wall0)
+    finally:
+        for c in clients:
+            c.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--curve", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--modes", default="bare,ping,invoke,aping,ainvoke,aconc")
     args = parser.parse_args()
-    ctx: zmq.Context[Any] = zmq.Context()
+    modes = set(args.modes.split(","))
     curve = zmq.curve_keypair() if args.curve else None
-    box: list[str] = []
-    stop = threading.Event()
-    server = threading.Thread(target=serve, args=(ctx, box, stop, curve), daemon=True)
+    endpoints: Any = mp.Queue()
+    server = mp.Process(target=serve, args=(endpoints, curve), daemon=True)
     server.start()
-    while not box:
-        time.sleep(0.01)
-    endpoint = box[0]
+    endpoint = endpoints.get(timeout=30)
+    ctx: zmq.Context[Any] = zmq.Context()
     key = curve[0] if curve else None
-    print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "
-          f"zmq {zmq.zmq_version()}, curve={bool(curve)}, n={args.n}")
-    print(f"bare pyzmq DEALER/ROUTER   {percentiles(bare(ctx, endpoint, args.n, curve))}")
-    with sdk.Client(endpoint, api_key="k", server_public_key=key, context=ctx) as c:
-        print(f"Client.ping()              {percentiles(timed(c.ping, args.n))}")
-        payload = {"name": "bench"}
-        print(f"Client.invoke() (echo)     {percentiles(timed(lambda: c.invoke('f', payload), args.n))}")
-    print(f"AsyncClient.ping() (trio)  {percentiles(trio.run(async_pings, endpoint, args.n, key))}")
-    stop.set()
-    server.join()
-    ctx.term()
+    print(f"# {describe()}, zmq {zmq.zmq_version()}, curve={bool(curve)}, n={args.n}, "
+          f"load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+    try:
+        if "bare" in modes:
+            print(bare(ctx, endpoint, args.n, curve).line("bare pyzmq DEALER/ROUTER"))
+        with sdk.Client(endpoint, api_key="k", server_public_key=key, context=ctx) as c:
+            if "ping" in modes:
+                print(timed(c.ping, args.n).line("Client.ping()"))
+            if "invoke" in modes:
+                print(timed(lambda: c.invoke("f", PAYLOAD), args.n).line("Client.invoke() (echo)"))
+        if "aping" in modes:
+            print(trio.run(async_calls, endpoint, args.n, key, False).line("AsyncClient.ping()"))
+        if "ainvoke" in modes:
+            print(trio.run(async_calls, endpoint, args.n, key, True).line("AsyncClient.invoke()"))
+        if "aconc" in modes:
+            sample = trio.run(concurrent_invokes, endpoint, args.n, key, args.concurrency)
+            print(sample.line(f"AsyncClient.invoke() x{args.concurrency}"))
+    finally:
+        server.kill()
+        server.join()
+        ctx.destroy(linger=0)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,20 @@ timeout, whether it may be resent) and receive the decoded value; the two
 clients only differ in how they drive a round trip (zmq poller vs trio's
 edge-triggered FD wait).
 
-Failover: the DEALER is created with ``IMMEDIATE`` so a send waits for a
-completed connection (TCP and the CURVE handshake); if none completes within
-``connect_timeout_s`` the endpoint counts as down and the next one is tried.
-While waiting for a reply the client also watches the socket monitor: if the
-connection drops (the node died), a read-only request is resent to the next
-endpoint, anything else raises :class:`Unavailable` at once (an invocation may
-or may not have run; an async one is safe to resend since it carries its
-idempotency key). A node's own ``Unavailable`` answer (no leader, no quorum)
-also moves on to the next endpoint. Stale replies to earlier requests are
-recognised by request id and dropped.
+Failover: each client keeps one DEALER, created with ``IMMEDIATE`` so a send
+succeeds only on a completed connection (TCP and the CURVE handshake); if none
+completes within ``connect_timeout_s`` the endpoint counts as down and the next
+one is tried. While a request waits, :class:`_Watch` pings the node on the same
+connection every ``liveness_interval_s``; a dropped connection, or
+``liveness_timeout_s`` without any frame from the node, means the node is gone
+(a kill -9 is noticed in about a second, a hung node in ``liveness_timeout_s``,
+where the call's own timeout may be 900 s and more). A request that is safe to
+resend (reads, idempotent writes, ``Event`` invocations with their idempotency
+key) then moves on to the next endpoint; anything else raises
+:class:`Unavailable` at once, saying it may or may not have taken effect. A
+node's own ``Unavailable`` answer (no leader, no quorum) moves on too when the
+request is safe to resend or the answer is ``retryable``. Stale replies to
+earlier requests (and pongs) are recognised by request id and dropped.
 
 Neither client is safe to share between threads; an ``AsyncClient`` serialises
 its requests with a lock (open several clients for parallel calls).
@@ -27,6 +31,7 @@ its requests with a lock (open several clients for parallel calls).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -38,11 +43,10 @@ from typing import Any, TypeVar, cast
 import attrs
 import trio
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from meshfaas.core import client_proto as proto
 from meshfaas.core.auth import Role
-from meshfaas.core.codec import DecodeError
+from meshfaas.core.codec import DecodeError, from_cbor
 from meshfaas.core.faas import CodeRef, ConfigPatch, Deployed, FunctionRecord, VersionRecord
 from meshfaas.core.faas_package import Entry, Package, PackageError, build_zip, normalize_zip
 
@@ -55,8 +59,9 @@ __all__ = [
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
-INVOKE_MARGIN_S = 30.0
-MONITOR_CHECK_S = 0.1  # how often a waiting AsyncClient looks for a dropped connection  # over the longest function timeout, for routing and cold starts
+INVOKE_MARGIN_S = 30.0  # over the longest function timeout, for routing and cold starts
+LIVENESS_INTERVAL_S = 1.0  # a request waiting this long pings its node, and again every interval
+LIVENESS_TIMEOUT_S = 3.0  # this long without a frame from the node: it is gone
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".pytest_cache"})
 
 # ---------------------------------------------------------------------------
@@ -344,9 +349,14 @@ def _weights(version: str | int, weights: dict[str | int, float] | None
 # Shared connection logic
 # ---------------------------------------------------------------------------
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+
 
 class _Endpoints:
-    """The endpoint list, the current one, and the socket settings."""
+    """The endpoint list, the current one, the socket settings and request framing."""
 
     def __init__(self, endpoints: str | Sequence[str], api_key: str | None,
                  server_public_key: bytes | str | None, client_public_key: bytes | str | None,
@@ -364,6 +374,10 @@ class _Endpoints:
             public, secret = zmq.curve_keypair()
         self.client_keys = (public, secret)
         self.current = 0
+        self._id_prefix = os.urandom(8).hex()  # request ids: this prefix and a counter
+        self._next_id = 0
+        self.ping_frame = proto.encode(proto.ClientRequest(
+            request_id=f"{self._id_prefix}-ping", api_key=key, body=proto.Ping()))
 
     def configure(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -373,19 +387,19 @@ class _Endpoints:
             sock.curve_publickey = self.client_keys[0]
             sock.curve_secretkey = self.client_keys[1]
 
-    def dealer(self, ctx: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-        sock = ctx.socket(zmq.DEALER)
+    def dealer(self, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
         self.configure(sock)
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoints[self.current])
-        return sock, monitor
+        return sock
 
     def advance(self) -> None:
         self.current = (self.current + 1) % len(self.endpoints)
 
     def request(self, call: _Call) -> tuple[str, bytes]:
-        request_id = os.urandom(12).hex()
+        self._next_id += 1
+        request_id = f"{self._id_prefix}{self._next_id:x}"
         frame = proto.encode(proto.ClientRequest(
             request_id=request_id, api_key=self.api_key, body=call.body,
             timeout_ms=int(call.timeout_s * 1000)))
@@ -396,9 +410,26 @@ def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
+def _decode_response(frame: bytes) -> proto.ClientResponse:
+    """``proto.decode_response`` without compiling a ``tuple[int, Any]`` checker per frame.
+
+    Decoding as plain data still checks every message inside with its typed
+    converter; the envelope's shape is checked here.
+    """
+    if len(frame) > proto.MAX_FRAME_BYTES:
+        raise DecodeError(f"frame of {len(frame)} bytes over the limit")
+    decoded = from_cbor(frame)
+    if (type(decoded) is not list or len(decoded) != 2
+            or decoded[0] != proto.CLIENT_PROTOCOL_VERSION
+            or type(decoded[1]) is not proto.ClientResponse):
+        raise DecodeError("not a client response of this protocol version")
+    response: proto.ClientResponse = decoded[1]
+    return response
+
+
 def _matching(frame: bytes, request_id: str) -> proto.ClientResponse | None:
     try:
-        response = proto.decode_response(frame)
+        response = _decode_response(frame)
     except DecodeError:
         return None
     return response if response.request_id == request_id else None
@@ -418,35 +449,76 @@ def _try_elsewhere(call: _Call, response: proto.ClientResponse) -> bool:
     return call.retry_safe or error.retryable
 
 
-def _is_disconnect(monitor: zmq.Socket[Any]) -> bool:
-    """Drain the monitor; True if it reported a dropped connection."""
-    dropped = False
-    while True:
-        try:
-            parts = monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return dropped
-        dropped |= parse_monitor_message(parts)["event"] == zmq.EVENT_DISCONNECTED
-
-
 class _Attempt:
-    """Why one endpoint did not answer: down (never connected) or lost mid-request."""
+    """Why one endpoint did not answer: down (never connected), lost mid-request, too slow."""
 
     DOWN = "down"
-    LOST = "lost"
+    LOST = "lost"  # the connection dropped, or the node went silent (see _Watch)
     TIMEOUT = "timeout"
 
 
-def _give_up(call: _Call, outcome: str, endpoint: str) -> MeshfaasError | None:
+class _Watch:
+    """Is the node still there, while one request waits for its reply?
+
+    Every ``interval_s`` of waiting the client sends a :class:`proto.Ping` on
+    the same connection (one pre-encoded frame; its answer matches no request
+    and is dropped). Any frame from the node -- a pong, a stale reply, the reply
+    itself -- counts as a sign of life. The node is taken for gone when, at a
+    tick, the socket cannot send (the DEALER has ``IMMEDIATE``, so that means the
+    connection dropped, and a reply could no longer find this client even after
+    a reconnection) or when nothing at all has come for ``silence_s``.
+    ``clock`` is the waiter's monotonic clock in seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float], interval_s: float, silence_s: float) -> None:
+        self.clock = clock
+        self.interval_s = interval_s
+        self.silence_s = silence_s
+        self.last_heard = clock()
+        self.next_tick = self.last_heard + interval_s
+        self.why = ""
+
+    def heard(self) -> None:
+        self.last_heard = self.clock()
+
+    def tick(self, now: float, writable: bool) -> bool:
+        """True to send a ping now; False when the node is gone (``why`` says how)."""
+        if not writable:
+            self.why = "the connection dropped"
+            return False
+        if now - self.last_heard >= self.silence_s:
+            self.why = f"no answer, not even to pings, for {now - self.last_heard:.1f} s"
+            return False
+        self.next_tick = now + self.interval_s
+        return True
+
+
+def _ping(sock: zmq.Socket[Any], watch: _Watch, now: float, frame: bytes) -> bool:
+    """At a tick of ``watch``: False when the node is gone, else ping it and True."""
+    if not watch.tick(now, bool(_events(sock) & _POLLOUT)):
+        return False
+    with contextlib.suppress(zmq.Again):  # dropped just now: the next tick says so
+        sock.send(frame, _NOBLOCK)
+    return True
+
+
+def _give_up(call: _Call, outcome: str, endpoint: str, why: str = "") -> MeshfaasError | None:
     """The error to raise after ``outcome`` on ``endpoint``, or None to try the next one."""
     if outcome == _Attempt.DOWN:
         return None  # nothing was sent: always safe to try another endpoint
     if call.retry_safe:
         return None
     if outcome == _Attempt.LOST:
-        return Unavailable(f"connection to {endpoint} lost while waiting for the reply; "
-                           "the request may or may not have taken effect")
+        return Unavailable(f"contact with {endpoint} lost while waiting for the reply "
+                           f"({why or 'the connection dropped'}); {_maybe_ran(call)}")
     return Timeout(f"no reply from {endpoint} within {call.timeout_s:g} s")
+
+
+def _maybe_ran(call: _Call) -> str:
+    if isinstance(call.body, proto.Invoke):
+        return ("the invocation may or may not have run; it was not resent, since running "
+                "a synchronous invocation twice is not safe")
+    return "the request may or may not have taken effect"
 
 
 # ---------------------------------------------------------------------------
@@ -455,7 +527,13 @@ def _give_up(call: _Call, outcome: str, endpoint: str) -> MeshfaasError | None:
 
 
 class Client(_Operations):
-    """A synchronous client. ``Client(endpoints, api_key=...)``; a context manager."""
+    """A synchronous client. ``Client(endpoints, api_key=...)``; a context manager.
+
+    ``liveness_interval_s`` / ``liveness_timeout_s``: while a request waits
+    longer than the interval, the node is pinged on the same connection every
+    interval; silence for the timeout (or a dropped connection) ends the wait
+    (see :class:`_Watch`).
+    """
 
     def __init__(self, endpoints: str | Sequence[str], api_key: str | None = None, *,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -464,16 +542,22 @@ class Client(_Operations):
                  client_public_key: bytes | str | None = None,
                  client_secret_key: bytes | str | None = None,
                  events_endpoints: Sequence[str] = (),
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None,
+                 liveness_interval_s: float = LIVENESS_INTERVAL_S,
+                 liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
+        if not 0 < liveness_interval_s < liveness_timeout_s:
+            raise ValueError("liveness_timeout_s must be longer than liveness_interval_s > 0")
         self._ep = _Endpoints(endpoints, api_key, server_public_key, client_public_key,
                               client_secret_key)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.liveness_interval_s = liveness_interval_s
+        self.liveness_timeout_s = liveness_timeout_s
         self.events_endpoints = list(events_endpoints)
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[Any] | None = None
-        self._monitor: zmq.Socket[Any] | None = None
-        self._poller = zmq.Poller()
+        self._poll_items: list[tuple[zmq.Socket[Any], int]] = []
+        self._fd = -1  # the socket's FD, for trio's edge-triggered wait
 
     @classmethod
     def from_credentials(cls, data_dir: str | os.PathLike[str], **kwargs: Any) -> Client:
@@ -487,10 +571,9 @@ class Client(_Operations):
         return self._ep.endpoints[self._ep.current]
 
     def close(self) -> None:
-        for sock in (self._monitor, self._sock):
-            if sock is not None:
-                sock.close(linger=0)
-        self._sock = self._monitor = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._sock = None
 
     def __enter__(self) -> Client:
         return self
@@ -517,58 +600,77 @@ class Client(_Operations):
         last = ""
         for _ in range(len(self._ep.endpoints)):
             endpoint = self.endpoint
-            outcome, response = self._attempt(call)
+            outcome, response, why = self._attempt(call)
             if response is not None and not _try_elsewhere(call, response):
                 return _value(response)
-            if response is not None:
-                last = f"{endpoint}: {response.error.message if response.error else ''}"
-            else:
-                error = _give_up(call, outcome, endpoint)
-                if error is not None:
-                    self._fail_over()
-                    raise error
-                last = f"{endpoint}: {outcome}"
-            self._fail_over()
+            last = self._next_endpoint(call, endpoint, outcome, response, why)
         raise Unavailable(f"no endpoint could serve the request (last: {last})")
+
+    def _next_endpoint(self, call: _Call, endpoint: str, outcome: str,
+                       response: proto.ClientResponse | None, why: str) -> str:
+        """Move on after a failed attempt (raising if the call must not be resent)."""
+        self._fail_over()
+        if response is not None:
+            return f"{endpoint}: {response.error.message if response.error else ''}"
+        error = _give_up(call, outcome, endpoint, why)
+        if error is not None:
+            raise error
+        return f"{endpoint}: {why or outcome}"
 
     def _fail_over(self) -> None:
         self.close()
         self._ep.advance()
 
-    def _socket(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-        if self._sock is None or self._monitor is None:
-            self._sock, self._monitor = self._ep.dealer(self._ctx)
-            self._poller = zmq.Poller()
-            self._poller.register(self._sock, zmq.POLLIN)
-            self._poller.register(self._monitor, zmq.POLLIN)
-        return self._sock, self._monitor
+    def _socket(self) -> zmq.Socket[Any]:
+        if self._sock is None:
+            self._sock = self._ep.dealer(self._ctx)
+            self._poll_items = [(self._sock, _POLLIN)]
+            self._fd = cast(int, self._sock.get(zmq.FD))
+        return self._sock
 
-    def _attempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None]:
-        sock, monitor = self._socket()
-        writable = _events(sock) & zmq.POLLOUT or sock.poll(
-            int(self.connect_timeout_s * 1000), zmq.POLLOUT)
-        if not writable:
-            return _Attempt.DOWN, None
+    def _attempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None, str]:
+        sock = self._socket()
         request_id, frame = self._ep.request(call)
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            sock.send(frame, _NOBLOCK)  # connected already: the usual case
         except zmq.Again:
-            return _Attempt.DOWN, None
-        return self._await_reply(sock, monitor, request_id, call.timeout_s)
+            if not sock.poll(int(self.connect_timeout_s * 1000), zmq.POLLOUT):
+                return _Attempt.DOWN, None, ""
+            try:
+                sock.send(frame, _NOBLOCK)
+            except zmq.Again:
+                return _Attempt.DOWN, None, ""
+        return self._await_reply(sock, request_id, call.timeout_s)
 
-    def _await_reply(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], request_id: str,
-                     timeout_s: float) -> tuple[str, proto.ClientResponse | None]:
-        poller = self._poller
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(max(int(left * 1000), 1)))
-            if sock in ready:  # a reply that arrived wins over a drop seen at the same time
-                response = _matching(sock.recv(zmq.NOBLOCK), request_id)
+    def _await_reply(self, sock: zmq.Socket[Any], request_id: str, timeout_s: float
+                     ) -> tuple[str, proto.ClientResponse | None, str]:
+        watch = _Watch(time.monotonic, self.liveness_interval_s, self.liveness_timeout_s)
+        now = watch.last_heard
+        deadline = now + timeout_s
+        while True:
+            wait_s = min(deadline, watch.next_tick) - now
+            if zmq.zmq_poll(self._poll_items, max(int(wait_s * 1000), 0)):
+                response = self._drain(sock, request_id, watch)
                 if response is not None:
-                    return "ok", response
-            if monitor in ready and _is_disconnect(monitor):
-                return _Attempt.LOST, None
-        return _Attempt.TIMEOUT, None
+                    return "ok", response, ""
+            now = time.monotonic()
+            if now >= deadline:
+                return _Attempt.TIMEOUT, None, ""
+            if now >= watch.next_tick and not _ping(sock, watch, now, self._ep.ping_frame):
+                return _Attempt.LOST, None, watch.why
+
+    def _drain(self, sock: zmq.Socket[Any], request_id: str,
+               watch: _Watch) -> proto.ClientResponse | None:
+        """Read every frame waiting; the matching reply, if one came."""
+        while True:
+            try:
+                frame = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return None
+            watch.heard()
+            response = _matching(frame, request_id)
+            if response is not None:
+                return response
 
     # -- the API ------------------------------------------------------------
 
@@ -724,7 +826,7 @@ def _log_event(parts: list[bytes]) -> proto.LogEvent | None:
 
 
 def _events(sock: zmq.Socket[Any]) -> int:
-    return cast(int, sock.getsockopt(zmq.EVENTS))
+    return cast(int, sock.get(_EVENTS))
 
 
 async def _wait_for(sock: zmq.Socket[Any], mask: int) -> None:
@@ -772,72 +874,74 @@ class AsyncClient(Client):
         self.close()
 
     async def _arun(self, op: Op[T]) -> T:
-        async with self._lock:
-            try:
-                call = next(op)
-                while True:
-                    try:
-                        value = await self._aroundtrip(call)
-                    except MeshfaasError as exc:  # the operation may handle it
-                        call = op.throw(exc)
-                        continue
-                    call = op.send(value)
-            except StopIteration as stop:
-                return cast(T, stop.value)
+        lock = self._lock
+        try:
+            lock.acquire_nowait()  # uncontended: no scheduler round trip for the lock
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            call = next(op)
+            while True:
+                try:
+                    value = await self._aroundtrip(call)
+                except MeshfaasError as exc:  # the operation may handle it
+                    call = op.throw(exc)
+                    continue
+                call = op.send(value)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        finally:
+            lock.release()
 
     async def _aroundtrip(self, call: _Call) -> Any:
         last = ""
         for _ in range(len(self._ep.endpoints)):
             endpoint = self.endpoint
-            outcome, response = await self._aattempt(call)
+            outcome, response, why = await self._aattempt(call)
             if response is not None and not _try_elsewhere(call, response):
                 return _value(response)
-            if response is not None:
-                last = f"{endpoint}: {response.error.message if response.error else ''}"
-            else:
-                error = _give_up(call, outcome, endpoint)
-                if error is not None:
-                    self._fail_over()
-                    raise error
-                last = f"{endpoint}: {outcome}"
-            self._fail_over()
+            last = self._next_endpoint(call, endpoint, outcome, response, why)
         raise Unavailable(f"no endpoint could serve the request (last: {last})")
 
-    async def _aattempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None]:
-        sock, monitor = self._socket()
-        with trio.move_on_after(self.connect_timeout_s):
-            await _wait_for(sock, zmq.POLLOUT)
-        if not _events(sock) & zmq.POLLOUT:
-            return _Attempt.DOWN, None
+    async def _aattempt(self, call: _Call) -> tuple[str, proto.ClientResponse | None, str]:
+        sock = self._socket()
         request_id, frame = self._ep.request(call)
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            sock.send(frame, _NOBLOCK)  # connected already: the usual case
         except zmq.Again:
-            return _Attempt.DOWN, None
-        with trio.move_on_after(call.timeout_s):
-            return await self._areply(sock, monitor, request_id)
-        return _Attempt.TIMEOUT, None
+            with trio.move_on_after(self.connect_timeout_s):
+                await _wait_for(sock, _POLLOUT)
+            try:
+                sock.send(frame, _NOBLOCK)
+            except zmq.Again:
+                await trio.lowlevel.checkpoint()
+                return _Attempt.DOWN, None, ""
+        return await self._areply(sock, request_id, call.timeout_s)
 
-    async def _areply(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any],
-                      request_id: str) -> tuple[str, proto.ClientResponse | None]:
-        """Wait for the matching reply; look at the monitor every ``MONITOR_CHECK_S``.
+    async def _areply(self, sock: zmq.Socket[Any], request_id: str, timeout_s: float
+                      ) -> tuple[str, proto.ClientResponse | None, str]:
+        """Wait for the matching reply on the DEALER's edge-triggered FD, watching the node.
 
-        Waiting on the DEALER alone keeps the fast path free of a nursery; a
-        dropped connection is noticed within one check period.
+        One cancel scope per wait, with the earlier of the call's deadline and
+        the watch's next tick; no task, no nursery.
         """
+        watch = _Watch(trio.current_time, self.liveness_interval_s, self.liveness_timeout_s)
+        deadline = watch.last_heard + timeout_s
+        fd = self._fd
         while True:
-            with trio.move_on_after(MONITOR_CHECK_S):
-                await _wait_for(sock, zmq.POLLIN)
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                response = _matching(frame, request_id)
+            if _events(sock) & _POLLIN:
+                response = self._drain(sock, request_id, watch)
                 if response is not None:
-                    return "ok", response
-            if _is_disconnect(monitor):
-                return _Attempt.LOST, None
+                    return "ok", response, ""
+                continue  # reading may have consumed the FD's edge: look again
+            with trio.CancelScope(deadline=min(deadline, watch.next_tick)):
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            now = trio.current_time()
+            if now >= deadline:
+                return _Attempt.TIMEOUT, None, ""
+            if not _ping(sock, watch, now, self._ep.ping_frame):
+                return _Attempt.LOST, None, watch.why
 
     # -- the API (awaitable versions of Client's) ---------------------------
 

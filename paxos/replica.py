@@ -116,6 +116,7 @@ T_META = "paxos_meta"
 T_LOG = "paxos_log"
 T_SNAP = "paxos_snap"
 NOTE_RESTORED = "paxos.restored"
+COMMIT_NOTICE = 0  # the hb_id of a Heartbeat that only announces the chosen prefix
 
 
 @attrs.frozen(kw_only=True)
@@ -137,11 +138,15 @@ class PaxosConfig:
     catchup_max_entries: int = 128
     max_waiting_clients: int = 10_000
     disk_lost: bool = False
+    commit_notice: str = "all"  # or "waiting": see Replica.send_commit_notices
+    mark_delay_ns: int = 100 * NS_PER_MS  # a deferred chosen mark is written within this
     variant: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}")
+        if self.commit_notice not in ("all", "waiting"):
+            raise ValueError(f"unknown commit_notice {self.commit_notice!r}")
         if self.lease_ns >= self.election_timeout_ns:
             raise ValueError("lease_ns must be shorter than election_timeout_ns")
         if self.window < 1 or self.batch_max < 1:
@@ -242,6 +247,7 @@ class Replica:
         self.recover_nonce = 0
         self.recover_target: int | None = None
         self.applied_early: set[int] = set()  # only the apply_out_of_order variant uses it
+        self.unmarked: dict[int, _Slot] = {}  # chosen here, chosen mark not yet written
 
     def _init_role_state(self) -> None:
         self.role = "follower"
@@ -267,6 +273,8 @@ class Replica:
         self.last_quorum_ns = 0
         self.reads: list[_PendingRead] = []
         self.commit_dirty = False
+        self.forwarded: dict[tuple[str, int], str] = {}  # command -> the peer awaiting it
+        self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
         # durability bookkeeping: replies wait until the writes they depend on are synced
         self.write_seq = 0
         self.persisted_seq = 0
@@ -325,10 +333,13 @@ class Replica:
 
     def take_ready(self) -> Ready | None:
         if self.role == "leader":
-            self._fill_window()
-            self._flush_accepts()
+            if self.queue or self.reconfigs or self.next_slot <= self.window_top:
+                self._fill_window()
+            told = self._flush_accepts()
             if self.commit_dirty:
-                self.broadcast_heartbeat()
+                self.send_commit_notices(told)
+        if self.unmarked and self.write_seq == self.out.last_seq + 1:
+            self._write_marks()  # this batch writes anyway: the deferred marks join it
         return self.out.take()
 
     def on_persisted(self, seq: int) -> None:
@@ -347,8 +358,22 @@ class Replica:
         self._persist(T_META, key, value)
 
     def _persist(self, table: str, key: Any, value: Any) -> None:
+        if self.unmarked:
+            self._write_marks()
         self.out.persist(table, key, value)
         self.write_seq = self.out.last_seq + 1
+
+    def on_marks_timer(self, now_ns: int) -> None:
+        if self.unmarked:
+            self._write_marks()
+
+    def _write_marks(self) -> None:
+        """Write the deferred chosen marks (they ride along with any other write)."""
+        marks, self.unmarked = self.unmarked, {}
+        for slot, entry in sorted(marks.items()):
+            if slot > self.truncated_upto and self.log.get(slot) is entry:
+                self.out.persist(T_LOG, slot, [list(entry.ballot), entry.value, True])
+                self.write_seq = self.out.last_seq + 1
 
     def _persist_slot(self, slot: int, entry: _Slot) -> None:
         self._persist(T_LOG, slot, [list(entry.ballot), entry.value, entry.chosen])
@@ -456,7 +481,7 @@ class Replica:
         if not self.recovering:
             self._promise_ballot(msg.ballot)
         self._follow(src, msg.ballot)
-        if not self.recovering:
+        if not self.recovering and msg.hb_id != COMMIT_NOTICE:
             self.send_durable(src, HeartbeatAck(ballot=msg.ballot, hb_id=msg.hb_id, ok=True,
                                                 promised=self.promised, chosen_upto=self.chosen_upto))
         self._learn_commit(src, msg.ballot, msg.commit_upto)
@@ -497,9 +522,17 @@ class Replica:
         entry = self.log.get(slot)
         if entry is not None and entry.chosen:
             return
+        # Accepted here under the same ballot (one value per ballot and slot): that
+        # accept is durable, so the chosen mark may wait for the next write.
+        deferred = entry is not None and entry.ballot == ballot
         entry = _Slot(ballot, value, True)
         self.log[slot] = entry
-        self._persist_slot(slot, entry)
+        if deferred:
+            self.unmarked[slot] = entry
+            if ("marks",) not in self.deadlines:
+                self.deadlines.set(("marks",), self.now_ns + self.cfg.mark_delay_ns)
+        else:
+            self._persist_slot(slot, entry)
         self.out.notify(NOTE_CHOSEN, Chosen(index=slot, value=value))
         self.inflight.pop(slot, None)
         if self.cfg.variant == "apply_out_of_order" and slot > self.chosen_upto + 1:
@@ -556,6 +589,9 @@ class Replica:
         return AppliedCommand(client_id=cmd.client_id, seq=cmd.seq, result=result, fresh=True)
 
     def _answer_client(self, res: AppliedCommand, index: int, fencing: Ballot) -> None:
+        forwarder = self.forwarded.pop((res.client_id, res.seq), None)
+        if forwarder is not None and self.role == "leader":
+            self.notify_peers.add(forwarder)
         if self.waiting.pop((res.client_id, res.seq), None) is None:
             return
         self.queued.discard((res.client_id, res.seq))
@@ -793,6 +829,7 @@ class Replica:
                     self.handle_prepare(self.node_id, msg)
                 else:
                     self.send_durable(NodeId(peer), msg)
+                    self._arm_retry()
 
     def handle_promise(self, src: NodeId, msg: Promise) -> None:
         if not msg.ok:
@@ -840,7 +877,7 @@ class Replica:
         self.p1_asked = set()
         self.inflight, self.to_send = {}, []
         self.lease_until_ns = 0
-        self.hb_sent = {}
+        self.hb_sent, self.notify_peers = {}, set()
         self.deadlines.cancel(("heartbeat",))
         self.deadlines.cancel(("retry",))
         if was == "leader":
@@ -873,8 +910,16 @@ class Replica:
         elif self.role == "leader":
             self._resend_accepts(now_ns)
             self.broadcast_prepare(sorted(self.p1_asked), again=True)
-        if self.role != "follower":
+        if self.role == "candidate" or (self.role == "leader" and self._awaiting_answers()):
             self.deadlines.set(("retry",), now_ns + self.cfg.retry_ns)
+
+    def _awaiting_answers(self) -> bool:
+        """A leader has something to resend: slots in flight or unanswered Prepares."""
+        return bool(self.inflight) or any(p not in self.promises for p in self.p1_asked)
+
+    def _arm_retry(self) -> None:
+        if ("retry",) not in self.deadlines:
+            self.deadlines.set(("retry",), self.now_ns + self.cfg.retry_ns)
 
     # ----------------------------------------------------------------- leader
 
@@ -929,11 +974,18 @@ class Replica:
             last = self.sessions.get(command.client_id)
             if key in self.queued or (last is not None and command.seq <= last[0]):
                 continue
+            self._remember_forwarder(key, src)
             self.queued.add(key)
             self.queue.append(command)
         if msg.voters is not None and msg.reconfig_client is not None:
             client, seq = msg.reconfig_client
+            self._remember_forwarder((client, seq), src)
             self.reconfigs.append((msg.voters, client, seq))
+
+    def _remember_forwarder(self, key: tuple[str, int], src: str) -> None:
+        self.forwarded[key] = src
+        if len(self.forwarded) > self.cfg.max_waiting_clients:
+            del self.forwarded[next(iter(self.forwarded))]
 
     def _fill_window(self) -> None:
         """Propose into every free slot of the window: re-proposals, then new batches."""
@@ -974,14 +1026,21 @@ class Replica:
         self.out.notify(NOTE_PROPOSED, Proposed(index=slot, ballot=self.ballot, value=value))
         self.to_send.append((slot, value))
 
-    def _flush_accepts(self) -> None:
+    @property
+    def window_top(self) -> int:
+        """The last slot the leader may propose now, or the highest it must fill anyway."""
+        return max(self.p1_max_slot, self.establish_slot, self.config[-1][0])
+
+    def _flush_accepts(self) -> set[str]:
+        """Send the queued proposals; returns the peers told the chosen prefix with them."""
         if not self.to_send:
-            return
+            return set()
         entries, self.to_send = tuple(self.to_send), []
         targets: set[str] = set()
         for slot, _value in entries:
             targets.update(quorum.voters_at(self.config, slot))
         self._send_accepts(entries, sorted(targets))
+        return targets
 
     def _send_accepts(self, entries: tuple[tuple[int, Batch], ...], targets: Iterable[str]) -> None:
         msg = Accept(ballot=self.ballot, entries=entries, commit_upto=self.chosen_upto)
@@ -990,8 +1049,7 @@ class Replica:
                 self.handle_accept(self.node_id, msg)
             else:
                 self.out.send(NodeId(peer), msg)
-        if ("retry",) not in self.deadlines:
-            self.deadlines.set(("retry",), self.now_ns + self.cfg.retry_ns)
+        self._arm_retry()
 
     def _resend_accepts(self, now_ns: int) -> None:
         stale = [(s, f) for s, f in sorted(self.inflight.items())
@@ -1033,6 +1091,20 @@ class Replica:
             self.become_follower()  # no majority has answered for too long
             return
         self.broadcast_heartbeat()
+
+    def send_commit_notices(self, told: set[str]) -> None:
+        """The chosen prefix moved: tell the peers not told by an Accept just now (with
+        ``commit_notice="waiting"`` only those whose forwarded commands were just
+        applied: the others learn the prefix from the next Accept or heartbeat). A
+        notice is a Heartbeat with ``hb_id`` 0: it wants no ack."""
+        self.commit_dirty = False
+        peers, self.notify_peers = self.notify_peers, set()
+        msg = Heartbeat(ballot=self.ballot, commit_upto=self.chosen_upto, hb_id=COMMIT_NOTICE)
+        if self.cfg.commit_notice == "all":
+            peers = set(self.known_nodes)  # every replica's applied state stays fresh
+        for peer in sorted(peers - told):
+            if peer != self.node_id:
+                self.out.send(NodeId(peer), msg)
 
     def broadcast_heartbeat(self) -> None:
         self.commit_dirty = False
@@ -1135,6 +1207,7 @@ class Replica:
         "retry": on_retry_timer,
         "catchup": on_catchup_timer,
         "recover": _recover_tick,
+        "marks": on_marks_timer,
     }
 
 

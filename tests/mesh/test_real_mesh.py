@@ -7,6 +7,8 @@ Every wait is on a condition with a deadline; every process started here is stop
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,9 @@ import pytest
 
 from meshfaas.cli_up import Mesh, _ensure_admin_key
 from meshfaas.client import Client, MeshfaasError, Timeout, Unavailable
+
+if __package__ is None or not __package__.startswith("tests"):  # imported by bench/ scripts
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.ports import port_range
 
 pytestmark = pytest.mark.slow
@@ -205,3 +210,87 @@ def test_a_node_killed_mid_invocation(mesh3: LocalMesh) -> None:
         record = wait_for(lambda: (r := client.result(invocation)).status == "succeeded" and r,
                           120, "the async invocation to be retried and succeed")
         assert record.attempts >= 2
+
+
+def _async_invoke(mesh: LocalMesh, node: str, payload: Any, out: dict[str, Any]) -> None:
+    """Run one AsyncClient.invoke under trio (in a helper thread); record how it ended."""
+    import trio
+
+    from meshfaas.client import AsyncClient
+
+    async def call() -> None:
+        key = mesh.mesh.info[mesh.mesh.ids[0]]["public_key"]
+        async with AsyncClient([mesh.mesh.info[node]["client"]], mesh.api_key,
+                               server_public_key=key) as client:
+            try:
+                out["value"] = await client.invoke("sleepy", payload, timeout_s=120)
+            except MeshfaasError as exc:
+                out["error"] = exc
+        out["at"] = time.monotonic()
+
+    trio.run(call)
+
+
+def test_callers_of_a_node_killed_mid_invocation_fail_fast(mesh3: LocalMesh) -> None:
+    """Sync and trio callers get Unavailable within seconds of kill -9 (or SIGSTOP) of the
+    node they are connected to, not at their 120 s timeout."""
+    with mesh3.client() as client:
+        client.deploy("sleepy", str(SLEEPY), handler="app.handler", timeout_s=60)
+        entry = client.invoke_detailed("sleepy", {"seconds": 0}).node  # warm there: runs there
+    sync_out: dict[str, Any] = {}
+
+    def sync_caller() -> None:
+        with mesh3.client(entry) as caller:
+            try:
+                sync_out["value"] = caller.invoke("sleepy", {"seconds": 6}, timeout_s=120)
+            except MeshfaasError as exc:
+                sync_out["error"] = exc
+        sync_out["at"] = time.monotonic()
+
+    async_out: dict[str, Any] = {}
+    threads = [threading.Thread(target=sync_caller, daemon=True),
+               threading.Thread(target=_async_invoke, daemon=True,
+                                args=(mesh3, entry, {"seconds": 6}, async_out))]
+    for t in threads:
+        t.start()
+    with mesh3.client(entry) as observer:  # the entry node counts what it routed
+        wait_for(lambda: sum(observer.status().load.values()) >= 2, 20,
+                 "both invocations to be running")
+    mesh3.mesh.kill(entry)
+    killed_at = time.monotonic()
+    for t in threads:
+        t.join(30)
+    for name, out in (("sync", sync_out), ("trio", async_out)):
+        assert isinstance(out.get("error"), Unavailable), (name, out)
+        assert "may or may not have run" in str(out["error"]), (name, out)
+        waited_s = out["at"] - killed_at
+        print(f"{name} caller: Unavailable {waited_s:.2f} s after kill -9 of {entry}")
+        assert waited_s < 8, (name, waited_s)
+    survivors = [mesh3.mesh.info[n]["client"] for n in mesh3.mesh.ids if n != entry]
+    key = mesh3.mesh.info[mesh3.mesh.ids[0]]["public_key"]
+    with Client([mesh3.mesh.info[entry]["client"], *survivors], mesh3.api_key,
+                server_public_key=key, connect_timeout_s=0.5) as client:
+        assert "sleepy" in {f.name for f in client.list_functions()}  # a read fails over
+    mesh3.mesh.start_node(mesh3.mesh.ids.index(entry))  # (a mesh stops faster whole)
+    _caller_of_a_hung_node_fails_fast(mesh3, next(n for n in mesh3.mesh.ids if n != entry))
+
+
+def _caller_of_a_hung_node_fails_fast(mesh: LocalMesh, entry: str) -> None:
+    """SIGSTOP, not kill: the connection stays open and only the silence tells."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=_async_invoke, daemon=True,
+                              args=(mesh, entry, {"seconds": 6}, out))
+    thread.start()
+    with mesh.client(entry) as observer:
+        wait_for(lambda: sum(observer.status().load.values()) >= 1, 20, "the invocation to run")
+    proc = mesh.mesh.procs[entry]
+    proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        thread.join(30)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert isinstance(out.get("error"), Unavailable) and "no answer" in str(out["error"]), out
+    waited_s = out["at"] - stopped_at
+    print(f"trio caller: Unavailable {waited_s:.2f} s after SIGSTOP of {entry}")
+    assert waited_s < 8, waited_s

@@ -213,6 +213,9 @@ async def test_each_runtime_runs_handlers(executor: Executor, make_fn: MakeFn,
         assert res.result == json.dumps(json.loads(nasty)).encode()  # json's C accelerator, any version
         res = await executor.invoke(make_fn("lean.roundtrip", runtime=name), "1", b"[1,", "r")
         assert res.error is not None and res.error["errorType"] == "Runtime.UnmarshalError"
+        res = await executor.invoke(make_fn("lean.log_late", runtime=name), "1", b'"y"', "r3")
+        assert any(re.fullmatch(r"\[WARNING\]\t\S+Z\tr3\tlate warning y", ln)  # the logging hook, any version
+                   for ln in res.log_tail.splitlines()), res.log_tail
 
 
 async def test_missing_runtime_is_a_clear_error(executor: Executor, make_fn: MakeFn) -> None:

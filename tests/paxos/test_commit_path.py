@@ -1,0 +1,178 @@
+"""The commit path's economy: what a commit costs in messages and writes, and that the
+savings keep every guarantee (a lone replica fed by hand for the Ready contract, the
+fault-free cluster for restarts)."""
+
+from __future__ import annotations
+
+import random
+
+from meshfaas.core.types import NodeId, Now
+from paxos.api import Propose
+from paxos.kv import KvStateMachine
+from paxos.messages import (
+    Accept,
+    Accepted,
+    Batch,
+    CatchupEntries,
+    Command,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    Promise,
+)
+from paxos.replica import COMMIT_NOTICE, T_LOG, PaxosConfig, Replica
+from tests.paxos.cluster import Cluster
+
+NOW = Now(mono_ns=10**12, wall_ns=10**18)
+LATER = NOW.after(10**9)  # past the boot lease guard
+B2 = (5, "n2")  # a leader n2's ballot
+ELECTED = NOW.after(10 * 10**9)  # when lone_leader() stands for election
+
+
+def follower() -> Replica:
+    config = PaxosConfig(node_id="n1", voters=("n1", "n2", "n3"))
+    r = Replica(config, KvStateMachine(), random.Random(1), {}, NOW)
+    r.take_ready()
+    return r
+
+
+def put(client: str, seq: int) -> Command:
+    return Command(client_id=client, seq=seq, payload=["put", "k", f"{client}{seq}"])
+
+
+def accept(r: Replica, slot: int, commit_upto: int) -> None:
+    """n2 (leading at B2) sends slot ``slot``; the replica syncs and acks it."""
+    value = Batch(ballot=B2, cmds=(put("c", slot),))
+    r.handle(NodeId("n2"), Accept(ballot=B2, entries=((slot, value),), commit_upto=commit_upto),
+             LATER)
+    ready = r.take_ready()
+    assert ready is not None and [type(o.msg) for o in ready.send_after_persist] == [Accepted]
+    r.on_persisted(ready.seq)
+
+
+def test_a_commit_notice_is_applied_without_an_ack_or_a_write() -> None:
+    r = follower()
+    accept(r, 1, commit_upto=0)
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=1, hb_id=COMMIT_NOTICE), LATER)
+    assert r.chosen_upto == 1 and r.log[1].chosen
+    ready = r.take_ready()
+    assert ready is not None and not ready.persist  # the chosen mark waits
+    assert not ready.send_now and not ready.send_after_persist  # and no ack
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=1, hb_id=7), LATER)
+    acked = r.take_ready()
+    assert acked is not None and [type(o.msg) for o in acked.send_now] == [HeartbeatAck]
+
+
+def test_a_deferred_chosen_mark_rides_with_the_next_write() -> None:
+    r = follower()
+    accept(r, 1, commit_upto=0)
+    r.handle(NodeId("n2"), Accept(ballot=B2, entries=((2, Batch(ballot=B2)),), commit_upto=1),
+             LATER)
+    ready = r.take_ready()
+    assert ready is not None
+    log_writes = [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG]
+    assert sorted(log_writes) == [(1, True), (2, False)]  # slot 1's mark joins the batch
+
+
+def test_a_slot_learned_by_catch_up_is_marked_at_once() -> None:
+    r = follower()
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=1, hb_id=COMMIT_NOTICE), LATER)
+    r.take_ready()
+    value = Batch(ballot=B2, cmds=(put("c", 1),))
+    r.handle(NodeId("n2"), CatchupEntries(entries=((1, value),), chosen_upto=1), LATER)
+    ready = r.take_ready()
+    assert ready is not None and r.chosen_upto == 1
+    assert [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG] == [(1, True)]
+
+
+def lone_leader(**settings: object) -> Replica:
+    """n1 elected with n2's promise: leads at its ballot, nothing in flight."""
+    config = PaxosConfig(node_id="n1", voters=("n1", "n2", "n3"), **settings)  # type: ignore[arg-type]
+    r = Replica(config, KvStateMachine(), random.Random(1), {}, NOW)
+    r.tick(ELECTED)
+    ready = r.take_ready()
+    assert ready is not None
+    r.on_persisted(ready.seq)
+    r.handle(NodeId("n2"), Promise(ballot=r.ballot, ok=True, promised=r.ballot), ELECTED)
+    settle(r)
+    assert r.role == "leader"
+    return r
+
+
+def settle(r: Replica, acks_from: tuple[str, ...] = ("n2",)) -> list[tuple[str, object]]:
+    """Sync every batch, ack every Accept from ``acks_from``; returns what was sent."""
+    sent: list[tuple[str, object]] = []
+    while (ready := r.take_ready()) is not None:
+        r.on_persisted(ready.seq)
+        for out in (*ready.send_now, *ready.send_after_persist):
+            sent.append((out.dst, out.msg))
+            if isinstance(out.msg, Accept) and out.dst in acks_from:
+                slots = tuple(s for s, _ in out.msg.entries)
+                r.handle(NodeId(out.dst), Accepted(ballot=r.ballot, slots=slots, ok=True,
+                                                   promised=r.ballot, chosen_upto=0), ELECTED)
+    return sent
+
+
+def notices(sent: list[tuple[str, object]]) -> list[str]:
+    return sorted(dst for dst, msg in sent
+                  if isinstance(msg, Heartbeat) and msg.hb_id == COMMIT_NOTICE)
+
+
+def test_commit_notices_go_to_every_peer_not_told_by_an_accept() -> None:
+    r = lone_leader()
+    r.handle(NodeId("n3"), Forward(cmds=(put("c", 1),)), ELECTED)
+    sent = settle(r)
+    assert r.chosen_upto >= 2  # the leader's no-op and the command
+    assert notices(sent) == ["n2", "n3"]
+    assert not any(isinstance(msg, HeartbeatAck) for _dst, msg in sent)
+
+
+def test_waiting_commit_notices_go_only_to_the_forwarder() -> None:
+    r = lone_leader(commit_notice="waiting")
+    r.handle(NodeId("n3"), Forward(cmds=(put("c", 1),)), ELECTED)
+    sent = settle(r)
+    assert r.chosen_upto >= 2
+    assert notices(sent) == ["n3"]
+
+
+def test_an_idle_leader_keeps_no_retry_timer_and_takes_no_ready() -> None:
+    r = lone_leader()
+    r.handle(NodeId("n3"), Promise(ballot=r.ballot, ok=True, promised=r.ballot), ELECTED)
+    settle(r, acks_from=("n2", "n3"))
+    assert r.inflight == {}
+    r.tick(ELECTED.after(r.cfg.retry_ns))  # the timer armed while slots were in flight
+    settle(r)
+    assert ("retry",) not in r.deadlines  # not re-armed: nothing to resend
+    assert r.take_ready() is None
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED.after(10**8))
+    ready = r.take_ready()
+    assert ready is not None and ("retry",) in r.deadlines  # armed while in flight
+    r.on_persisted(ready.seq)
+
+
+def test_a_replica_restarted_before_its_marks_were_written_relearns_them() -> None:
+    c = Cluster(3)
+    leader = c.wait_leader()
+    for seq in range(1, 4):
+        c.command(leader, Propose(client_id="a", seq=seq, payload=["append", "k", str(seq)]))
+        c.wait_result("a", seq)
+    c.wait_for(lambda: all(c.core(n).chosen_upto == c.core(leader).chosen_upto for n in c.ids))
+    top = c.core(leader).chosen_upto
+    other = next(n for n in c.ids if n != leader)
+    assert c.core(other).unmarked  # its newest marks are not on disk
+    c.world.crash(other)
+    c.world.restart(other)
+    c.wait_for(lambda: c.core(other).chosen_upto >= top)
+    assert c.core(other).sm.query(["get", "k"]) == "123"
+
+
+def test_a_deferred_chosen_mark_is_written_within_the_mark_delay() -> None:
+    r = follower()
+    accept(r, 1, commit_upto=0)
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=1, hb_id=COMMIT_NOTICE), LATER)
+    r.take_ready()
+    r.tick(LATER.after(r.cfg.mark_delay_ns))
+    ready = r.take_ready()
+    assert ready is not None
+    assert [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG] == [(1, True)]
+    assert not r.unmarked
