@@ -29,7 +29,6 @@ messages. Semantic checks (is this ballot sane?) stay with the core.
 from __future__ import annotations
 
 import io
-import itertools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -279,16 +278,15 @@ def _decode_message(v: Any, depth: int, expect: type | None) -> Any:
 def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
-    plan = [(f.name, _converter(hints.get(f.name, Any))) for f in fields]
+    names = [f.name for f in fields]
+    convs = [_converter(hints.get(f.name, Any)) for f in fields]
     n = len(fields)
     qualname = cls.__qualname__
 
     def decode(body: Any, depth: int) -> Any:
         if len(body) != n + 1:
             raise DecodeError(f"{qualname}: expected {n} fields, got {len(body) - 1}")
-        inner = depth + 1
-        kwargs = {name: conv(value, inner)
-                  for (name, conv), value in zip(plan, itertools.islice(body, 1, None), strict=True)}
+        kwargs = {name: conv(body[i + 1], depth + 1) for i, (name, conv) in enumerate(zip(names, convs, strict=True))}
         try:
             return cls(**kwargs)
         except Exception as exc:  # an attrs validator refused a value
@@ -298,22 +296,8 @@ def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
     return decode
 
 
-_CONVERTERS: dict[Any, Converter] = {}
-
-
 def _converter(tp: Any) -> Converter:
-    """The converter that checks a decoded CBOR value against ``tp`` (compiled once)."""
-    try:
-        return _CONVERTERS[tp]
-    except KeyError:
-        pass
-    except TypeError:  # an unhashable annotation: compile it every time
-        return _compile_converter(tp)
-    conv = _CONVERTERS[tp] = _compile_converter(tp)
-    return conv
-
-
-def _compile_converter(tp: Any) -> Converter:
+    """Compile a converter that checks a decoded CBOR value against ``tp``."""
     simple = {int: _conv_int, bool: _conv_bool, float: _conv_float, str: _conv_str,
               bytes: _conv_bytes, type(None): _conv_none, None: _conv_none, Any: _conv_any,
               object: _conv_any}
@@ -340,13 +324,6 @@ def _compile_converter(tp: Any) -> Converter:
 
 
 def _union_converter(args: tuple[Any, ...]) -> Converter:
-    if len(args) == 2 and type(None) in args:  # ``X | None``: no exception for a None
-        inner = _converter(args[0] if args[1] is type(None) else args[1])
-
-        def conv_optional(v: Any, depth: int) -> Any:
-            return None if v is None else inner(v, depth)
-
-        return conv_optional
     convs = [_converter(a) for a in args]
 
     def conv(v: Any, depth: int) -> Any:
