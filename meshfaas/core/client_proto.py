@@ -439,7 +439,10 @@ def encode(msg: ClientRequest | ClientResponse | LogEvent | InvocationRecord) ->
 def _decode(frame: bytes, expect: type) -> Any:
     if len(frame) > MAX_FRAME_BYTES:
         raise DecodeError(f"frame of {len(frame)} bytes over the {MAX_FRAME_BYTES}-byte limit")
-    version, msg = from_cbor(bytes(frame), tuple[int, Any])
+    decoded = from_cbor(bytes(frame))  # (``expect`` would compile a converter per call)
+    if type(decoded) is not list or len(decoded) != 2 or type(decoded[0]) is not int:
+        raise DecodeError("a client frame is an array of 2: version, message")
+    version, msg = decoded
     if version != CLIENT_PROTOCOL_VERSION:
         raise DecodeError(f"client protocol version {version}, expected {CLIENT_PROTOCOL_VERSION}")
     if not isinstance(msg, expect):
