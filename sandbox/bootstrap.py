@@ -348,17 +348,22 @@ def configure_logging(logging: Any) -> None:
 
 
 class _ConfigureAfterExec:
-    """Wraps the loader of ``logging``: runs the module, then configures it."""
+    """Wraps the loader of ``logging``: runs the module, then configures it (once)."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, hook: LoggingHook) -> None:
         self._loader = loader
+        self._hook = hook
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
         self._loader.exec_module(module)
-        configure_logging(module)
+        if not self._hook.done:  # (a reload runs this again: one handler only)
+            self._hook.done = True
+            configure_logging(module)
+        if self._hook in sys.meta_path:
+            sys.meta_path.remove(self._hook)
 
     def __getattr__(self, name: str) -> Any:  # get_source, is_package, ... for linecache & co
         return getattr(self._loader, name)
@@ -367,19 +372,22 @@ class _ConfigureAfterExec:
 class LoggingHook:
     """A meta path finder that configures ``logging`` when it is first imported
     (by the handler or a library), so sandboxes that never log never import it.
-    It steps aside after that one import."""
+    It steps aside once ``logging`` has run (not at a mere ``find_spec``)."""
+
+    def __init__(self) -> None:
+        self.done = False
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "logging":
+        if name != "logging" or self.done:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find is not None else None
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _ConfigureAfterExec(spec.loader)
+                    spec.loader = _ConfigureAfterExec(spec.loader, self)
                 return spec
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,3 +163,25 @@ def test_invoke_and_result_frames() -> None:
     assert header["billed_ms"] >= 1 and header["max_memory_mb"] > 0
     header, _ = bootstrap.invoke(lambda event, context: None, {"request_id": "r2"}, b"", state)
     assert header["init_ms"] is None  # only the first invocation reports init
+
+
+HOOK_SCRIPT = """
+import importlib, importlib.util, sys
+sys.path.insert(0, sys.argv[1])
+import bootstrap
+bootstrap._setup_streams_and_logging()
+assert "logging" not in sys.modules
+assert importlib.util.find_spec("logging") is not None  # a mere probe does not disarm the hook
+import logging.handlers
+root = logging.getLogger()
+print(len(root.handlers), root.level, root.handlers[0].filters == [bootstrap._add_request_id],
+      bootstrap.LoggingHook not in map(type, sys.meta_path))
+"""
+
+
+def test_logging_hook_configures_once_on_first_import() -> None:
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", HOOK_SCRIPT, str(Path(bootstrap.__file__).parent)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # one handler, at WARNING, with the request-id filter; the hook has stepped aside
+    assert done.stdout.split() == ["1", "30", "True", "True"]
