@@ -4,7 +4,8 @@
 
 1. Latency: a bare pyzmq REQ/REP round trip (two threads, one process) as the
    reference; then a warm invocation of a trivial handler through the SDK on
-   loopback, split by whether the entry node ran it or forwarded it once.
+   loopback, on a mesh of capacities 16, 16 and 0: through n1, which runs it
+   itself, and through n3, a gateway that forwards every invocation once.
 2. Throughput: several client processes, each with concurrent trio clients,
    invoke the trivial handler on a 3-node mesh for a fixed time.
 3. Skew: one hot function, nodes of unequal capacity (2, 4, 8), a fixed number
@@ -83,16 +84,21 @@ def invoke_detail(client: Any, name: str, payload: bytes) -> proto.InvokeResult:
 
 
 def latency(mesh: Any, n: int) -> dict[str, list[float]]:
+    """Warm invocations, one at a time: through n1, which runs them itself (the
+    router keeps an invocation on its entry node when that is not busier), and
+    through n3, a gateway (capacity 0) that must forward every one once."""
     out: dict[str, list[float]] = {"local": [], "forwarded": []}
     with mesh.client("n1") as client:
         client.deploy("echo", str(ECHO), handler="app.handler")
-        for _ in range(100):
-            invoke_detail(client, "echo", b"{}")
-        for _ in range(n):
-            start = time.perf_counter()
-            result = invoke_detail(client, "echo", b"{}")
-            us = (time.perf_counter() - start) * 1e6
-            out["local" if result.node == "n1" else "forwarded"].append(us)
+    for entry in ("n1", "n3"):
+        with mesh.client(entry) as client:
+            for _ in range(100):
+                invoke_detail(client, "echo", b"{}")
+            for _ in range(n):
+                start = time.perf_counter()
+                result = invoke_detail(client, "echo", b"{}")
+                us = (time.perf_counter() - start) * 1e6
+                out["local" if result.node == entry else "forwarded"].append(us)
     return out
 
 
@@ -154,13 +160,20 @@ def main() -> None:
     bare = bare_zmq_roundtrip(n)
     print(f"bare pyzmq REQ/REP round trip: p50 {pct(bare, 50):.0f} us, p99 {pct(bare, 99):.0f} us")
     with tempfile.TemporaryDirectory() as tmp:
-        mesh = start_mesh(Path(tmp), capacities=(16, 16, 16))
+        mesh = start_mesh(Path(tmp), capacities=(16, 16, 0))
         try:
             lat = latency(mesh, n)
-            for kind, values in lat.items():
-                if values:
-                    print(f"warm invoke via SDK, {kind}: p50 {pct(values, 50) / 1000:.2f} ms, "
-                          f"p99 {pct(values, 99) / 1000:.2f} ms ({len(values)} calls)")
+        finally:
+            mesh.stop()
+    for kind, values in lat.items():
+        if values:
+            print(f"warm invoke via SDK, {kind}: p50 {pct(values, 50) / 1000:.2f} ms, "
+                  f"p99 {pct(values, 99) / 1000:.2f} ms ({len(values)} calls)")
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh = start_mesh(Path(tmp), capacities=(16, 16, 16))
+        try:
+            with mesh.client("n1") as client:
+                client.deploy("echo", str(ECHO), handler="app.handler")
             rate, failed, _ = load(mesh, procs=2, conc=16, seconds=seconds)
             print(f"throughput, 3-node mesh (16 slots each), 2 client processes x 16 clients: "
                   f"{rate:,.0f} invocations/s ({failed} failed)")
