@@ -6,8 +6,11 @@
    reference; then a warm invocation of a trivial handler through the SDK on
    loopback, on a mesh of capacities 16, 16 and 0: through n1, which runs it
    itself, and through n3, a gateway that forwards every invocation once.
-2. Throughput: several client processes, each with concurrent trio clients,
-   invoke the trivial handler on a 3-node mesh for a fixed time.
+2. Throughput: several client processes, each with concurrent trio SDK
+   clients, invoke the trivial handler on a 3-node mesh for a fixed time; then
+   the same mesh driven by a lean generator (raw DEALER sockets, the same
+   client protocol, every answer decoded and checked), because on one 2-core
+   machine the load generator's own CPU is taken from the mesh.
 3. Skew: one hot function, nodes of unequal capacity (2, 4, 8), a fixed number
    of concurrent callers: p50/p99 latency with least-loaded routing against
    random routing, both measured in this run.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import threading
@@ -132,12 +136,73 @@ def _client_proc(endpoints: list[str], key: str, server_key: str, conc: int, sec
     trio.run(main)
 
 
+def _raw_proc(endpoints: list[str], key: str, server_key: str, window: int, seconds: float,
+              queue: Any) -> None:
+    """A lean load generator: one DEALER per node, ``window`` requests in flight on
+    each, requests encoded by the client protocol and every answer decoded and
+    checked, but no SDK (no failover, liveness watch or trio)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    public, secret = zmq.curve_keypair()
+    socks = []
+    for endpoint in endpoints:
+        sock = ctx.socket(zmq.DEALER)
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+            server_key.encode(), public, secret)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        socks.append(sock)
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    sent_at: dict[str, float] = {}
+    counter = iter(range(1 << 62))
+    prefix = os.urandom(4).hex()
+
+    def send(sock: zmq.Socket[Any]) -> None:
+        rid = f"{prefix}{next(counter)}"
+        sock.send(proto.encode(proto.ClientRequest(
+            request_id=rid, api_key=key, body=proto.Invoke(name="echo", payload=b"{}"))))
+        sent_at[rid] = time.perf_counter()
+
+    done, failed, lats = 0, 0, []
+    for sock in socks:
+        for _ in range(window):
+            send(sock)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for sock, _ in poller.poll(1000):
+            response = proto.decode_response(sock.recv())
+            start = sent_at.pop(response.request_id, None)
+            if response.ok and start is not None:
+                done += 1
+                lats.append((time.perf_counter() - start) * 1e3)
+            else:
+                failed += 1
+            send(sock)
+    print("outstanding at end:", len(sent_at), file=sys.stderr)
+    queue.put((done, failed, lats))
+    ctx.destroy(linger=0)
+
+
+def raw_load(mesh: Any, procs: int, window: int, seconds: float) -> tuple[float, int, list[float]]:
+    endpoints = mesh.mesh.endpoints()
+    server_key = mesh.mesh.info["n1"]["public_key"]
+    queue: Any = mp.Queue()
+    workers = [mp.Process(target=_raw_proc, args=(endpoints, mesh.api_key, server_key, window,
+                                                   seconds, queue)) for _ in range(procs)]
+    return _collect(workers, queue, seconds)
+
+
 def load(mesh: Any, procs: int, conc: int, seconds: float) -> tuple[float, int, list[float]]:
     endpoints = mesh.mesh.endpoints()
     server_key = mesh.mesh.info["n1"]["public_key"]
     queue: Any = mp.Queue()
     workers = [mp.Process(target=_client_proc, args=(endpoints, mesh.api_key, server_key, conc,
                                                      seconds, queue)) for _ in range(procs)]
+    return _collect(workers, queue, seconds)
+
+
+def _collect(workers: list[Any], queue: Any, seconds: float) -> tuple[float, int, list[float]]:
     for w in workers:
         w.start()
     done, failed, lats = 0, 0, []
@@ -175,8 +240,12 @@ def main() -> None:
             with mesh.client("n1") as client:
                 client.deploy("echo", str(ECHO), handler="app.handler")
             rate, failed, _ = load(mesh, procs=2, conc=16, seconds=seconds)
-            print(f"throughput, 3-node mesh (16 slots each), 2 client processes x 16 clients: "
-                  f"{rate:,.0f} invocations/s ({failed} failed)")
+            print(f"throughput, 3-node mesh (16 slots each), 2 client processes x 16 SDK "
+                  f"clients: {rate:,.0f} invocations/s ({failed} failed)")
+            rate, failed, lats = raw_load(mesh, procs=1, window=8, seconds=seconds)
+            print(f"throughput, same mesh, 1 lean load-generator process (8 in flight per "
+                  f"node): {rate:,.0f} invocations/s ({failed} failed), p50 "
+                  f"{pct(lats, 50):.2f} ms, p99 {pct(lats, 99):.2f} ms")
         finally:
             mesh.stop()
     for routing in ("least-loaded", "random"):

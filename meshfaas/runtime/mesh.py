@@ -99,6 +99,7 @@ BLOB_CHUNK_BYTES = 1024 * 1024
 BLOB_REQUEST_TIMEOUT_S = 3.0
 BLOB_REPLICATE_TIMEOUT_S = 60.0
 RECENT_LOGS_PER_FUNCTION = 200
+CLIENT_BATCH = 64  # client requests handled per turn of the socket owner
 WARM_REFRESH_S = 0.5
 # Invocation results (already answered) wait up to this long to share one sync
 # (Driver lazy tables; docs/performance.md).
@@ -420,7 +421,10 @@ class MeshProcess:
 
     def _bind(self, config: MeshProcessConfig) -> None:
         self.peer = PeerTransport(self.net, self.node_id, bind=config.peer_bind, codec=self.codec)
-        self.clients = ClientRouter(self.net, bind=config.client_bind, any_client_key=True)
+        # Requests are handled inline, by the socket's owner (a task switch less
+        # per request), 64 at most before the loop's other work gets a turn.
+        self.clients = ClientRouter(self.net, bind=config.client_bind, any_client_key=True,
+                                    on_request=self._on_client, batch=CLIENT_BATCH)
         host = config.client_bind.rsplit(":", 1)[0]
         self.events = EventPublisher(self.net, bind=config.events_bind or f"{host}:*",
                                      any_client_key=True)
@@ -503,12 +507,6 @@ class MeshProcess:
                 log.exception("could not prepare spare jails for %s", fn.name)
 
     # -- clients ----------------------------------------------------------------
-
-    async def _serve_clients(self) -> None:
-        async for request in self.clients.inbound:  # then whatever else is queued, unyielding
-            self._on_client(request)
-            for more in drain_nowait(self.clients.inbound):
-                self._on_client(more)
 
     def _on_client(self, request: ClientMessage) -> None:
         if len(request.parts) != 1:
@@ -703,12 +701,11 @@ class MeshProcess:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.net.run)
-                for part in (self.peer.run, self.clients.run, self.events.run,
-                             self.blob_service.run, self.executor.run):
+                for part in (self.peer.run, self.events.run, self.blob_service.run,
+                             self.executor.run, self.driver.run,
+                             self.clients.run):  # last: it hands requests to the driver
                     await nursery.start(part)
-                await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_peers)
-                nursery.start_soon(self._serve_clients)
                 nursery.start_soon(self._refresh_warm)
                 if self.config.join:
                     self.driver.command(JoinMesh(seeds=tuple(self._seed_ids())))
