@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import time
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
@@ -40,7 +39,7 @@ import trio
 from sandbox.cgroups import plan_cgroups, remove_stale_jail_cgroups
 from sandbox.lambda_log import format_log
 from sandbox.layers import LayerStore
-from sandbox.precompile import PrecompileError, compile_bootstrap
+from sandbox.precompile import PrecompileError, compile_bootstrap, compile_code_tree, link_tree
 from sandbox.process import Backend, Outcome, SandboxProcess, SandboxStartError, error_body
 from sandbox.runtimes import Runtime, RuntimeMissing, discover_runtimes, pick
 from sandbox.spec import AS_HEADROOM_MB, LAYER_ROOT, TASK_ROOT, CgroupPlan, SandboxSpec
@@ -162,24 +161,6 @@ def _shape(function: FunctionSpec) -> Shape:
             function.max_file_size_mb, function.layer)
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) a code tree; symlinks are recreated, never followed."""
-    for folder, dirs, files in os.walk(src):
-        target = dst / os.path.relpath(folder, src)
-        target.mkdir(mode=0o755, exist_ok=True)
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
-            source, dest = os.path.join(folder, name), target / name
-            if os.path.islink(source):
-                os.symlink(os.readlink(source), dest)
-            elif not stat.S_ISREG(os.lstat(source).st_mode):
-                continue  # FIFOs, sockets, devices: never part of a function's code
-            else:
-                try:
-                    os.link(source, dest, follow_symlinks=False)
-                except OSError:
-                    shutil.copy2(source, dest, follow_symlinks=False)
-
-
 class Executor:
     def __init__(self, config: ExecutorConfig, *, runtimes: Mapping[str, Runtime] | None = None) -> None:
         self.config = config
@@ -199,9 +180,13 @@ class Executor:
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
         self._closed = False
+        self._compiled: dict[tuple[str, str], str | None] = {}
+        """(code_dir, runtime name) -> its compiled copy, or None if it could not be built."""
+        self._compiling: dict[tuple[str, str], trio.Event] = {}
         self._bootstraps: dict[str, str] = {}
         """Runtime name -> the bootstrap its jails run (a precompiled .pyc when it could be built)."""
         self._bootstrap_lock = trio.Lock()
+        self._compile_lock = trio.Lock()
 
     # -- setup ------------------------------------------------------------
 
@@ -268,6 +253,7 @@ class Executor:
         so even its first cold start skips the jail and interpreter start."""
         if function.runtime in self._runtimes:
             self._want_spares(_shape(function), function)
+            self._want_compiled(function)
 
     async def wait_for_spares(self) -> None:
         """Wait until no spare jail is being started (tests and benchmarks)."""
@@ -382,6 +368,7 @@ class Executor:
         except RuntimeMissing as exc:
             return _failure(request_id, "unavailable", "Runtime.InvalidRuntime", str(exc), function)
         await self.ensure_bootstrap(runtime)  # (before any reservation: it may wait)
+        self._want_compiled(function)
         key = _key(function, version)
         reservation = self._pool.reserve(key)
         for victim in reservation.evicted:
@@ -500,7 +487,7 @@ class Executor:
                      runtime: Runtime, request_id: str) -> _Slot | InvocationResult:
         assert slot.task_dir is not None
         try:
-            link_tree(Path(function.code_dir), slot.task_dir)
+            link_tree(Path(self._code_dir(function)), slot.task_dir)
             env = self._function_env(function, version, runtime)
             await slot.sandbox.load(env, self.config.init_timeout_ms / 1000)
         except (SandboxStartError, OSError, LookupError, ValueError) as exc:
@@ -560,6 +547,45 @@ class Executor:
                     self._bootstraps[runtime.name] = BOOTSTRAP_FILE
         return self._bootstraps[runtime.name]
 
+    async def compile_code(self, function: FunctionSpec) -> str | None:
+        """Build (or wait for) the compiled copy of the function's code
+        (sandbox/precompile.py); its path, or None if it could not be built.
+        Cold starts use it once it exists; ``prepare`` starts it in the background."""
+        key = (function.code_dir, function.runtime)
+        if key not in self._compiled:
+            if key in self._compiling:
+                await self._compiling[key].wait()
+            else:
+                self._compiling[key] = trio.Event()
+                await self._build_compiled(key)
+        return self._compiled.get(key)
+
+    def _want_compiled(self, function: FunctionSpec) -> None:
+        key = (function.code_dir, function.runtime)
+        if (key in self._compiled or key in self._compiling or self.backend.kind != "nsjail"
+                or self._nursery is None or self._closed):
+            return
+        self._compiling[key] = trio.Event()
+        self._nursery.start_soon(self._build_compiled, key)
+
+    async def _build_compiled(self, key: tuple[str, str]) -> None:
+        """Build one compiled copy (one at a time: each is a subprocess of the runtime)."""
+        path: str | None = None
+        try:
+            async with self._compile_lock:
+                runtime = pick(self._runtimes, key[1])
+                path = str(await trio.to_thread.run_sync(
+                    compile_code_tree, runtime, Path(key[0]), Path(self.config.data_dir) / "compiled"))
+        except (PrecompileError, RuntimeMissing) as exc:
+            log.warning("sandbox: serving %s uncompiled: %s", key[0], exc)
+        finally:
+            self._compiled[key] = path
+            self._compiling.pop(key).set()
+
+    def _code_dir(self, function: FunctionSpec) -> str:
+        """Where the function's code is served from: its compiled copy once built."""
+        return self._compiled.get((function.code_dir, function.runtime)) or function.code_dir
+
     def _layer_path(self, function: FunctionSpec) -> str | None:
         if function.layer is None:
             return None
@@ -589,7 +615,7 @@ class Executor:
             env["MESHFAAS_SPARE"] = "1"
         return SandboxSpec(
             interpreter=runtime.executable, interpreter_prefix=runtime.prefix,
-            code_dir=code_dir or function.code_dir, layer_dir=layer,
+            code_dir=code_dir or self._code_dir(function), layer_dir=layer,
             bootstrap_file=self._bootstraps.get(runtime.name, BOOTSTRAP_FILE),
             memory_mb=function.memory_mb, timeout_ms=function.timeout_ms,
             max_pids=function.max_pids, max_open_files=function.max_open_files,

@@ -1,4 +1,7 @@
-"""The bootstrap, compiled once per runtime, so no cold start compiles it.
+"""Bytecode compiled once on the host, so no cold start compiles Python source.
+
+The bootstrap
+-------------
 
 Python never caches the bytecode of the script named on its command line:
 running ``bootstrap.py`` made every cold start compile the file first (8 to
@@ -16,6 +19,23 @@ The code objects carry the in-jail source path
 (``/opt/meshfaas/bootstrap.py``) as their file name, the one the bootstrap
 compares traceback frames with to hide its own. If compiling fails (an odd
 interpreter), the caller runs the source as before.
+
+The function's code
+-------------------
+The jail's /var/task is read-only, so Python compiled the handler's modules on
+every cold start and could not cache them (a 2,600-line module: 26 ms to
+compile, 0.3 ms to load as bytecode, here). :func:`compile_code_tree` builds,
+once per code folder and runtime, ``<folder>/<runtime>-<hash of the code
+path>/``: a hard-linked copy of the code (:func:`link_tree`: regular files
+only, symlinks recreated, never followed) with ``__pycache__/*.pyc`` compiled
+by the runtime's interpreter as unchecked-hash pycs (the code folder is
+immutable: content-addressed) whose file names are the in-jail paths
+(``/var/task/...``), so tracebacks read as before. Only regular, world-readable
+``.py`` files are compiled -- exactly what the jailed uid ("other") can read
+itself -- so a pyc never carries the constants of a file the function could
+not read (a symlink to a root-only file is not followed). The executor mounts
+(or, for a spare, links) that copy instead of the code folder once it exists;
+until then, or if compiling fails, the code folder is used as before.
 """
 
 from __future__ import annotations
@@ -23,11 +43,13 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 from sandbox.runtimes import Runtime
-from sandbox.spec import BOOTSTRAP_PATH
+from sandbox.spec import BOOTSTRAP_PATH, TASK_ROOT
 
 COMPILE = (
     "import py_compile, sys; "
@@ -69,4 +91,76 @@ def compile_bootstrap(runtime: Runtime, source_file: Path, folder: Path) -> Path
         raise PrecompileError(f"{runtime.executable} could not compile the bootstrap: {exc}") from exc
     finally:
         partial.unlink(missing_ok=True)
+    return target
+
+
+COMPILE_TREE = """
+import importlib.util, os, py_compile, stat, sys
+root, shown = sys.argv[1], sys.argv[2]
+os.umask(0o022)
+for folder, dirs, files in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+    for name in sorted(files):
+        path = os.path.join(folder, name)
+        mode = os.lstat(path).st_mode
+        if not name.endswith(".py") or not stat.S_ISREG(mode) or not mode & stat.S_IROTH:
+            continue
+        try:
+            py_compile.compile(path, cfile=importlib.util.cache_from_source(path),
+                               dfile=os.path.join(shown, os.path.relpath(path, root)), doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        except Exception as exc:
+            print(f"{path}: {exc!r}", file=sys.stderr)
+"""
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) a code tree; symlinks are recreated, never followed."""
+    for folder, dirs, files in os.walk(src):
+        target = dst / os.path.relpath(folder, src)
+        target.mkdir(mode=0o755, exist_ok=True)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            source, dest = os.path.join(folder, name), target / name
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), dest)
+            elif not stat.S_ISREG(os.lstat(source).st_mode):
+                continue  # FIFOs, sockets, devices: never part of a function's code
+            else:
+                try:
+                    os.link(source, dest, follow_symlinks=False)
+                except OSError:
+                    shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def compiled_code_name(runtime: Runtime, code_dir: Path) -> str:
+    return f"{runtime.name}-{hashlib.sha256(str(code_dir).encode()).hexdigest()[:24]}"
+
+
+def compile_code_tree(runtime: Runtime, code_dir: Path, folder: Path) -> Path:
+    """The compiled copy of ``code_dir`` for ``runtime`` under ``folder`` (built
+    if missing). Blocking: call it from a thread. Raises PrecompileError."""
+    target = folder / compiled_code_name(runtime, code_dir)
+    if target.is_dir():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        link_tree(code_dir, partial)
+        done = subprocess.run(
+            [runtime.executable, "-I", "-S", "-c", COMPILE_TREE, str(partial), TASK_ROOT],
+            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise PrecompileError(f"{runtime.executable} could not compile {code_dir}: "
+                                  f"{done.stderr.strip()[-500:]}")
+        os.chmod(partial, 0o755)
+        os.rename(partial, target)
+    except FileExistsError:  # (or OSError ENOTEMPTY) another executor finished first: use its copy
+        pass
+    except OSError as exc:
+        if not target.is_dir():
+            raise PrecompileError(f"could not build the compiled copy of {code_dir}: {exc}") from exc
+    except subprocess.SubprocessError as exc:
+        raise PrecompileError(f"{runtime.executable} could not compile {code_dir}: {exc}") from exc
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target

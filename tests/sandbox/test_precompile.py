@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 
-from sandbox.executor import BOOTSTRAP_FILE
+from sandbox.executor import BOOTSTRAP_FILE, Executor, FunctionSpec
 from sandbox.precompile import PrecompileError, compile_bootstrap
 from sandbox.runtimes import Runtime
 from sandbox.spec import NO_CGROUPS, SandboxSpec, render_nsjail_argv
@@ -51,3 +53,70 @@ def test_a_precompiled_bootstrap_is_mounted_and_run_as_pyc() -> None:
                               ctl_fds=(3, 4))
     assert "/data/bootstrap/python3.11-abc.pyc:/opt/meshfaas/bootstrap.pyc" in argv
     assert argv[-3:] == ["/opt/meshfaas/bootstrap.pyc", "3", "4"]
+
+
+APP = '''import os
+
+
+def where(event, context):
+    return [__file__, __cached__, os.path.exists(__cached__)]
+
+
+def fail(event, context):
+    raise ValueError("from compiled code")
+'''
+
+
+def _code_tree(root: Path, secret_file: Path) -> Path:
+    code = root / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "app.py").write_text(APP)
+    (code / "pkg" / "__init__.py").write_text("")
+    (code / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    (code / "private.py").write_text("KEY = 'not world-readable'\n")
+    (code / "private.py").chmod(0o600)
+    secret_file.write_text("SECRET = 'root only'\n")
+    secret_file.chmod(0o600)
+    (code / "leak.py").symlink_to(secret_file)
+    for folder in (code, code / "pkg"):
+        folder.chmod(0o755)
+    for name in ("app.py", "pkg/__init__.py", "pkg/mod.py"):
+        (code / name).chmod(0o644)
+    return code
+
+
+async def test_function_code_is_compiled_once_and_served_as_bytecode(
+        executor: Executor, tmp_path: Path, default_runtime: str) -> None:
+    code = _code_tree(tmp_path, tmp_path / "root-only.py")
+    fn = FunctionSpec(name="compiled", handler="app.where", code_dir=str(code), runtime=default_runtime)
+    compiled = await executor.compile_code(fn)
+    assert compiled is not None and Path(compiled) != code
+    pycs = sorted(str(p.relative_to(compiled)) for p in Path(compiled).rglob("*.pyc"))
+    tag = pycs[0].split(".")[1]  # the runtime's cache tag, e.g. cpython-311
+    # only regular world-readable files: never the private file, never through the symlink
+    assert pycs == [f"__pycache__/app.{tag}.pyc", f"pkg/__pycache__/__init__.{tag}.pyc",
+                    f"pkg/__pycache__/mod.{tag}.pyc"]
+    assert await executor.compile_code(fn) == compiled  # built once
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "ok", res.error
+    assert json.loads(res.result or b"") == ["/var/task/app.py", f"/var/task/__pycache__/app.{tag}.pyc", True]
+    failing = attrs.evolve(fn, handler="app.fail")
+    res = await executor.invoke(failing, "1", b"{}", "r2")
+    assert res.error is not None
+    frame = res.error["stackTrace"][-1]
+    assert 'File "/var/task/app.py", line 9, in fail' in frame and 'raise ValueError' in frame
+
+
+async def test_code_that_does_not_compile_still_runs_uncompiled_where_it_can(
+        executor: Executor, tmp_path: Path, default_runtime: str) -> None:
+    code = tmp_path / "code"
+    code.mkdir(mode=0o755)
+    (code / "app.py").write_text("def handler(event, context):\n    return 'ok'\n")
+    (code / "broken.py").write_text("def f(:\n")
+    for path in code.iterdir():
+        path.chmod(0o644)
+    fn = FunctionSpec(name="half", handler="app.handler", code_dir=str(code), runtime=default_runtime)
+    compiled = await executor.compile_code(fn)
+    assert compiled is not None and len(list(Path(compiled).rglob("*.pyc"))) == 1  # app.py only
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "ok" and res.result == b'"ok"'
