@@ -17,7 +17,7 @@ import zmq
 
 from meshfaas.runtime.zsock import Counters, ZSock
 
-from .helpers import wait_until
+from .helpers import receive_within, wait_until
 
 N = 5000
 WINDOW = 200
@@ -78,3 +78,44 @@ async def test_send_after_close_is_a_counted_drop() -> None:
     assert owner.closed and not owner.send_nowait([b"late"])
     assert counters.get("d.dropped_closed") == 1
     ctx.destroy(linger=0)
+
+
+async def test_replies_sent_while_the_owner_is_parked_never_strand_a_message() -> None:
+    """Pings with a few in flight, each answered by a task other than the socket's
+    owner, often while the owner is parked on its fd (the direct-send path) and
+    while more pings arrive. A ping stranded behind an edge that a direct send
+    consumed would stop the exchange: the window stays full, no new ping makes a
+    new edge, and the wait's deadline fails the test."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    a_sock, b_sock = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    port = a_sock.bind_to_random_port("tcp://127.0.0.1")
+    b_sock.connect(f"tcp://127.0.0.1:{port}")
+    rounds, window = 5000, 4
+    counters = Counters()
+    send_a, recv_a = trio.open_memory_channel[int](rounds + 1)
+    send_b, recv_b = trio.open_memory_channel[bytes](rounds + 1)
+    a = ZSock(a_sock, name="a", counters=counters,
+              on_recv=lambda parts: send_a.send_nowait(int(parts[0])))
+    b = ZSock(b_sock, name="b", counters=counters, on_recv=lambda parts: send_b.send_nowait(parts[0]))
+
+    async def replier() -> None:
+        async for ping in recv_a:  # a task other than a's owner: a is parked, or about to be
+            a.send_nowait([b"%d" % ping])
+
+    pongs = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            nursery.start_soon(b.run)
+            nursery.start_soon(replier)
+            for i in range(window):
+                b.send_nowait([b"%d" % i])
+            for i in range(window, rounds + window):
+                pongs.append(int(await receive_within(recv_b, timeout_s=10)))
+                if i < rounds:
+                    b.send_nowait([b"%d" % i])
+            nursery.cancel_scope.cancel()
+    finally:
+        ctx.destroy(linger=0)
+    assert pongs == list(range(rounds))
+    assert counters.get("a.sent") == rounds and counters.get("b.received") == rounds
