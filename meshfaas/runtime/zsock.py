@@ -22,8 +22,15 @@ not that a message is waiting, and any call on the socket (a send, a read of
 3. and only then waits, checking ``getsockopt(EVENTS) & POLLIN`` *before* each
    ``wait_readable(fd)``, never the fd alone.
 
-While it waits, a caller's ``send_nowait`` cancels the wait (a cancel scope held
-in ``_wake``) so outbound messages never sit behind an idle socket. After every
+While it waits with nothing queued (*parked*), a caller's ``send_nowait`` sends
+at once itself: the caller runs on the same thread and the owner is not inside
+a socket call, so this is safe, and it spares a wake-up of the owner per
+message (a node's replies mostly leave this way). That send may consume the
+fd's edge for a message that arrived meanwhile, so the caller then checks
+``EVENTS & POLLIN`` and, if a message waits, wakes the owner. When the owner is
+busy, messages queue and the caller cancels the wait (a cancel scope held in
+``_wake``) so they never sit behind an idle socket; a burst queued while the
+owner works leaves together, one wake-up of libzmq's I/O thread. After every
 batch of ``batch`` messages the owner yields, so one busy socket cannot starve the
 rest of the node, but it does not wait on the fd again until fully drained.
 
