@@ -64,6 +64,7 @@ class MeshTarget:
 @contextlib.contextmanager
 def open_mesh() -> Iterator[MeshTarget]:
     sys.path.insert(0, str(ROOT / "tests" / "mesh"))
+    sys.path.insert(0, str(ROOT))  # test_real_mesh imports tests.ports
     from test_real_mesh import LocalMesh
 
     with tempfile.TemporaryDirectory(prefix="meshfaas-bench-") as tmp:

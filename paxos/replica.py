@@ -132,6 +132,7 @@ class PaxosConfig:
     retry_ns: int = 60 * NS_PER_MS
     batch_max: int = 64
     window: int = 16
+    max_inflight: int = 2  # new batches in flight at once; more commands wait to fill one
     snapshot_every: int = 256
     log_keep: int = 64
     chunk_bytes: int = 64 * 1024
@@ -149,8 +150,8 @@ class PaxosConfig:
             raise ValueError(f"unknown commit_notice {self.commit_notice!r}")
         if self.lease_ns >= self.election_timeout_ns:
             raise ValueError("lease_ns must be shorter than election_timeout_ns")
-        if self.window < 1 or self.batch_max < 1:
-            raise ValueError("window and batch_max must be at least 1")
+        if self.window < 1 or self.batch_max < 1 or self.max_inflight < 1:
+            raise ValueError("window, batch_max and max_inflight must be at least 1")
 
 
 @attrs.define
@@ -333,7 +334,7 @@ class Replica:
 
     def take_ready(self) -> Ready | None:
         if self.role == "leader":
-            if self.queue or self.reconfigs or self.next_slot <= self.window_top:
+            if self._may_propose():
                 self._fill_window()
             told = self._flush_accepts()
             if self.commit_dirty:
@@ -1014,7 +1015,8 @@ class Replica:
         if self.reconfigs:
             voters, client, seq = self.reconfigs.pop(0)
             return Batch(ballot=self.ballot, voters=voters, reconfig_client=(client, seq))
-        if self.queue:
+        if self.queue and (len(self.inflight) < self.cfg.max_inflight
+                           or len(self.queue) >= self.cfg.batch_max):
             cmds, self.queue = self.queue[:self.cfg.batch_max], self.queue[self.cfg.batch_max:]
             return Batch(ballot=self.ballot, cmds=tuple(cmds))
         if slot <= self.establish_slot or any(start > slot for start, _ in self.config):
@@ -1025,6 +1027,13 @@ class Replica:
         self.inflight[slot] = _InFlight(value=value, acks=set(), sent_ns=self.now_ns)
         self.out.notify(NOTE_PROPOSED, Proposed(index=slot, ballot=self.ballot, value=value))
         self.to_send.append((slot, value))
+
+    def _may_propose(self) -> bool:
+        """Whether _fill_window could propose anything now (a cheap test, run per batch)."""
+        if self.reconfigs or self.next_slot <= self.window_top:
+            return True
+        return bool(self.queue) and (len(self.inflight) < self.cfg.max_inflight
+                                     or len(self.queue) >= self.cfg.batch_max)
 
     @property
     def window_top(self) -> int:

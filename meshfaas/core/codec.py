@@ -20,6 +20,10 @@ Decoding trusts nothing. The frame's size is checked before it is parsed;
 the version and cluster id must match; and every field is checked against its
 annotation by a converter compiled once per class (ints are ints, a
 ``tuple[int, ...]`` is a list of ints, a nested message has the expected tag).
+Each class's decoder and encoder is generated once as straight-line Python
+(scalar fields checked inline, other fields through their converters), for
+speed only: the checks, the results and the bytes are those of the generic
+converters (tests/paxos/test_codec_fast_path.py compares them).
 Whatever is wrong with a frame -- malformed, truncated, oversized, an unknown
 tag, a field of the wrong type, another cluster -- :meth:`Codec.decode` raises
 :class:`DecodeError` and nothing else, so a core only ever sees well-typed
@@ -136,20 +140,27 @@ def _is_scalar_annotation(tp: Any) -> bool:
 
 
 def _compile_encoder(cls: type) -> Callable[[Any], Any]:
-    """An encoder for one message class: scalar fields are taken as they are."""
-    tag = _CLS_TO_TAG[cls]
-    hints = typing.get_type_hints(cls)
-    plan = [(f.name, _is_scalar_annotation(hints.get(f.name, Any))) for f in attrs.fields(cls)]
-
-    def encode(value: Any) -> cbor2.CBORTag:
-        body: list[Any] = [tag]
-        for name, scalar in plan:
-            field = getattr(value, name)
-            body.append(field if scalar and type(field) in _SCALARS else _plain(field))
-        return cbor2.CBORTag(MESSAGE_CBOR_TAG, body)
-
+    """An encoder for one message class, generated as straight-line code: a field is
+    taken as it is when it is a scalar, else made plain by :func:`_plain`."""
+    items = [f"_f{i}" for i in range(len(attrs.fields(cls)))]
+    lines = ["def encode(value):"]
+    for i, f in enumerate(attrs.fields(cls)):
+        lines.append(f"    _f{i} = value.{f.name}")
+        lines.append(f"    if type(_f{i}) not in _SCALARS:")  # scalars are their own plain form
+        lines.append(f"        _f{i} = _plain(_f{i})")
+    lines.append(f"    return _Tag({MESSAGE_CBOR_TAG}, [{_CLS_TO_TAG[cls]}, {', '.join(items)}])")
+    encode = _generate("encode", lines, {"_SCALARS": _SCALARS, "_plain": _plain,
+                                         "_Tag": cbor2.CBORTag})
     _ENCODERS[cls] = encode
     return encode
+
+
+def _generate(name: str, lines: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
+    """Compile generated source (one function called ``name``) in ``namespace``."""
+    scope = dict(namespace)
+    exec(compile("\n".join(lines) + "\n", f"<codec {name}>", "exec"), scope)
+    fn: Callable[..., Any] = scope[name]
+    return fn
 
 
 def to_cbor(value: Any) -> bytes:
@@ -236,13 +247,17 @@ def _conv_none(v: Any, depth: int) -> None:
 
 
 _PLAIN = (int, float, str, bytes, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def _conv_any(v: Any, depth: int) -> Any:
     """Plain CBOR data, with messages decoded wherever they appear."""
-    _check_depth(depth)
-    if isinstance(v, _PLAIN):
+    if depth > MAX_NESTING:
+        raise DecodeError("nesting too deep")
+    if type(v) in _PLAIN_TYPES or isinstance(v, _PLAIN):
         return v
+    if type(v) is list:
+        return [_conv_any(x, depth + 1) for x in v]
     if isinstance(v, (list, tuple)):
         return [_conv_any(x, depth + 1) for x in v]
     if isinstance(v, (set, frozenset)):
@@ -275,25 +290,69 @@ def _decode_message(v: Any, depth: int, expect: type | None) -> Any:
     return decoder(body, depth)
 
 
+# Checks of scalar fields, inlined in generated decoders ({v}: the value's variable).
+_INLINE_CHECKS = {
+    int: 'if type({v}) is not int: raise _fail("int", {v})',
+    bool: 'if type({v}) is not bool: raise _fail("bool", {v})',
+    str: 'if type({v}) is not str: raise _fail("str", {v})',
+    bytes: 'if type({v}) is not bytes: raise _fail("bytes", {v})',
+}
+
+
+def _scalar_of(tp: Any) -> Any:
+    """The scalar type behind ``tp`` (through NewType), or None if it is not one."""
+    while getattr(tp, "__supertype__", None) is not None:
+        tp = tp.__supertype__
+    return tp if tp in _INLINE_CHECKS else None
+
+
 def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
+    """A decoder for one message class, generated as straight-line code: each field
+    is checked inline when it is an int, bool, str or bytes (or NewType of one),
+    else by its compiled converter; then the class is built (its validators run)."""
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
-    names = [f.name for f in fields]
-    convs = [_converter(hints.get(f.name, Any)) for f in fields]
     n = len(fields)
-    qualname = cls.__qualname__
-
-    def decode(body: Any, depth: int) -> Any:
-        if len(body) != n + 1:
-            raise DecodeError(f"{qualname}: expected {n} fields, got {len(body) - 1}")
-        kwargs = {name: conv(body[i + 1], depth + 1) for i, (name, conv) in enumerate(zip(names, convs, strict=True))}
-        try:
-            return cls(**kwargs)
-        except Exception as exc:  # an attrs validator refused a value
-            raise DecodeError(f"{qualname}: {exc}") from None
-
+    namespace: dict[str, Any] = {"_fail": _fail, "DecodeError": DecodeError, "_cls": cls,
+                                 "_name": cls.__qualname__}
+    lines = ["def decode(body, depth):",
+             f"    if len(body) != {n + 1}:",
+             f"        raise DecodeError(f'{{_name}}: expected {n} fields, got {{len(body) - 1}}')",
+             "    d = depth + 1"]
+    for i, f in enumerate(fields):
+        tp = hints.get(f.name, Any)
+        lines.append(f"    _f{i} = body[{i + 1}]")
+        scalar = _scalar_of(tp)
+        if scalar is not None:
+            lines.append("    " + _INLINE_CHECKS[scalar].format(v=f"_f{i}"))
+        else:
+            namespace[f"_c{i}"] = _converter(tp)
+            lines.append(f"    _f{i} = _c{i}(_f{i}, d)")
+    args = ", ".join(f"{f.name}=_f{i}" for i, f in enumerate(fields))
+    lines += ["    try:",
+              f"        return _cls({args})",
+              "    except Exception as exc:  # an attrs validator refused a value",
+              "        raise DecodeError(f'{_name}: {exc}') from None"]
+    decode = _generate("decode", lines, namespace)
     _DECODERS[cls] = decode
     return decode
+
+
+def _message_converter(cls: type) -> Converter:
+    """A field typed ``cls``: the exact class's decoder straight away, anything else
+    (a subclass's tag, a malformed value) through :func:`_decode_message`."""
+    tag = _CLS_TO_TAG.get(cls)
+    cbor_tag = cbor2.CBORTag
+
+    def conv(v: Any, depth: int) -> Any:
+        if type(v) is cbor_tag and v.tag == MESSAGE_CBOR_TAG and depth <= MAX_NESTING:
+            body = v.value
+            if type(body) is list and body and type(body[0]) is int and body[0] == tag:
+                decoder = _DECODERS.get(cls) or _compile_message(cls)
+                return decoder(body, depth)
+        return _decode_message(v, depth, cls)
+
+    return conv
 
 
 def _converter(tp: Any) -> Converter:
@@ -307,7 +366,7 @@ def _converter(tp: Any) -> Converter:
     if supertype is not None:  # typing.NewType
         return _converter(supertype)
     if isinstance(tp, type) and attrs.has(tp):
-        return lambda v, depth: _decode_message(v, depth, tp)
+        return _message_converter(tp)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -325,8 +384,27 @@ def _converter(tp: Any) -> Converter:
 
 def _union_converter(args: tuple[Any, ...]) -> Converter:
     convs = [_converter(a) for a in args]
+    if type(None) in args:  # whichever member accepts None gives None: decide at once
+        others = [_converter(a) for a in args if a is not type(None)]
+        return _optional_converter(others)
 
     def conv(v: Any, depth: int) -> Any:
+        for c in convs:
+            try:
+                return c(v, depth)
+            except DecodeError:
+                continue
+        raise DecodeError(f"value of type {type(v).__name__} matches no member of the union")
+
+    return conv
+
+
+def _optional_converter(convs: list[Converter]) -> Converter:
+    """``X | ... | None``: None is None; anything else is the first member that accepts it."""
+
+    def conv(v: Any, depth: int) -> Any:
+        if v is None:
+            return None
         for c in convs:
             try:
                 return c(v, depth)
@@ -356,7 +434,7 @@ def _tuple_converter(args: tuple[Any, ...]) -> Converter:
             _check_depth(depth)
             if type(v) is not list and type(v) is not tuple:
                 raise _fail("array", v)
-            return tuple(item(x, depth + 1) for x in v)
+            return tuple([item(x, depth + 1) for x in v])
 
         return conv_var
     items = [_converter(a) for a in args]
@@ -365,7 +443,7 @@ def _tuple_converter(args: tuple[Any, ...]) -> Converter:
         _check_depth(depth)
         if (type(v) is not list and type(v) is not tuple) or len(v) != len(items):
             raise DecodeError(f"expected an array of {len(items)}")
-        return tuple(c(x, depth + 1) for c, x in zip(items, v, strict=True))
+        return tuple([c(x, depth + 1) for c, x in zip(items, v, strict=True)])
 
     return conv_fixed
 

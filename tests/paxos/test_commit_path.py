@@ -176,3 +176,26 @@ def test_a_deferred_chosen_mark_is_written_within_the_mark_delay() -> None:
     assert ready is not None
     assert [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG] == [(1, True)]
     assert not r.unmarked
+
+
+def test_commands_wait_for_a_free_pipeline_slot_and_share_a_batch() -> None:
+    r = lone_leader(max_inflight=1)
+    r.handle(NodeId("n3"), Promise(ballot=r.ballot, ok=True, promised=r.ballot), ELECTED)
+    settle(r, acks_from=("n2", "n3"))
+    t = ELECTED.after(10**8)
+    r.command(Propose(client_id="a", seq=1, payload=["put", "k", "1"]), t)
+    first = r.take_ready()
+    assert first is not None and len(r.inflight) == 1
+    for client in ("b", "c"):
+        r.command(Propose(client_id=client, seq=1, payload=["put", "k", client]), t)
+    waiting = r.take_ready()
+    assert waiting is None or not any(isinstance(o.msg, Accept) for o in waiting.send_now)
+    assert len(r.queue) == 2  # both wait for the slot in flight
+    r.on_persisted(first.seq)
+    (slot,) = r.inflight
+    r.handle(NodeId("n2"), Accepted(ballot=r.ballot, slots=(slot,), ok=True, promised=r.ballot,
+                                    chosen_upto=0), t)
+    sent = settle(r)
+    batches = [value for _dst, msg in sent if isinstance(msg, Accept)
+               for _slot, value in msg.entries]
+    assert [len(b.cmds) for b in batches] == [2, 2]  # one batch of both, to n2 and n3
