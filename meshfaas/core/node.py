@@ -959,7 +959,9 @@ class MeshNode:
         route = self.routing.get(msg.invocation_id)
         if route is None:
             return
-        self._store_result(msg.record)
+        stored = self.results.get(msg.invocation_id)
+        if stored is None or stored[1] != _trim(msg.record):  # ran here: stored already
+            self._store_result(msg.record)
         self.out.notify("invocation", msg.record)
         self._finish_route(route, msg.record, None, "")
 
