@@ -132,6 +132,21 @@ def link_tree(src: Path, dst: Path) -> None:
                     shutil.copy2(source, dest, follow_symlinks=False)
 
 
+def _drop_pycaches(root: Path) -> None:
+    """Remove every ``__pycache__`` entry the code brought from our copy of it,
+    before compiling as root: one that is a symlink would make the compiler
+    write its pycs wherever it points. (Only our copy's links go, never the
+    code's files.)"""
+    for folder, dirs, files in os.walk(root):
+        for name in [n for n in dirs + files if n == "__pycache__"]:
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+            else:
+                shutil.rmtree(path)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+
+
 def compiled_code_name(runtime: Runtime, code_dir: Path) -> str:
     return f"{runtime.name}-{hashlib.sha256(str(code_dir).encode()).hexdigest()[:24]}"
 
@@ -146,6 +161,7 @@ def compile_code_tree(runtime: Runtime, code_dir: Path, folder: Path) -> Path:
     partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         link_tree(code_dir, partial)
+        _drop_pycaches(partial)
         done = subprocess.run(
             [runtime.executable, "-I", "-S", "-c", COMPILE_TREE, str(partial), TASK_ROOT],
             capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, stdin=subprocess.DEVNULL)
