@@ -115,10 +115,12 @@ for folder, dirs, files in os.walk(root):
 
 
 def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) a code tree; symlinks are recreated, never followed."""
+    """Hard-link (or copy) a code tree; symlinks are recreated, never followed.
+    Folders are 0755 whatever the umask (the jailed uid is "other")."""
     for folder, dirs, files in os.walk(src):
         target = dst / os.path.relpath(folder, src)
         target.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(target, 0o755)
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
             source, dest = os.path.join(folder, name), target / name
             if os.path.islink(source):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import attrs
 import pytest
 
 from sandbox.executor import BOOTSTRAP_FILE, Executor, FunctionSpec
-from sandbox.precompile import PrecompileError, compile_bootstrap
+from sandbox.precompile import PrecompileError, compile_bootstrap, link_tree
 from sandbox.runtimes import Runtime
 from sandbox.spec import NO_CGROUPS, SandboxSpec, render_nsjail_argv
 
@@ -146,3 +147,16 @@ async def test_a_pycache_symlink_in_the_code_cannot_redirect_the_compiler(
     assert (code / "pkg" / "__pycache__").read_text() == "not a folder"
     res = await executor.invoke(fn, "1", b"{}", "r")
     assert res.status == "ok" and res.result == b"1"
+
+
+def test_link_tree_folders_are_traversable_whatever_the_umask(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg" / "sub").mkdir(parents=True)
+    (src / "pkg" / "sub" / "m.py").write_text("")
+    old = os.umask(0o077)
+    try:
+        link_tree(src, tmp_path / "dst")
+    finally:
+        os.umask(old)
+    for folder in ("", "pkg", "pkg/sub"):
+        assert stat.S_IMODE((tmp_path / "dst" / folder).stat().st_mode) == 0o755
