@@ -16,7 +16,7 @@ completes within ``connect_timeout_s`` the endpoint counts as down and the next
 one is tried. While a request waits, :class:`_Watch` pings the node on the same
 connection every ``liveness_interval_s``; a dropped connection, or
 ``liveness_timeout_s`` without any frame from the node, means the node is gone
-(a kill -9 is noticed in about a second, a hung node in ``liveness_timeout_s``,
+(a kill -9 is noticed within a quarter interval, a hung node in ``liveness_timeout_s``,
 where the call's own timeout may be 900 s and more). A request that is safe to
 resend (reads, idempotent writes, ``Event`` invocations with their idempotency
 key) then moves on to the next endpoint; anything else raises
@@ -460,46 +460,56 @@ class _Attempt:
 class _Watch:
     """Is the node still there, while one request waits for its reply?
 
-    Every ``interval_s`` of waiting the client sends a :class:`proto.Ping` on
-    the same connection (one pre-encoded frame; its answer matches no request
+    The waiter ticks every ``interval_s / CHECKS_PER_INTERVAL`` of waiting. At a
+    tick the node is taken for gone when the socket cannot send (the DEALER has
+    ``IMMEDIATE``, so that means the connection dropped -- a kill -9 does that
+    at once -- and a reply could no longer find this client even after a
+    reconnection) or when nothing at all has come from it for ``silence_s``.
+    Otherwise, every ``interval_s`` the tick says to send a :class:`proto.Ping`
+    on the same connection (one pre-encoded frame; its answer matches no request
     and is dropped). Any frame from the node -- a pong, a stale reply, the reply
-    itself -- counts as a sign of life. The node is taken for gone when, at a
-    tick, the socket cannot send (the DEALER has ``IMMEDIATE``, so that means the
-    connection dropped, and a reply could no longer find this client even after
-    a reconnection) or when nothing at all has come for ``silence_s``.
-    ``clock`` is the waiter's monotonic clock in seconds.
+    itself -- counts as a sign of life. ``clock`` is the waiter's monotonic
+    clock in seconds.
     """
+
+    CHECKS_PER_INTERVAL = 4
+    GONE, PING, WAIT = "gone", "ping", "wait"
 
     def __init__(self, clock: Callable[[], float], interval_s: float, silence_s: float) -> None:
         self.clock = clock
         self.interval_s = interval_s
+        self.check_s = interval_s / self.CHECKS_PER_INTERVAL
         self.silence_s = silence_s
         self.last_heard = clock()
-        self.next_tick = self.last_heard + interval_s
+        self.next_tick = self.last_heard + self.check_s
+        self.next_ping = self.last_heard + interval_s
         self.why = ""
 
     def heard(self) -> None:
         self.last_heard = self.clock()
 
-    def tick(self, now: float, writable: bool) -> bool:
-        """True to send a ping now; False when the node is gone (``why`` says how)."""
+    def tick(self, now: float, writable: bool) -> str:
+        """GONE (``why`` says how), PING (send one now) or WAIT."""
         if not writable:
             self.why = "the connection dropped"
-            return False
+            return self.GONE
         if now - self.last_heard >= self.silence_s:
             self.why = f"no answer, not even to pings, for {now - self.last_heard:.1f} s"
-            return False
-        self.next_tick = now + self.interval_s
-        return True
+            return self.GONE
+        self.next_tick = now + self.check_s
+        if now < self.next_ping:
+            return self.WAIT
+        self.next_ping = now + self.interval_s
+        return self.PING
 
 
 def _ping(sock: zmq.Socket[Any], watch: _Watch, now: float, frame: bytes) -> bool:
-    """At a tick of ``watch``: False when the node is gone, else ping it and True."""
-    if not watch.tick(now, bool(_events(sock) & _POLLOUT)):
-        return False
-    with contextlib.suppress(zmq.Again):  # dropped just now: the next tick says so
-        sock.send(frame, _NOBLOCK)
-    return True
+    """At a tick of ``watch``: False when the node is gone, else ping it if due and True."""
+    verdict = watch.tick(now, bool(_events(sock) & _POLLOUT))
+    if verdict == _Watch.PING:
+        with contextlib.suppress(zmq.Again):  # dropped just now: the next tick says so
+            sock.send(frame, _NOBLOCK)
+    return verdict != _Watch.GONE
 
 
 def _give_up(call: _Call, outcome: str, endpoint: str, why: str = "") -> MeshfaasError | None:

@@ -115,10 +115,12 @@ for folder, dirs, files in os.walk(root):
 
 
 def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) a code tree; symlinks are recreated, never followed."""
+    """Hard-link (or copy) a code tree; symlinks are recreated, never followed.
+    Folders are 0755 whatever the umask (the jailed uid is "other")."""
     for folder, dirs, files in os.walk(src):
         target = dst / os.path.relpath(folder, src)
         target.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(target, 0o755)
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
             source, dest = os.path.join(folder, name), target / name
             if os.path.islink(source):
@@ -130,6 +132,21 @@ def link_tree(src: Path, dst: Path) -> None:
                     os.link(source, dest, follow_symlinks=False)
                 except OSError:
                     shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _drop_pycaches(root: Path) -> None:
+    """Remove every ``__pycache__`` entry the code brought from our copy of it,
+    before compiling as root: one that is a symlink would make the compiler
+    write its pycs wherever it points. (Only our copy's links go, never the
+    code's files.)"""
+    for folder, dirs, files in os.walk(root):
+        for name in [n for n in dirs + files if n == "__pycache__"]:
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+            else:
+                shutil.rmtree(path)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
 
 
 def compiled_code_name(runtime: Runtime, code_dir: Path) -> str:
@@ -146,6 +163,7 @@ def compile_code_tree(runtime: Runtime, code_dir: Path, folder: Path) -> Path:
     partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         link_tree(code_dir, partial)
+        _drop_pycaches(partial)
         done = subprocess.run(
             [runtime.executable, "-I", "-S", "-c", COMPILE_TREE, str(partial), TASK_ROOT],
             capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, stdin=subprocess.DEVNULL)

@@ -10,11 +10,19 @@ that is the cold start.
 
 :meth:`SandboxProcess.invoke` sends one ``invoke`` frame and, concurrently,
 reads the result frame and drains the log pipe; once the result is in, one
-last read without waiting collects the rest of the handler's output (it was
-all written before the result). The log is never stored whole: a :class:`LogTail`
-keeps the last ``tail_bytes`` and counts the rest, so a handler printing
-100 MB costs the host a few kilobytes. A result frame larger than
-``max_result_bytes`` is a protocol error.
+last read without waiting (when ``poll`` says there is anything) collects the
+rest of the handler's output (it was all written before the result). The log
+is never stored whole: a :class:`LogTail` keeps the last ``tail_bytes`` and
+counts the rest, so a handler printing 100 MB costs the host a few kilobytes.
+A result frame larger than ``max_result_bytes`` is a protocol error.
+
+The warm path is the hot one (docs/sandbox.md, "Performance"): the request is
+one ``os.write`` and the result is read straight off its non-blocking pipe, so
+a call costs one trip through trio's run loop; if the result is already there
+when the write returns (the jail often runs at once on a busy machine), no
+cancel scope is entered either. nsjail is spawned with ``subprocess.Popen`` on
+the event loop's thread and waited on through a pidfd (:class:`_Child`), not
+through trio's worker thread.
 
 Whatever goes wrong -- the deadline passes, the process dies (an OOM kill by
 the memory cgroup shows up as SIGKILL), a frame is malformed -- the outcome is

@@ -143,25 +143,38 @@ async def test_reads_and_event_invocations_move_on_from_a_silent_node(
 
 
 @pytest.mark.parametrize(
-    ("heard_at", "now", "writable", "goes_on", "why"),
-    [(0.0, 1.0, True, True, ""),  # 1 s of silence: ping and wait on
-     (0.0, 2.9, True, True, ""),
-     (0.0, 3.0, True, False, "no answer"),  # 3 s of silence: gone
-     (2.5, 3.5, True, True, ""),  # something came 1 s ago
-     (2.5, 3.5, False, False, "dropped"),  # cannot send: the connection dropped
-     (0.0, 0.5, False, False, "dropped")],
+    ("heard_at", "now", "writable", "verdict", "why"),
+    [(0.0, 0.25, True, "wait", ""),  # checks every quarter interval, pings every interval
+     (0.0, 1.0, True, "ping", ""),
+     (0.0, 2.9, True, "ping", ""),
+     (0.0, 3.0, True, "gone", "no answer"),  # 3 s of silence: gone
+     (2.5, 3.5, True, "ping", ""),  # something came 1 s ago
+     (2.5, 3.5, False, "gone", "dropped"),  # cannot send: the connection dropped
+     (0.0, 0.25, False, "gone", "dropped")],
 )
-def test_watch_table(heard_at: float, now: float, writable: bool, goes_on: bool,
+def test_watch_table(heard_at: float, now: float, writable: bool, verdict: str,
                      why: str) -> None:
     clock = [0.0]
     watch = sdk._Watch(lambda: clock[0], interval_s=1.0, silence_s=3.0)
-    assert watch.next_tick == 1.0
+    assert (watch.next_tick, watch.next_ping) == (0.25, 1.0)
     clock[0] = heard_at
     watch.heard()
-    assert watch.tick(now, writable) is goes_on
-    assert why in watch.why and (goes_on or watch.why)
-    if goes_on:
-        assert watch.next_tick == now + 1.0
+    assert watch.tick(now, writable) == verdict
+    assert why in watch.why and (verdict != "gone" or watch.why)
+    if verdict != "gone":
+        assert watch.next_tick == now + 0.25
+    assert watch.next_ping == (now + 1.0 if verdict == "ping" else 1.0)
+
+
+def test_pings_are_sent_once_per_interval() -> None:
+    clock = [0.0]
+    watch = sdk._Watch(lambda: clock[0], interval_s=1.0, silence_s=3.0)
+    verdicts = []
+    while watch.next_tick <= 3.0:  # ticks at 0.25, 0.5, ... 3.0
+        clock[0] = watch.next_tick
+        watch.heard()  # the node answers everything
+        verdicts.append(watch.tick(clock[0], True))
+    assert verdicts.count("ping") == 3 and verdicts.count("wait") == 9 and "gone" not in verdicts
 
 
 def test_liveness_settings_are_checked() -> None:

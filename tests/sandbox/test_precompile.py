@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import attrs
 import pytest
 
 from sandbox.executor import BOOTSTRAP_FILE, Executor, FunctionSpec
-from sandbox.precompile import PrecompileError, compile_bootstrap
+from sandbox.precompile import PrecompileError, compile_bootstrap, link_tree
 from sandbox.runtimes import Runtime
 from sandbox.spec import NO_CGROUPS, SandboxSpec, render_nsjail_argv
 
@@ -120,3 +121,42 @@ async def test_code_that_does_not_compile_still_runs_uncompiled_where_it_can(
     assert compiled is not None and len(list(Path(compiled).rglob("*.pyc"))) == 1  # app.py only
     res = await executor.invoke(fn, "1", b"{}", "r")
     assert res.status == "ok" and res.result == b'"ok"'
+
+
+async def test_a_pycache_symlink_in_the_code_cannot_redirect_the_compiler(
+        executor: Executor, tmp_path: Path, default_runtime: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True, mode=0o755)
+    code.chmod(0o755)
+    (code / "app.py").write_text("def handler(event, context):\n    return 1\n")
+    (code / "pkg" / "mod.py").write_text("X = 1\n")
+    (code / "__pycache__").symlink_to(outside)  # the compiler must not write through this
+    (code / "pkg" / "__pycache__").write_text("not a folder")
+    for path in (code / "app.py", code / "pkg" / "mod.py"):
+        path.chmod(0o644)
+    fn = FunctionSpec(name="redirect", handler="app.handler", code_dir=str(code), runtime=default_runtime)
+    compiled = await executor.compile_code(fn)
+    assert compiled is not None
+    assert list(outside.iterdir()) == []
+    for folder in (Path(compiled), Path(compiled) / "pkg"):
+        cache = folder / "__pycache__"
+        assert cache.is_dir() and not cache.is_symlink() and len(list(cache.iterdir())) == 1
+    assert (code / "__pycache__").is_symlink()  # the code itself is untouched
+    assert (code / "pkg" / "__pycache__").read_text() == "not a folder"
+    res = await executor.invoke(fn, "1", b"{}", "r")
+    assert res.status == "ok" and res.result == b"1"
+
+
+def test_link_tree_folders_are_traversable_whatever_the_umask(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg" / "sub").mkdir(parents=True)
+    (src / "pkg" / "sub" / "m.py").write_text("")
+    old = os.umask(0o077)
+    try:
+        link_tree(src, tmp_path / "dst")
+    finally:
+        os.umask(old)
+    for folder in ("", "pkg", "pkg/sub"):
+        assert stat.S_IMODE((tmp_path / "dst" / folder).stat().st_mode) == 0o755
