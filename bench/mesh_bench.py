@@ -179,26 +179,26 @@ def _raw_proc(endpoints: list[str], key: str, server_key: str, window: int, seco
             else:
                 failed += 1
             send(sock)
-    print("outstanding at end:", len(sent_at), file=sys.stderr)
     queue.put((done, failed, lats))
     ctx.destroy(linger=0)
 
 
 def raw_load(mesh: Any, procs: int, window: int, seconds: float) -> tuple[float, int, list[float]]:
-    endpoints = mesh.mesh.endpoints()
-    server_key = mesh.mesh.info["n1"]["public_key"]
-    queue: Any = mp.Queue()
-    workers = [mp.Process(target=_raw_proc, args=(endpoints, mesh.api_key, server_key, window,
-                                                   seconds, queue)) for _ in range(procs)]
-    return _collect(workers, queue, seconds)
+    return _run_procs(mesh, _raw_proc, window, procs, seconds)
 
 
 def load(mesh: Any, procs: int, conc: int, seconds: float) -> tuple[float, int, list[float]]:
+    return _run_procs(mesh, _client_proc, conc, procs, seconds)
+
+
+def _run_procs(mesh: Any, target: Any, width: int, procs: int,
+               seconds: float) -> tuple[float, int, list[float]]:
+    """Run ``procs`` load-generator processes for ``seconds``: rate, failures, latencies."""
     endpoints = mesh.mesh.endpoints()
     server_key = mesh.mesh.info["n1"]["public_key"]
     queue: Any = mp.Queue()
-    workers = [mp.Process(target=_client_proc, args=(endpoints, mesh.api_key, server_key, conc,
-                                                     seconds, queue)) for _ in range(procs)]
+    workers = [mp.Process(target=target, args=(endpoints, mesh.api_key, server_key, width,
+                                               seconds, queue)) for _ in range(procs)]
     return _collect(workers, queue, seconds)
 
 
