@@ -527,7 +527,14 @@ class MeshProcess:
         self._next_conn += 1
         conn = str(self._next_conn)
         self._conns[conn] = request.routing_id
-        self.driver.command(ClientCall(conn=conn, request=decoded))
+        try:
+            self.driver.command(ClientCall(conn=conn, request=decoded))
+        except Exception:  # a bug, not the client's fault: answer and keep serving
+            log.exception("request %s (%s) failed inside the node", decoded.request_id,
+                          type(decoded.body).__name__)
+            if self._conns.pop(conn, None) is not None:
+                self.clients.reply(request.routing_id, [proto.encode(proto.fail(
+                    decoded.request_id, "Internal", "the node failed to handle the request"))])
 
     def _operator_request(self, request: ClientMessage) -> bool:
         """The membership probe operators and tests use (needs the cluster's keys)."""
