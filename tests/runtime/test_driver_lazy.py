@@ -45,7 +45,9 @@ async def test_lazy_writes_share_one_sync_after_the_delay() -> None:
         driver.command(("lazy", 1))
         driver.command(("lazy", 2))
         assert store.syncs == []  # waiting for company
-        await wait_until(lambda: bool(store.syncs), what="the delayed sync")
+        # the sync returns in a worker thread; the acks follow on the loop
+        await wait_until(lambda: any(e[0] == "on_persisted" for e in log.events),
+                         what="the delayed sync and its acknowledgements")
         assert store.syncs == [(1, 2)]
         assert [e for e in log.events if e[0] == "on_persisted"] == [
             ("on_persisted", 1), ("on_persisted", 2)]
