@@ -19,12 +19,19 @@ the server is another process and does not).
 Usage: .venv/bin/python bench/sdk_roundtrip.py [--n 5000] [--curve] [--concurrency 16]
        [--modes bare,ping,invoke,aping,ainvoke,aconc]
 Compare two trees by running this script with PYTHONPATH pointing at each.
+
+``--data-dir DIR`` measures against a real mesh instead of the canned server:
+one started by ``meshfaas up --data-dir DIR`` (its credentials.json), invoking
+``--function`` (deploy bench/handlers/echo first). The modes are then
+``ping,invoke,aping,ainvoke,aconc``; the CPU figure is still this process's
+only, so clients of two trees can be compared against the same mesh.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -109,11 +116,36 @@ def bare(ctx: zmq.Context[Any], endpoint: str, n: int, curve: tuple[bytes, bytes
         sock.close()
 
 
-async def async_calls(endpoint: str, n: int, server_key: bytes | None, invoke: bool) -> Sample:
-    async with sdk.AsyncClient(endpoint, api_key="k", server_public_key=server_key) as c:
+class Target:
+    """Where the clients go: the canned server, or a real mesh's credentials."""
+
+    def __init__(self, endpoint: str = "", server_key: bytes | None = None,
+                 data_dir: str = "", function: str = "f") -> None:
+        self.endpoint, self.server_key, self.data_dir = endpoint, server_key, data_dir
+        self.function = function
+
+    def sync_client(self, ctx: zmq.Context[Any]) -> sdk.Client:
+        if self.data_dir:
+            return sdk.Client.from_credentials(self.data_dir, context=ctx)
+        return sdk.Client(self.endpoint, api_key="k", server_public_key=self.server_key,
+                          context=ctx)
+
+    def async_client(self, i: int = 0) -> sdk.AsyncClient:
+        if self.data_dir:
+            creds = sdk.load_credentials(self.data_dir)
+            eps = list(creds.endpoints)
+            eps = eps[i % len(eps):] + eps[: i % len(eps)]  # spread clients over the nodes
+            return sdk.AsyncClient(eps, creds.api_key, server_public_key=creds.server_public_key,
+                                   client_public_key=creds.client_public_key,
+                                   client_secret_key=creds.client_secret_key)
+        return sdk.AsyncClient(self.endpoint, api_key="k", server_public_key=self.server_key)
+
+
+async def async_calls(target: Target, n: int, invoke: bool) -> Sample:
+    async with target.async_client() as c:
         async def once() -> None:
             if invoke:
-                await c.invoke("f", PAYLOAD)
+                await c.invoke(target.function, PAYLOAD)
             else:
                 await c.ping()
 
@@ -128,8 +160,7 @@ async def async_calls(endpoint: str, n: int, server_key: bytes | None, invoke: b
         return Sample(out, time.process_time() - cpu0, time.perf_counter() - wall0)
 
 
-async def concurrent_invokes(endpoint: str, n: int, server_key: bytes | None,
-                             concurrency: int) -> Sample:
+async def concurrent_invokes(target: Target, n: int, concurrency: int) -> Sample:
     """``concurrency`` clients in one loop, ``n`` invocations in all (after a warm-up)."""
     out: list[float] = []
     per_client = max(1, n // concurrency)
@@ -137,12 +168,11 @@ async def concurrent_invokes(endpoint: str, n: int, server_key: bytes | None,
     async def worker(c: sdk.AsyncClient, calls: int, record: bool) -> None:
         for _ in range(calls):
             t0 = time.perf_counter()
-            await c.invoke("f", PAYLOAD)
+            await c.invoke(target.function, PAYLOAD)
             if record:
                 out.append(time.perf_counter() - t0)
 
-    clients = [sdk.AsyncClient(endpoint, api_key="k", server_public_key=server_key)
-               for _ in range(concurrency)]
+    clients = [target.async_client(i) for i in range(concurrency)]
     try:
         async with trio.open_nursery() as nursery:
             for c in clients:
@@ -157,38 +187,56 @@ async def concurrent_invokes(endpoint: str, n: int, server_key: bytes | None,
             c.close()
 
 
+def run_modes(target: Target, ctx: zmq.Context[Any], modes: set[str], n: int,
+              concurrency: int) -> None:
+    with target.sync_client(ctx) as c:
+        if "ping" in modes:
+            print(timed(c.ping, n).line("Client.ping()"))
+        if "invoke" in modes:
+            fn = target.function
+            print(timed(lambda: c.invoke(fn, PAYLOAD), n).line("Client.invoke() (echo)"))
+    if "aping" in modes:
+        print(trio.run(async_calls, target, n, False).line("AsyncClient.ping()"))
+    if "ainvoke" in modes:
+        print(trio.run(async_calls, target, n, True).line("AsyncClient.invoke()"))
+    if "aconc" in modes:
+        sample = trio.run(concurrent_invokes, target, n, concurrency)
+        print(sample.line(f"AsyncClient.invoke() x{concurrency}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--modes", default="bare,ping,invoke,aping,ainvoke,aconc")
+    parser.add_argument("--data-dir", default="", help="a mesh started by meshfaas up")
+    parser.add_argument("--function", default="echo", help="(with --data-dir)")
     args = parser.parse_args()
     modes = set(args.modes.split(","))
+    ctx: zmq.Context[Any] = zmq.Context()
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    if args.data_dir:
+        print(f"# {describe()}, zmq {zmq.zmq_version()}, mesh {args.data_dir}, n={args.n}, "
+              f"load average {load}")
+        try:
+            run_modes(Target(data_dir=args.data_dir, function=args.function), ctx,
+                      modes - {"bare"}, args.n, args.concurrency)
+        finally:
+            ctx.destroy(linger=0)
+        return
     curve = zmq.curve_keypair() if args.curve else None
     endpoints: Any = mp.Queue()
     server = mp.Process(target=serve, args=(endpoints, curve), daemon=True)
     server.start()
     endpoint = endpoints.get(timeout=30)
-    ctx: zmq.Context[Any] = zmq.Context()
-    key = curve[0] if curve else None
     print(f"# {describe()}, zmq {zmq.zmq_version()}, curve={bool(curve)}, n={args.n}, "
-          f"load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+          f"load average {load}")
     try:
         if "bare" in modes:
             print(bare(ctx, endpoint, args.n, curve).line("bare pyzmq DEALER/ROUTER"))
-        with sdk.Client(endpoint, api_key="k", server_public_key=key, context=ctx) as c:
-            if "ping" in modes:
-                print(timed(c.ping, args.n).line("Client.ping()"))
-            if "invoke" in modes:
-                print(timed(lambda: c.invoke("f", PAYLOAD), args.n).line("Client.invoke() (echo)"))
-        if "aping" in modes:
-            print(trio.run(async_calls, endpoint, args.n, key, False).line("AsyncClient.ping()"))
-        if "ainvoke" in modes:
-            print(trio.run(async_calls, endpoint, args.n, key, True).line("AsyncClient.invoke()"))
-        if "aconc" in modes:
-            sample = trio.run(concurrent_invokes, endpoint, args.n, key, args.concurrency)
-            print(sample.line(f"AsyncClient.invoke() x{args.concurrency}"))
+        run_modes(Target(endpoint, curve[0] if curve else None), ctx, modes, args.n,
+                  args.concurrency)
     finally:
         server.kill()
         server.join()

@@ -23,6 +23,7 @@ in one process.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -54,6 +55,31 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _make_lock_dir() -> None:
+    """The shared lock folder, writable by every user (sticky, like /tmp itself)."""
+    if not LOCK_DIR.is_dir():
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # someone else made it first
+            LOCK_DIR.chmod(0o1777)
+
+
+def _locked(path: Path) -> IO[bytes] | None:
+    """``path`` opened and exclusively flock'ed, or None if another process holds it
+    (or it belongs to a user whose file we may not open)."""
+    try:
+        lock = open(path, "ab")  # noqa: SIM115 (held open: closing it frees the block)
+    except PermissionError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    with contextlib.suppress(OSError):
+        os.fchmod(lock.fileno(), 0o666)  # so another user's run can take it later
+    return lock
+
+
 class _Allocator:
     """This process's claimed blocks and the next port to hand out."""
 
@@ -68,16 +94,13 @@ class _Allocator:
 
     def claim_block(self) -> None:
         """Lock the next unlocked block, starting from a pid-derived one."""
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        _make_lock_dir()
         start = self.first_block % self.block_count
         while self.tried < self.block_count:
             index = (start + self.tried) % self.block_count
             self.tried += 1
-            lock = open(LOCK_DIR / f"block-{index}.lock", "ab")  # noqa: SIM115 (held open)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                lock.close()
+            lock = _locked(LOCK_DIR / f"block-{index}.lock")
+            if lock is None:
                 continue
             self.locks.append(lock)
             self.next_port = LOWEST_PORT + index * BLOCK_PORTS

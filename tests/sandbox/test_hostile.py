@@ -55,7 +55,9 @@ def ok_json(res: Any) -> Any:
 
 async def test_fork_bomb_is_capped_and_killed(executor: Executor, make_fn: MakeFn,
                                               canary: FunctionSpec) -> None:
-    fn = make_fn("hostile.fork_bomb", folder="hostile", max_pids=32, timeout_ms=1500)
+    # 512 MB: 32 forked interpreters dirty their copy-on-write heaps, and at 128 MB the
+    # memory cgroup sometimes killed the bomb before the timeout (an "oom" outcome).
+    fn = make_fn("hostile.fork_bomb", folder="hostile", max_pids=32, timeout_ms=1500, memory_mb=512)
     peak = 0
 
     async def watch() -> None:
