@@ -1,6 +1,6 @@
 """Cold start of a handler with a lot of its own code: compiled on the host or not.
 
-    .venv/bin/python bench/sandbox_code_compile.py [--runs 15]
+    .venv/bin/python bench/sandbox_code_compile.py [--runs 15] [--trivial]
 
 Two functions with the same code: a handler module importing copies of the
 stdlib's argparse.py and gettext.py (about 3,500 lines) placed in its code
@@ -9,6 +9,8 @@ folder. One is served from the executor's compiled copy
 folder as is (its compile is switched off), so each of its cold starts
 compiles the modules inside the jail. Each run is a cold start that claims a
 spare jail (the path a prepared function takes), alternating between the two.
+``--trivial``: the imported module is one line instead (the handler is two
+small modules).
 """
 
 from __future__ import annotations
@@ -31,24 +33,27 @@ from sandbox.executor import Executor, ExecutorConfig, FunctionSpec
 from sandbox.runtimes import discover_runtimes
 
 
-def code_folder(root: Path, name: str) -> Path:
+def code_folder(root: Path, name: str, trivial: bool) -> Path:
     code = root / name
     code.mkdir(mode=0o755)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    shutil.copy(stdlib / "argparse.py", code / "big.py")
-    shutil.copy(stdlib / "gettext.py", code / "gettext.py")
+    if trivial:
+        (code / "big.py").write_text("X = 1\n")
+    else:
+        shutil.copy(stdlib / "argparse.py", code / "big.py")
+        shutil.copy(stdlib / "gettext.py", code / "gettext.py")
     (code / "app.py").write_text("import big\n\n\ndef handler(event, context):\n    return event\n")
     for path in code.iterdir():
         path.chmod(0o644)
     return code
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, trivial: bool) -> None:
     runtimes = discover_runtimes()
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         fns = {name: FunctionSpec(name=name, handler="app.handler", runtime="python3.11",
-                                  code_dir=str(code_folder(Path(tmp), name)))
+                                  code_dir=str(code_folder(Path(tmp), name, trivial)))
                for name in ("as is", "compiled")}
         config = ExecutorConfig(data_dir=f"{tmp}/data", uid_base=287_000, max_sandboxes=16)
         async with Executor(config, runtimes=runtimes) as ex:
@@ -74,4 +79,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
-    trio.run(main, parser.parse_args().runs)
+    parser.add_argument("--trivial", action="store_true")
+    args = parser.parse_args()
+    trio.run(main, args.runs, args.trivial)
