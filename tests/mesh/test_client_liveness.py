@@ -97,6 +97,30 @@ async def test_a_long_invocation_on_a_live_node_is_waited_for(
     assert result == [{"hi": {"n": 1}}]
 
 
+async def test_the_sync_client_waits_for_a_live_node_too(
+        nodes: tuple[SlowNode, FakeNode]) -> None:
+    slow, _ = nodes
+
+    def call() -> Any:
+        with sdk.Client(slow.endpoint, api_key=slow.admin_key, context=slow.ctx,
+                        liveness_interval_s=INTERVAL_S, liveness_timeout_s=SILENCE_S) as c:
+            return c.invoke("hello", {"n": 2}, timeout_s=30)
+
+    async with trio.open_nursery() as nursery:
+        result: list[Any] = []
+
+        async def run_call() -> None:
+            result.append(await trio.to_thread.run_sync(call))
+
+        nursery.start_soon(run_call)
+        with trio.fail_after(10):
+            while slow.pings < 3 * SILENCE_S / INTERVAL_S:
+                await trio.sleep(INTERVAL_S)
+        assert not result
+        slow.release()
+    assert result == [{"hi": {"n": 2}}]
+
+
 async def test_a_silent_node_fails_a_sync_invoke_with_unavailable(
         nodes: tuple[SlowNode, FakeNode]) -> None:
     _, silent = nodes
