@@ -65,8 +65,9 @@ if TYPE_CHECKING:  # annotations only; typing costs ~10 ms of a cold start
     Json = dict[str, Any]
 
 FRAME = struct.Struct(">II")
-INVOKE_HEAD = struct.Struct(">cIH")
+INVOKE_HEAD = struct.Struct(">cII")
 """b"I", deadline in ms, request id length; then the request id and the ARN (UTF-8)."""
+MAX_DEADLINE_MS = 2**32 - 1
 RESULT_HEAD = struct.Struct(">c??dIId")
 """b"R", ok, fatal, duration ms, billed ms, max memory MB, init ms (NaN: none)."""
 INVOKE_TAG = b"I"
@@ -158,7 +159,7 @@ def encode_frame(header: Json, body: bytes = b"") -> bytes:
 
 def encode_invoke(request_id: str, deadline_ms: int, arn: str, body: bytes) -> bytes:
     rid = request_id.encode()
-    head = INVOKE_HEAD.pack(INVOKE_TAG, deadline_ms, len(rid)) + rid + arn.encode()
+    head = INVOKE_HEAD.pack(INVOKE_TAG, min(max(deadline_ms, 0), MAX_DEADLINE_MS), len(rid)) + rid + arn.encode()
     return FRAME.pack(len(head), len(body)) + head + body
 
 
