@@ -385,7 +385,8 @@ class MeshNode:
         self.results: dict[str, tuple[int, proto.InvocationRecord]] = dict(sorted(
             ((str(k), v) for k, v in own_disk.get("results", {}).items()),
             key=lambda kv: (kv[1][0], kv[0])))
-        self.queries: dict[int, tuple[str, str, set[str]]] = {}  # id -> (conn, request, asked)
+        # query id -> (conn, request id, invocation id, peers not answered yet)
+        self.queries: dict[int, tuple[str, str, str, set[str]]] = {}
         self.next_query = 0
         self.async_running: set[str] = set()  # async request ids this leader dispatched
         # (request id, attempts, status) -> our monotonic ns when we first saw it so
@@ -1068,7 +1069,7 @@ class MeshNode:
             self._result_missing(call.conn, rid, invocation_id, record)
             return
         self.next_query += 1
-        self.queries[self.next_query] = (call.conn, rid, set(peers))
+        self.queries[self.next_query] = (call.conn, rid, invocation_id, set(peers))
         for peer in peers:
             self.out.send(NodeId(peer), ResultQuery(query_id=self.next_query,
                                                     invocation_id=invocation_id))
@@ -1094,14 +1095,18 @@ class MeshNode:
         query = self.queries.get(msg.query_id)
         if query is None:
             return
-        conn, rid, asked = query
+        conn, rid, invocation_id, asked = query
         asked.discard(src)
         if msg.record is not None:
-            del self.queries[msg.query_id]
+            self._end_query(msg.query_id, invocation_id)
             self._reply(conn, proto.ok(rid, self._with_async(msg.record)))
-        elif not asked:
-            del self.queries[msg.query_id]
-            self._result_missing(conn, rid, "", None)
+        elif not asked:  # nobody has a record: the log may still know it (async)
+            self._end_query(msg.query_id, invocation_id)
+            self._result_missing(conn, rid, invocation_id, self._async_record(invocation_id))
+
+    def _end_query(self, query_id: int, invocation_id: str) -> None:
+        del self.queries[query_id]
+        self.deadlines.cancel(("query", query_id, invocation_id))
 
     def _on_query_deadline(self, query_id: int, invocation_id: str) -> None:
         query = self.queries.pop(query_id, None)

@@ -302,3 +302,24 @@ def test_a_late_copy_of_a_refused_request_is_refused_again() -> None:
     assert sent == [InvokeRefused(invocation_id="n1~forwarded", reason="full")]
     assert "invoke" not in effects
     assert mesh.core("n2").counters.get("refused_again", 0) == 1
+
+
+def test_an_async_invocation_still_running_is_found_through_any_node() -> None:
+    """No node holds a result record yet (the run is held), every peer says so:
+    the asked node answers from the replicated log (status running), not NotFound."""
+    mesh = started(auto=False)
+    mesh.deploy()
+    accepted = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}",
+                                               invocation_type="Event"))
+    assert accepted.ok
+    invocation_id = accepted.value.invocation_id
+    mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=10, what="the attempt to start")
+    for node in mesh.ids:
+        answer = mesh.request(node, proto.GetResult(invocation_id=invocation_id))
+        assert answer.ok, f"{node}: {answer.error}"
+        assert answer.value.invocation_id == invocation_id
+        assert answer.value.status in ("pending", "running")
+    mesh.finish_all()
+    mesh.wait_for(lambda: mesh.request("n3", proto.GetResult(invocation_id=invocation_id)
+                                       ).value.status == "succeeded",
+                  within_s=10, what="the result to be readable")
