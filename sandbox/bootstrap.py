@@ -158,8 +158,9 @@ def encode_frame(header: Json, body: bytes = b"") -> bytes:
 
 
 def encode_invoke(request_id: str, deadline_ms: int, arn: str, body: bytes) -> bytes:
-    rid = request_id.encode()
-    head = INVOKE_HEAD.pack(INVOKE_TAG, min(max(deadline_ms, 0), MAX_DEADLINE_MS), len(rid)) + rid + arn.encode()
+    rid = request_id.encode("utf-8", "surrogatepass")  # (any str: as json.dumps took them)
+    head = (INVOKE_HEAD.pack(INVOKE_TAG, min(max(deadline_ms, 0), MAX_DEADLINE_MS), len(rid)) + rid
+            + arn.encode("utf-8", "surrogatepass"))
     return FRAME.pack(len(head), len(body)) + head + body
 
 
@@ -169,7 +170,8 @@ def decode_invoke(head: bytes) -> tuple[str, int, str]:
     rid_end = INVOKE_HEAD.size + rid_len
     if rid_end > len(head):
         raise ValueError("invoke header too short")
-    return head[INVOKE_HEAD.size:rid_end].decode(), deadline_ms, head[rid_end:].decode()
+    return (head[INVOKE_HEAD.size:rid_end].decode("utf-8", "surrogatepass"), deadline_ms,
+            head[rid_end:].decode("utf-8", "surrogatepass"))
 
 
 def encode_result(ok: bool, fatal: bool, duration_ms: float, billed_ms: int, max_memory_mb: int,

@@ -158,6 +158,8 @@ def test_invoke_and_result_frames() -> None:
     long_id, huge_ms = "r" * 70_000, 10**12  # any request id; a deadline beyond 49 days is clamped
     frame = bootstrap.encode_invoke(long_id, huge_ms, "", b"")
     assert bootstrap.decode_invoke(frame[bootstrap.FRAME.size:]) == (long_id, 2**32 - 1, "")
+    frame = bootstrap.encode_invoke("\ud800", 1, "arn\udfff", b"")  # lone surrogates pass through
+    assert bootstrap.decode_invoke(frame[bootstrap.FRAME.size:]) == ("\ud800", 1, "arn\udfff")
     state = {"context": bootstrap.context_fields(), "max_response": 1000, "init_ms": 12.5}
     header, body = bootstrap.invoke(lambda event, context: [event, context.aws_request_id],
                                     {"request_id": "r1", "deadline_ms": 1000}, b"7", state)
