@@ -133,6 +133,7 @@ class PaxosConfig:
     batch_max: int = 64
     window: int = 16
     max_inflight: int = 2  # new batches in flight at once; more commands wait to fill one
+    forward_burst: int = 4  # Forwards a follower sends before the leader speaks; more wait
     snapshot_every: int = 256
     log_keep: int = 64
     chunk_bytes: int = 64 * 1024
@@ -150,8 +151,8 @@ class PaxosConfig:
             raise ValueError(f"unknown commit_notice {self.commit_notice!r}")
         if self.lease_ns >= self.election_timeout_ns:
             raise ValueError("lease_ns must be shorter than election_timeout_ns")
-        if self.window < 1 or self.batch_max < 1 or self.max_inflight < 1:
-            raise ValueError("window, batch_max and max_inflight must be at least 1")
+        if min(self.window, self.batch_max, self.max_inflight, self.forward_burst) < 1:
+            raise ValueError("window, batch_max, max_inflight and forward_burst must be >= 1")
 
 
 @attrs.define
@@ -274,6 +275,8 @@ class Replica:
         self.last_quorum_ns = 0
         self.reads: list[_PendingRead] = []
         self.commit_dirty = False
+        self.fwd_buffer: list[Command] = []  # commands to forward with the next Forward
+        self.fwd_unanswered = 0  # Forwards sent since the leader last spoke
         self.forwarded: dict[tuple[str, int], str] = {}  # command -> the peer awaiting it
         self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
         # durability bookkeeping: replies wait until the writes they depend on are synced
@@ -496,6 +499,8 @@ class Replica:
         self.suspected.discard(src)
         self.guard_until_ns = max(self.guard_until_ns, self.now_ns + self.cfg.lease_ns)
         self._set_election_deadline(self.now_ns)
+        if self.fwd_unanswered or self.fwd_buffer:
+            self._flush_forwards()
 
     def _hear_higher(self, ballot: Ballot) -> None:
         """A ballot above ours exists: a candidate or leader with a lower one steps down."""
@@ -887,6 +892,9 @@ class Replica:
             self._refuse(cmd.client_id, cmd.seq)
         for _voters, client, seq in self.reconfigs:
             self._refuse(client, seq)
+        for cmd in self.fwd_buffer:
+            self._refuse(cmd.client_id, cmd.seq)
+        self.fwd_buffer, self.fwd_unanswered = [], 0
         self.queue, self.queued, self.reconfigs = [], set(), []
         for pending in self.reads:
             self._refuse_read(pending.read)
@@ -946,13 +954,39 @@ class Replica:
         if self.role == "leader" and not self.recovering:
             return True
         if self.leader_hint is not None and self.leader_hint != self.node_id:
-            cmds = (command,) if command is not None else ()
-            client = key if voters is not None else None
-            self.out.send(self.leader_hint, Forward(cmds=cmds, voters=voters,
-                                                    reconfig_client=client))
+            if command is not None:
+                self._forward(command)
+            else:
+                self.out.send(self.leader_hint, Forward(cmds=(), voters=voters,
+                                                        reconfig_client=key))
             return False
         self._refuse(*key)
         return False
+
+    def _forward(self, command: Command) -> None:
+        """Forward to the leader at once, unless ``forward_burst`` Forwards are already
+        unanswered: then the command waits for the leader's next message and leaves
+        with the others (one Forward for many commands when the leader is busy)."""
+        if self.fwd_unanswered >= self.cfg.forward_burst:
+            self.fwd_buffer.append(command)
+            return
+        assert self.leader_hint is not None
+        self.out.send(self.leader_hint, Forward(cmds=(command,)))
+        self.fwd_unanswered += 1
+
+    def _flush_forwards(self) -> None:
+        """The leader spoke: send what waited (to the leader we now know)."""
+        self.fwd_unanswered = 0
+        if not self.fwd_buffer:
+            return
+        cmds, self.fwd_buffer = tuple(self.fwd_buffer), []
+        if self.role == "follower" and self.leader_hint not in (None, self.node_id):
+            assert self.leader_hint is not None
+            self.out.send(self.leader_hint, Forward(cmds=cmds))
+            self.fwd_unanswered = 1
+            return
+        for cmd in cmds:
+            self._refuse(cmd.client_id, cmd.seq)
 
     def _wait(self, key: tuple[str, int]) -> None:
         self.waiting[key] = True

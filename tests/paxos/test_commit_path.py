@@ -199,3 +199,41 @@ def test_commands_wait_for_a_free_pipeline_slot_and_share_a_batch() -> None:
     batches = [value for _dst, msg in sent if isinstance(msg, Accept)
                for _slot, value in msg.entries]
     assert [len(b.cmds) for b in batches] == [2, 2]  # one batch of both, to n2 and n3
+
+
+def test_a_follower_forwards_at_once_then_batches_until_the_leader_speaks() -> None:
+    r = follower()  # forward_burst 4
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=0, hb_id=1), LATER)
+    r.take_ready()
+
+    def forwards() -> list[tuple[str, ...]]:
+        ready = r.take_ready()
+        out = [] if ready is None else [*ready.send_now, *ready.send_after_persist]
+        return [tuple(c.client_id for c in o.msg.cmds) for o in out if isinstance(o.msg, Forward)]
+
+    def propose(client: str) -> None:
+        r.command(Propose(client_id=client, seq=1, payload=["put", "k", client]), LATER)
+
+    for client in "abcd":
+        propose(client)
+        assert forwards() == [(client,)]  # fewer than forward_burst unanswered: at once
+    propose("e")
+    propose("f")
+    assert forwards() == []  # four unanswered: they wait
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=0, hb_id=COMMIT_NOTICE), LATER)
+    assert forwards() == [("e", "f")]  # one Forward for both
+    propose("g")
+    assert forwards() == [("g",)]
+
+
+def test_commands_waiting_to_be_forwarded_are_refused_when_the_follower_stands() -> None:
+    r = follower()
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=0, hb_id=1), LATER)
+    for client in "abcdef":
+        r.command(Propose(client_id=client, seq=1, payload=["put", "k", client]), LATER)
+    r.take_ready()
+    r.tick(LATER.after(10 * 10**9))  # the leader went silent: an election
+    ready = r.take_ready()
+    assert ready is not None and r.role == "candidate"
+    refused = [n.data.client_id for n in ready.notifications if n.kind == "paxos.result"]
+    assert refused == ["e", "f"] and not r.fwd_buffer  # a-d left; e and f are told to retry
