@@ -513,15 +513,27 @@ class Codec:
         self.cluster_id = cluster_id
         self.max_frame_bytes = max_frame_bytes
         self.version = version
+        self._frame_head = b"\x85" + to_cbor(version) + to_cbor(cluster_id)  # array of 5
 
     def encode(self, src: str, dst: str, msg: Any) -> bytes:
+        return self.frame(src, dst, self.encode_message(msg), msg)
+
+    def encode_message(self, msg: Any) -> bytes:
+        """The message's own CBOR, to wrap in frames for one or more peers with
+        :meth:`frame` (a message sent to several peers is encoded once)."""
         if type(msg) not in _CLS_TO_TAG:
             raise EncodeError(f"{type(msg).__qualname__} is not a registered message")
-        frame = to_cbor([self.version, self.cluster_id, src, dst, msg])
+        return to_cbor(msg)
+
+    def frame(self, src: str, dst: str, body: bytes, msg: Any = None) -> bytes:
+        """The frame ``[version, cluster_id, src, dst, message]`` around an encoded
+        message: a CBOR array of five is its header byte then its items' encodings,
+        so the bytes are those of encoding the whole array at once."""
+        frame = b"".join((self._frame_head, to_cbor(src), to_cbor(dst), body))
         if len(frame) > self.max_frame_bytes:
             raise EncodeError(
-                f"{type(msg).__qualname__} encodes to {len(frame)} bytes, "
-                f"over the {self.max_frame_bytes}-byte frame limit"
+                f"{type(msg).__qualname__ if msg is not None else 'a message'} encodes to "
+                f"{len(frame)} bytes, over the {self.max_frame_bytes}-byte frame limit"
             )
         return frame
 

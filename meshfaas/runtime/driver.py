@@ -240,8 +240,14 @@ class Driver:
         self.core.on_persisted(ready.seq)
 
     def _send(self, outbound: tuple[Outbound, ...]) -> None:
+        """Send a batch's messages; one sent to several peers (an Accept, a
+        heartbeat) is encoded once and framed per peer."""
+        bodies: dict[int, bytes] = {}
         for out in outbound:
-            frame = self.codec.encode(self.node_id, out.dst, out.msg)
+            body = bodies.get(id(out.msg))
+            if body is None:
+                body = bodies[id(out.msg)] = self.codec.encode_message(out.msg)
+            frame = self.codec.frame(self.node_id, out.dst, body, out.msg)
             self.stats.inc("sent" if self.transport.send(out.dst, frame) else "send_dropped")
 
     # -- persisting ---------------------------------------------------------------
