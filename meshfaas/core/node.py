@@ -963,8 +963,8 @@ class MeshNode:
         stored = self.results.get(msg.invocation_id)
         if stored is None or stored[1] != _trim(msg.record):  # ran here: stored already
             self._store_result(msg.record)
-        self.out.notify("invocation", msg.record)
-        self._finish_route(route, msg.record, None, "")
+        self._finish_route(route, msg.record, None, "")  # the caller's answer first,
+        self.out.notify("invocation", msg.record)  # then the event
 
     def _finish_route(self, route: _Routing, record: proto.InvocationRecord | None,
                       kind: proto.ErrorKind | None, text: str, *, retryable: bool = False) -> None:
