@@ -383,27 +383,13 @@ def _converter(tp: Any) -> Converter:
 
 
 def _union_converter(args: tuple[Any, ...]) -> Converter:
-    convs = [_converter(a) for a in args]
-    if type(None) in args:  # whichever member accepts None gives None: decide at once
-        others = [_converter(a) for a in args if a is not type(None)]
-        return _optional_converter(others)
+    """The first member that accepts the value; with ``None`` among the members
+    (``X | ... | None``) a None is decided at once, without trying the others."""
+    none_ok = type(None) in args
+    convs = [_converter(a) for a in args if not (none_ok and a is type(None))]
 
     def conv(v: Any, depth: int) -> Any:
-        for c in convs:
-            try:
-                return c(v, depth)
-            except DecodeError:
-                continue
-        raise DecodeError(f"value of type {type(v).__name__} matches no member of the union")
-
-    return conv
-
-
-def _optional_converter(convs: list[Converter]) -> Converter:
-    """``X | ... | None``: None is None; anything else is the first member that accepts it."""
-
-    def conv(v: Any, depth: int) -> Any:
-        if v is None:
+        if none_ok and v is None:
             return None
         for c in convs:
             try:
