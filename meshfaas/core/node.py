@@ -146,9 +146,10 @@ class MeshConfig:
     # A runner confirms an InvokeRequest only if it is still running after this
     # long (well inside invoke_accept_ns): the InvokeDone of a quick run confirms it.
     invoke_confirm_delay_ns: int = 100 * NS_PER_MS
-    # A request this node refused stays refused for this long: a late duplicate
-    # of it (resent, or duplicated by the network) must not run after the entry
-    # has routed the invocation elsewhere.
+    # A request this node refused stays refused for this long (at most half the
+    # async retry delay, so the next attempt of an async invocation, which has
+    # the same id, is not refused for it): a late duplicate of it (resent, or
+    # duplicated by the network) must not run after the entry routed it elsewhere.
     refusal_memory_ns: int = 10 * NS_PER_S
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
@@ -904,7 +905,8 @@ class MeshNode:
     def _refused_before(self, invocation_id: str) -> bool:
         """Whether we refused this invocation lately (forgetting, oldest first, what
         is older than ``refusal_memory_ns`` or beyond ``max_results`` entries)."""
-        horizon = self.now.mono_ns - self.cfg.refusal_memory_ns
+        horizon = self.now.mono_ns - min(self.cfg.refusal_memory_ns,
+                                         self.cfg.async_retry_base_ns // 2)
         while self.refused and (len(self.refused) > self.cfg.max_results
                                 or next(iter(self.refused.values())) < horizon):
             del self.refused[next(iter(self.refused))]

@@ -323,3 +323,23 @@ def test_an_async_invocation_still_running_is_found_through_any_node() -> None:
     mesh.wait_for(lambda: mesh.request("n3", proto.GetResult(invocation_id=invocation_id)
                                        ).value.status == "succeeded",
                   within_s=10, what="the result to be readable")
+
+
+def test_a_refusal_is_forgotten_before_the_next_async_attempt_could_come() -> None:
+    """Async attempts keep their invocation id: a node remembers a refusal for at
+    most half the retry delay, so the next attempt is not refused for it."""
+    mesh = started(capacity=1, auto=False, cfg={"async_retry_base_ns": 2 * NS_PER_S})
+    mesh.deploy()
+    mesh.run_for(1)
+    mesh.call("n2", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=3, what="n2 busy with its own caller")
+    task = mesh.runs[0].task
+    attempt = InvokeRequest(invocation_id="n1~async-1", function=task.function,
+                            version=task.version, code=task.code, config=task.config,
+                            payload=b"{}")
+    sent, _ = _handle_now(mesh, "n2", "n1", attempt)
+    assert sent == [InvokeRefused(invocation_id="n1~async-1", reason="full")]
+    mesh.finish_all()
+    mesh.run_for(1.5)  # more than half the 2 s retry delay
+    sent, effects = _handle_now(mesh, "n2", "n1", attempt)
+    assert effects == ["invoke"] and sent == []  # runs; confirmed by its InvokeDone
