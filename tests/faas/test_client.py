@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import meshfaas
 from meshfaas import client as sdk
 from meshfaas.core import client_proto as proto
 from meshfaas.core.faas_package import PackageError
+from tests.ports import free_endpoint  # reserved for this process: nobody listens
 
 from .fake_node import FakeNode, role_key
 
@@ -48,12 +48,6 @@ async def node(ctx: zmq.Context[Any]) -> AsyncIterator[FakeNode]:
     fake.close()
 
 
-def free_endpoint() -> str:
-    """A loopback endpoint nobody listens on (bound then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
 
 
 def make_client(node: FakeNode, ctx: zmq.Context[Any], **kwargs: Any) -> sdk.AsyncClient:
