@@ -295,7 +295,7 @@ class Gossip:
         self._push_pulls = 0
         self._view_version = 0  # bumped on every change a push-pull would carry
         self._state_changes = 0  # bumped on every member state change
-        self._members_cache: tuple[tuple[int, int, bool, int, int], list[MemberInfo]] | None = None
+        self._members_cache: tuple[tuple[int, int, bool, int, NodeMeta], list[MemberInfo]] | None = None
         self._snapshot_cache: tuple[int, tuple[MemberState, ...]] | None = None
         self._sync_backoff_ns = config.push_pull_interval_ns  # shorter just after a join
         # joining and leaving
@@ -388,7 +388,7 @@ class Gossip:
         Rebuilt only when something it shows may have changed (the routers of
         the mesh node ask several times per invocation)."""
         key = (self._view_version, self._state_changes, self._leaving, self._incarnation,
-               id(self._meta))
+               self._meta)
         if self._members_cache is None or self._members_cache[0] != key:
             own_state: StateName = LEFT if self._leaving else ALIVE
             rows = [MemberInfo(self.node_id, own_state, self._incarnation, self._meta)]

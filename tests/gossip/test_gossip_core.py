@@ -529,3 +529,23 @@ def test_a_suspicion_gossips_all_its_accusers_in_one_update() -> None:
     queued = g._queue.pending(subject)
     assert queued == Suspect(node=subject, incarnation=1, accuser=NodeId("m01"),
                              others=(NodeId("m02"), NodeId("m03"), NodeId("m04")))
+
+
+def test_the_member_list_follows_every_change_between_reads() -> None:
+    """members() is cached: read it after each kind of change, never stale."""
+    g = make()
+
+    def row(node: NodeId) -> Any:
+        return next(m for m in g.members() if m.node_id == node)
+
+    feed(g, alive(X, 1))
+    assert row(X).state == "alive"
+    feed(g, Suspect(node=X, incarnation=1, accuser=Y))
+    assert row(X).state == "suspect"
+    feed(g, alive(X, 2, NodeMeta(peer_addr="tcp://x:2", role="voter")))
+    assert (row(X).state, row(X).incarnation, row(X).meta.peer_addr) == ("alive", 2, "tcp://x:2")
+    new_meta = NodeMeta(peer_addr="tcp://me:2", role="voter")
+    g.update_meta(new_meta, T0)
+    assert row(ME).meta == new_meta
+    g.leave(T0)
+    assert row(ME).state == "left"
