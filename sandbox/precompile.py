@@ -68,6 +68,22 @@ def bootstrap_pyc_name(runtime: Runtime, source: bytes) -> str:
     return f"{runtime.name}-{digest}.pyc"
 
 
+def _partial(folder: Path, target: Path) -> Path:
+    """A private name beside ``target`` to build it under before the atomic move."""
+    return folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _run_compiler(runtime: Runtime, script_and_args: list[str], what: str) -> None:
+    """Run ``python -I -S -c SCRIPT ARGS...`` of ``runtime``; PrecompileError if it fails
+    (a failure to start or a timeout raises subprocess's own errors to the caller)."""
+    done = subprocess.run([runtime.executable, "-I", "-S", "-c", *script_and_args],
+                          capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise PrecompileError(f"{runtime.executable} could not compile {what}: "
+                              f"{done.stderr.strip()[-500:]}")
+
+
 def compile_bootstrap(runtime: Runtime, source_file: Path, folder: Path) -> Path:
     """The runtime's compiled bootstrap under ``folder`` (built if missing).
     Blocking (a subprocess the first time): call it from a thread. Raises
@@ -77,14 +93,10 @@ def compile_bootstrap(runtime: Runtime, source_file: Path, folder: Path) -> Path
     if target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    partial = _partial(folder, target)
     try:
-        done = subprocess.run(
-            [runtime.executable, "-I", "-S", "-c", COMPILE, str(source_file), str(partial), BOOTSTRAP_PATH],
-            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise PrecompileError(f"{runtime.executable} could not compile the bootstrap: "
-                                  f"{done.stderr.strip()[-500:]}")
+        _run_compiler(runtime, [COMPILE, str(source_file), str(partial), BOOTSTRAP_PATH],
+                      "the bootstrap")
         os.chmod(partial, 0o644)
         os.replace(partial, target)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -160,16 +172,11 @@ def compile_code_tree(runtime: Runtime, code_dir: Path, folder: Path) -> Path:
     if target.is_dir():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    partial = _partial(folder, target)
     try:
         link_tree(code_dir, partial)
         _drop_pycaches(partial)
-        done = subprocess.run(
-            [runtime.executable, "-I", "-S", "-c", COMPILE_TREE, str(partial), TASK_ROOT],
-            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise PrecompileError(f"{runtime.executable} could not compile {code_dir}: "
-                                  f"{done.stderr.strip()[-500:]}")
+        _run_compiler(runtime, [COMPILE_TREE, str(partial), TASK_ROOT], str(code_dir))
         os.chmod(partial, 0o755)
         os.rename(partial, target)
     except FileExistsError:  # (or OSError ENOTEMPTY) another executor finished first: use its copy
