@@ -579,7 +579,10 @@ class Executor:
         except (PrecompileError, RuntimeMissing) as exc:
             log.warning("sandbox: serving %s uncompiled: %s", key[0], exc)
         finally:
-            self._compiled[key] = path
+            if path is not None or Path(key[0]).is_dir():
+                self._compiled[key] = path  # a failure is final only for code that exists
+            # else the code is not there yet (a node prepares on deploy, before it has
+            # unpacked the code): the next cold start asks again
             self._compiling.pop(key).set()
 
     def _code_dir(self, function: FunctionSpec) -> str:

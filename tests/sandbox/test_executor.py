@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from sandbox_testlib import HANDLERS, nsjail_problem, sandbox_uid_processes, wait_until
@@ -422,3 +423,16 @@ async def test_jails_run_the_bootstrap_precompiled_by_their_runtime(
             == "/opt/meshfaas/bootstrap.pyc"
     compiled = sorted(p.name for p in (Path(config.data_dir) / "bootstrap").iterdir())
     assert [n.split("-")[0] for n in compiled] == ["python3.11", "python3.13"]
+
+
+async def test_code_compiled_once_it_exists_even_if_asked_before(
+        executor: Executor, make_fn: MakeFn, tmp_path: Path) -> None:
+    """A node prepares a function on deploy, before it has unpacked the code: that
+    early attempt must not stop the compiled copy from being built later."""
+    code = tmp_path / "code"
+    fn = attrs.evolve(make_fn("app.handler"), code_dir=str(code))
+    assert await executor.compile_code(fn) is None  # nothing to compile yet
+    code.mkdir()
+    (code / "app.py").write_text("def handler(event, context):\n    return event\n")
+    compiled = await executor.compile_code(fn)
+    assert compiled is not None and (Path(compiled) / "app.py").is_file()
