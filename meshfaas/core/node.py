@@ -395,6 +395,7 @@ class MeshNode:
         self.sub_batches: dict[int, list[tuple[Any, int]]] = {}
         self.sub_pending: list[tuple[Any, int]] = []
         self.last_meta: NodeMeta = self._meta()
+        self.peer_addrs: dict[str, str] = remembered_peers(disk)
         self.leaving = False  # LeaveMesh was asked: no more metadata updates
         self._reserved: dict[str, tuple[str, int]] = {}
         self._reserved_at = -1  # the applied index the reservation cache was built at
@@ -533,11 +534,24 @@ class MeshNode:
 
     def _on_member(self, kind: str, event: MemberEvent) -> None:
         self.out.notify("member", event)
+        self._remember_peer(event)
         if kind in ("member_dead", "member_left"):
             self.paxos.command(paxos_api.Suspect(node_id=event.node_id), self.now)
             self._fail_routed_to(event.node_id, f"node {event.node_id} was declared {event.state}")
         elif kind in ("member_alive", "member_joined"):
             self.paxos.command(paxos_api.Suspect(node_id=event.node_id, alive=True), self.now)
+
+    def _remember_peer(self, event: MemberEvent) -> None:
+        """Keep every peer's last advertised endpoint on disk: a restarted node
+        rejoins through them, even one started without ``--join`` (the first node
+        of a mesh), which would otherwise wait for a peer's rare reconnection
+        probe (every few push-pull rounds, minutes) before anyone heard of it."""
+        addr = event.meta.peer_addr
+        if event.node_id == self.node_id or not addr or event.state in ("dead", "left"):
+            return
+        if self.peer_addrs.get(event.node_id) != addr:
+            self.peer_addrs[event.node_id] = addr
+            self.out.persist("m.peers", event.node_id, addr)
 
     def peer_views(self) -> list[PeerView]:
         """The router's view: every member plus ourselves, from gossip metadata.
@@ -1264,6 +1278,12 @@ class MeshNode:
         self.effects[self.next_effect] = (kind, context)
         self.out.effect(Effect(effect_id=self.next_effect, kind=kind, args=args))
         return self.next_effect
+
+
+def remembered_peers(disk: Mapping[str, Mapping[Hashable, Any]]) -> dict[str, str]:
+    """The peer endpoints a node saw before it stopped: node id -> peer address."""
+    return {str(node): str(addr) for node, addr in sorted(disk.get("m.peers", {}).items())
+            if isinstance(addr, str)}
 
 
 def _split_disk(disk: Mapping[str, Mapping[Hashable, Any]]) -> tuple[

@@ -46,6 +46,7 @@ import tempfile
 import time
 import zipfile
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,16 @@ from meshfaas.core.node import (
     MeshNode,
     ReplicateBlob,
     SetWarm,
+    remembered_peers,
 )
-from meshfaas.core.types import NS_PER_MS, Effect, EffectResult, NodeId, Notification
+from meshfaas.core.types import Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
 from meshfaas.runtime.driver import Driver, drain_nowait
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
 from meshfaas.runtime.node import (
     NodeStartError,
     cluster_security,
+    gossip_config,
     join_list,
     node_options,
     serve_until_signalled,
@@ -390,7 +393,7 @@ class MeshProcess:
             max_sandboxes=max(config.capacity * 2, 8), max_per_function=max(config.capacity, 1),
             uid_base=config.uid_base))
         self.clock = SystemClock()
-        seeds = self._seed_ids()
+        self.seeds = self._seed_ids(disk)
         mesh_config = MeshConfig(
             node_id=config.node_id, voters=tuple(config.voters), capacity=config.capacity,
             runtimes=tuple(self.executor.runtimes()), peer_addr=self.peer.endpoint,
@@ -399,7 +402,7 @@ class MeshProcess:
             routing=config.routing,
             result_retention_ns=int(config.result_retention_s * 1e9))
         rng = random.Random(config.seed if config.seed is not None else os.urandom(16))
-        self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=seeds,
+        self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=self.seeds,
                              disk_lost=self.disk_lost)
         self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
                              codec=self.codec, store=self.store, clock=self.clock,
@@ -418,6 +421,7 @@ class MeshProcess:
         self._uploads: dict[str, tuple[int, Any]] = {}
         self._accepting = True
         self._nursery: trio.Nursery | None = None
+        self._member_states: dict[str, str] = {}  # for the log: state changes only
 
     def _bind(self, config: MeshProcessConfig) -> None:
         self.peer = PeerTransport(self.net, self.node_id, bind=config.peer_bind, codec=self.codec)
@@ -429,12 +433,18 @@ class MeshProcess:
         self.events = EventPublisher(self.net, bind=config.events_bind or f"{host}:*",
                                      any_client_key=True)
 
-    def _seed_ids(self) -> list[str]:
+    def _seed_ids(self, disk: Mapping[str, Mapping[Any, Any]]) -> list[str]:
+        """Join through ``--join`` and through every peer this node knew before it
+        stopped (so a restarted node rejoins on its own, ``--join`` or not)."""
         seeds = []
         for addr in self.config.join:
             if addr != self.peer.endpoint:
                 self.peer.set_peer(NodeId(addr), addr)
                 seeds.append(addr)
+        for node, addr in remembered_peers(disk).items():
+            if node != self.node_id and addr != self.peer.endpoint:
+                self.peer.set_peer(NodeId(node), addr)
+                seeds.append(node)
         return seeds
 
     def endpoints(self) -> dict[str, Any]:
@@ -479,12 +489,19 @@ class MeshProcess:
             event = note.data
             if event.node_id != self.node_id and event.meta.peer_addr:
                 self.peer.set_peer(event.node_id, event.meta.peer_addr)
+            if self._member_states.get(event.node_id) != event.state:  # not metadata news
+                self._member_states[event.node_id] = event.state
+                log.info("%s: member %s is %s (incarnation %d)", self.node_id, event.node_id,
+                         event.state, event.incarnation)
         elif note.kind == "client_reply" and isinstance(note.data, ClientReply):
             self._send_reply(note.data)
         elif note.kind == "invocation" and isinstance(note.data, proto.InvocationRecord):
             self._publish_invocation(note.data)
         elif note.kind == paxos_api.NOTE_APPLIED and isinstance(note.data, paxos_api.Applied):
             self._prepare_deployed(note.data)
+        elif note.kind == paxos_api.NOTE_LEADER:
+            leader, ballot = note.data
+            log.info("%s: the Paxos leader is %s (ballot %s)", self.node_id, leader, ballot)
 
     def _prepare_deployed(self, applied: paxos_api.Applied) -> None:
         """On a deploy, have spare jails of the function's shape ready, so even its
@@ -714,8 +731,8 @@ class MeshProcess:
                     await nursery.start(part)
                 nursery.start_soon(self._read_peers)
                 nursery.start_soon(self._refresh_warm)
-                if self.config.join:
-                    self.driver.command(JoinMesh(seeds=tuple(self._seed_ids())))
+                if self.seeds:
+                    self.driver.command(JoinMesh(seeds=tuple(self.seeds)))
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -799,12 +816,11 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
           bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
           result_retention_s: float, disk_lost: bool, probe_interval_ms: int,
-          probe_timeout_ms: int, seed: int | None) -> None:
+          probe_timeout_ms: int, push_pull_interval_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    gossip = GossipConfig(probe_interval_ns=probe_interval_ms * NS_PER_MS,
-                          probe_timeout_ns=probe_timeout_ms * NS_PER_MS)
+    gossip = gossip_config(probe_interval_ms, probe_timeout_ms, push_pull_interval_ms)
     voter_ids = tuple(v.strip() for v in voters.split(",") if v.strip()) or (node_id,)
     config = MeshProcessConfig(
         node_id=node_id, data_dir=data_dir, voters=voter_ids, peer_bind=peer, client_bind=client,

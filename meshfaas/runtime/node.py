@@ -349,6 +349,9 @@ _COMMON_OPTIONS = (
                  help="No CURVE (anyone who can connect can join)."),
     click.option("--probe-interval-ms", type=int, default=1000, show_default=True),
     click.option("--probe-timeout-ms", type=int, default=200, show_default=True),
+    click.option("--push-pull-interval-ms", type=click.IntRange(1, None), default=30_000,
+                 show_default=True, help="Period of the full state exchange with one peer "
+                 "(every fourth goes to a member held dead, so partitions heal)."),
     click.option("--seed", type=int, default=None, help="Seed of the node's random generator."),
 )
 
@@ -360,6 +363,14 @@ def node_options(command: F) -> F:
     return command
 
 
+def gossip_config(probe_interval_ms: int, probe_timeout_ms: int,
+                  push_pull_interval_ms: int) -> GossipConfig:
+    """The gossip tunables the node options set."""
+    return GossipConfig(probe_interval_ns=probe_interval_ms * NS_PER_MS,
+                        probe_timeout_ns=probe_timeout_ms * NS_PER_MS,
+                        push_pull_interval_ns=push_pull_interval_ms * NS_PER_MS)
+
+
 def join_list(join: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in join.split(",") if a.strip())
 
@@ -369,12 +380,11 @@ def join_list(join: str) -> tuple[str, ...]:
 @click.option("--role", type=click.Choice(["voter", "worker"]), default="worker")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           keys: Path | None, insecure: bool, role: str, probe_interval_ms: int,
-          probe_timeout_ms: int, seed: int | None) -> None:
+          probe_timeout_ms: int, push_pull_interval_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
-    gossip = GossipConfig(probe_interval_ns=probe_interval_ms * NS_PER_MS,
-                          probe_timeout_ns=probe_timeout_ms * NS_PER_MS)
+    gossip = gossip_config(probe_interval_ms, probe_timeout_ms, push_pull_interval_ms)
     config = NodeConfig(node_id=NodeId(node_id), data_dir=data_dir, peer_bind=peer,
                         client_bind=client, events_bind=events,
                         join=join_list(join), keys=keys, insecure=insecure, gossip=gossip,
