@@ -572,6 +572,8 @@ class Executor:
         """Build one compiled copy (one at a time: each is a subprocess of the runtime)."""
         path: str | None = None
         try:
+            if not Path(key[0]).is_dir():
+                return  # not unpacked yet (a node prepares on deploy, before it unpacks)
             async with self._compile_lock:
                 runtime = pick(self._runtimes, key[1])
                 path = str(await trio.to_thread.run_sync(
