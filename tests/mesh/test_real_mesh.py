@@ -261,6 +261,31 @@ def _async_invoke(mesh: LocalMesh, node: str, payload: Any, out: dict[str, Any])
     trio.run(call)
 
 
+def _start_callers_and_wait_until_routed(mesh: LocalMesh, entry: str,
+                                         callers: list[threading.Thread]) -> None:
+    """Start the callers (one invocation each, through ``entry``) and return once
+    ``entry`` has taken every one in and routed it.
+
+    ``entry``'s ``status().load`` is its own running count plus every peer's
+    gossiped load plus what it sent a peer lately, so the sum rises by one per
+    invocation it routes (to itself or to a warmer peer: its own figure alone
+    may not move). The sum counts any invocation anywhere, though -- one left
+    running on a survivor by an earlier step of the test, or a peer's stale
+    gossiped load -- so the callers start only once ``entry`` sees nothing in
+    flight anywhere; the rise is then theirs. (A stop that lands before a caller
+    has even connected makes it fail over as "down", not by the silence under test.)
+    """
+    with mesh.client(entry) as observer:
+        def routed() -> int:
+            return sum(observer.status().load.values())
+
+        wait_for(lambda: routed() == 0, 60, f"{entry} to see no invocation in flight")
+        for caller in callers:
+            caller.start()
+        wait_for(lambda: routed() >= len(callers), 30,
+                 f"{entry} to route the {len(callers)} invocation(s)")
+
+
 def test_callers_of_a_node_killed_mid_invocation_fail_fast(mesh3: LocalMesh) -> None:
     """Sync and trio callers get Unavailable within seconds of kill -9 (or SIGSTOP) of the
     node they are connected to, not at their 120 s timeout."""
@@ -281,11 +306,7 @@ def test_callers_of_a_node_killed_mid_invocation_fail_fast(mesh3: LocalMesh) -> 
     threads = [threading.Thread(target=sync_caller, daemon=True),
                threading.Thread(target=_async_invoke, daemon=True,
                                 args=(mesh3, entry, {"seconds": 6}, async_out))]
-    for t in threads:
-        t.start()
-    with mesh3.client(entry) as observer:  # the entry node counts what it routed
-        wait_for(lambda: sum(observer.status().load.values()) >= 2, 20,
-                 "both invocations to be running")
+    _start_callers_and_wait_until_routed(mesh3, entry, threads)
     mesh3.mesh.kill(entry)
     killed_at = time.monotonic()
     for t in threads:
@@ -310,9 +331,7 @@ def _caller_of_a_hung_node_fails_fast(mesh: LocalMesh, entry: str) -> None:
     out: dict[str, Any] = {}
     thread = threading.Thread(target=_async_invoke, daemon=True,
                               args=(mesh, entry, {"seconds": 6}, out))
-    thread.start()
-    with mesh.client(entry) as observer:
-        wait_for(lambda: sum(observer.status().load.values()) >= 1, 20, "the invocation to run")
+    _start_callers_and_wait_until_routed(mesh, entry, [thread])
     proc = mesh.mesh.procs[entry]
     proc.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
