@@ -48,7 +48,15 @@ from meshfaas.runtime.keys import (
     Security,
     ZapHandler,
 )
-from meshfaas.runtime.zsock import DEFAULT_BATCH, Counters, Parts, ZSock, last_endpoint
+from meshfaas.runtime.zsock import (
+    DEFAULT_BATCH,
+    EVENTS,
+    POLLIN,
+    Counters,
+    Parts,
+    ZSock,
+    last_endpoint,
+)
 
 DEFAULT_INBOUND_CAPACITY = 4096
 DEFAULT_PEER_QUEUE = 1024
@@ -455,7 +463,7 @@ class EventPublisher:
             return True
         if self._zsock.closed:
             return False
-        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+        return bool(int(self._sock.getsockopt(EVENTS)) & POLLIN)
 
     def publish(self, topic: bytes, payload: bytes) -> bool:
         return self._zsock.send_nowait([topic, payload])

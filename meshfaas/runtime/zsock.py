@@ -53,6 +53,13 @@ Parts = list[bytes]
 OnRecv = Callable[[Parts], None]
 
 DEFAULT_OUT_CAPACITY = 1024
+# pyzmq's flag enums cost microseconds per use (enum construction and ``&``):
+# the hot paths use plain ints.
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+RCVMORE = int(zmq.RCVMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_SNDMORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 DEFAULT_BATCH = 256
 
 
@@ -138,7 +145,7 @@ class ZSock:
         send may consume the FD's edge for a message that arrived meanwhile, so
         the owner is woken if one is waiting."""
         self._send_one(parts)
-        if self._receives and int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if self._receives and int(self.sock.getsockopt(EVENTS)) & POLLIN:
             self._parked = False
             assert self._wake is not None
             self._wake.cancel()
@@ -176,7 +183,10 @@ class ZSock:
 
     def _send_one(self, parts: Parts) -> None:
         try:
-            self.sock.send_multipart(parts, zmq.NOBLOCK)
+            send = self.sock.send
+            for part in parts[:-1]:  # (send_multipart's generality costs more than this)
+                send(part, NOBLOCK_SNDMORE)
+            send(parts[-1], NOBLOCK)
         except zmq.Again:
             self._count("dropped_hwm")
         except zmq.ZMQError as exc:
@@ -188,15 +198,26 @@ class ZSock:
         """Receive up to ``batch`` messages. True if the batch limit was hit."""
         if not self._receives:
             return False
+        sock = self.sock
         for _ in range(self._batch):
+            if not int(sock.getsockopt(EVENTS)) & POLLIN:  # (cheaper than zmq.Again)
+                return False
             try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+                parts = self._recv_parts()
             except zmq.Again:
                 return False
             self._count("received")
             if self._on_recv is not None:
                 self._on_recv(parts)
         return True
+
+    def _recv_parts(self) -> Parts:
+        """One whole message (zmq delivers a message's parts atomically)."""
+        sock = self.sock
+        parts = [sock.recv(NOBLOCK)]
+        while sock.getsockopt(RCVMORE):
+            parts.append(sock.recv(NOBLOCK))
+        return parts
 
     async def _wait(self, fd: int) -> None:
         """Wait until the socket is readable or a caller queued something."""
@@ -205,7 +226,7 @@ class ZSock:
             try:
                 if self._out_recv.statistics().current_buffer_used:
                     return
-                while not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                while not int(self.sock.getsockopt(EVENTS)) & POLLIN:
                     self._parked = True
                     await trio.lowlevel.wait_readable(fd)
                     self._parked = False
