@@ -166,6 +166,18 @@ def test_kill_9_the_leader_while_deploys_and_invocations_stream(mesh_n: LocalMes
                      f"{node} to hold every acknowledged deploy")
 
 
+def _in_flight(client: Client) -> int:
+    """Invocations in flight as the client's node sees them: its own running
+    count, every peer's gossiped load and what it sent a peer lately."""
+    return sum(client.status().load.values())
+
+
+def _wait_until_nothing_in_flight(client: Client) -> None:
+    """Before starting the invocation a test then looks for: a figure left by an
+    earlier one (a peer's gossiped load lags it) must not be taken for it."""
+    wait_for(lambda: _in_flight(client) == 0, 60, "no invocation in flight")
+
+
 def _running_on(mesh: LocalMesh, client: Client) -> str:
     def busy() -> str | None:
         loads = client.status().load
@@ -218,8 +230,9 @@ def test_a_node_killed_mid_invocation(mesh3: LocalMesh) -> None:
                 errors.append(exc)
 
     thread = threading.Thread(target=caller, daemon=True)
-    thread.start()
     with mesh3.client("n1") as observer:
+        _wait_until_nothing_in_flight(observer)  # the warm-up's load may still be gossiped
+        thread.start()
         victim = _running_on(mesh3, observer)
     if victim == "n1":  # the entry node ran it: killing it cuts the caller off too
         mesh3.mesh.kill("n1")
@@ -232,6 +245,7 @@ def test_a_node_killed_mid_invocation(mesh3: LocalMesh) -> None:
 
     # Asynchronous: the attempt on a dead node is retried elsewhere and succeeds.
     with mesh3.client() as client:
+        _wait_until_nothing_in_flight(client)
         invocation = client.invoke_async("sleepy", {"seconds": 2})
         victim = _running_on(mesh3, client)
         mesh3.mesh.kill(victim)
@@ -276,13 +290,10 @@ def _start_callers_and_wait_until_routed(mesh: LocalMesh, entry: str,
     has even connected makes it fail over as "down", not by the silence under test.)
     """
     with mesh.client(entry) as observer:
-        def routed() -> int:
-            return sum(observer.status().load.values())
-
-        wait_for(lambda: routed() == 0, 60, f"{entry} to see no invocation in flight")
+        _wait_until_nothing_in_flight(observer)
         for caller in callers:
             caller.start()
-        wait_for(lambda: routed() >= len(callers), 30,
+        wait_for(lambda: _in_flight(observer) >= len(callers), 30,
                  f"{entry} to route the {len(callers)} invocation(s)")
 
 
