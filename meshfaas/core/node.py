@@ -151,6 +151,11 @@ class MeshConfig:
     # the same id, is not refused for it): a late duplicate of it (resent, or
     # duplicated by the network) must not run after the entry routed it elsewhere.
     refusal_memory_ns: int = 10 * NS_PER_S
+    # When every candidate is full (slots free up as runs end, and a refusal may
+    # come from a stale view of a peer's load), look again after 5, 10, 20 and
+    # 40 ms (jittered) before answering Throttled.
+    route_wait_rounds: int = 4
+    route_wait_base_ns: int = 5 * NS_PER_MS
     bootstrap_key: faas.PutApiKey | None = None
     gossip: GossipConfig = attrs.field(factory=GossipConfig)
     paxos_heartbeat_ns: int = 40 * NS_PER_MS
@@ -242,6 +247,7 @@ class InvokeRequest:
     code: CodeRef
     config: FunctionConfig
     payload: bytes
+    round: int = 0  # the entry's routing round: a node that refused an earlier one may run it
 
 
 @message(701)
@@ -249,6 +255,7 @@ class InvokeRequest:
 class InvokeRefused:
     invocation_id: str
     reason: str
+    round: int = 0  # of the request refused (a copy of an older round's refusal is stale)
 
 
 @message(702)
@@ -322,6 +329,7 @@ class _Routing:
     tried: set[str]
     target: str = ""
     async_attempt: int = 0
+    rounds: int = 0  # times every candidate was full and the entry looked again
     sent_ns: int = 0  # when it was sent to ``target`` (monotonic)
     accepted: bool = False  # the target confirmed it has the request
     sends: int = 0  # InvokeRequests sent to the current target
@@ -378,7 +386,8 @@ class MeshNode:
         self._views: dict[str, tuple[Any, str, PeerView]] = {}  # node -> (meta, state, view)
         self._own_runtimes = frozenset(config.runtimes)
         self.running: dict[str, _Running] = {}
-        self.refused: dict[str, int] = {}  # invocation id -> when we refused it (oldest first)
+        # invocation id -> (when we refused it, the routing round refused), oldest first
+        self.refused: dict[str, tuple[int, int]] = {}
         self.effects: dict[int, tuple[str, Any]] = {}  # effect id -> (kind, context)
         self.next_effect = 0
         # Oldest first (insertion order, by wall time on load), so eviction and
@@ -820,7 +829,8 @@ class MeshNode:
 
     def _route(self, route: _Routing) -> None:
         if len(route.tried) >= MAX_ROUTE_ATTEMPTS:
-            self._finish_route(route, None, "Throttled", "every peer tried was full")
+            if not self._wait_for_room(route):
+                self._finish_route(route, None, "Throttled", "every peer tried was full")
             return
         request = RouteRequest(function=route.function,
                                warm_key=f"{route.function}:{route.version}",
@@ -831,6 +841,8 @@ class MeshNode:
             decision = pick(self.peer_views(), request, self.rng,
                             reservations=self.reservations(), local=self.node_id)
         if decision.node is None:
+            if decision.reason in ("throttled", "all_excluded") and self._wait_for_room(route):
+                return
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",
                     "throttled": "every node is at capacity",
@@ -844,12 +856,27 @@ class MeshNode:
         self.deadlines.set(("invoke", route.invocation_id), deadline)
         request_msg = InvokeRequest(invocation_id=route.invocation_id, function=route.function,
                                     version=route.version, code=route.code,
-                                    config=route.config, payload=route.payload)
+                                    config=route.config, payload=route.payload,
+                                    round=route.rounds)
         if decision.node == self.node_id:
             self._run_here(request_msg, self.node_id)
         else:
             route.request, route.sends, route.accepted = request_msg, 0, False
             self._send_request(route)
+
+    def _wait_for_room(self, route: _Routing) -> bool:
+        """Every candidate was full: unless the rounds are used up, try them all again
+        after a short jittered backoff (a new round, which a node that refused an
+        earlier one may run). True if a new round was scheduled."""
+        if route.rounds >= self.cfg.route_wait_rounds:
+            return False
+        delay_ns = self.cfg.route_wait_base_ns << route.rounds
+        route.rounds += 1
+        route.tried, route.target = set(), ""
+        self._count("route_waits")
+        self.deadlines.set(("reroute", route.invocation_id),
+                           self.now.mono_ns + delay_ns // 2 + self.rng.randrange(delay_ns))
+        return True
 
     def _send_request(self, route: _Routing) -> None:
         """Send (again) to the target until it confirms; the target dedupes by id."""
@@ -884,9 +911,9 @@ class MeshNode:
         if req.invocation_id in self.running:
             self._confirm(entry, req.invocation_id)  # a duplicate: the running one will answer
             return
-        if self._refused_before(req.invocation_id):
+        if self._refused_before(req.invocation_id, req.round):
             self._count("refused_again")
-            self._deliver_refusal(entry, req.invocation_id, "full")
+            self._deliver_refusal(entry, req.invocation_id, "full", req.round)
             return
         done = self.results.get(req.invocation_id)
         if done is not None and done[1].status == "succeeded" and done[1].node == self.node_id:
@@ -901,9 +928,10 @@ class MeshNode:
             return
         if not self._has_room(req.function):
             self._count("refused_full")
-            if entry != self.node_id:
-                self.refused[req.invocation_id] = self.now.mono_ns
-            self._deliver_refusal(entry, req.invocation_id, "full")
+            if entry != self.node_id:  # (re-inserted: the oldest stays first)
+                self.refused.pop(req.invocation_id, None)
+                self.refused[req.invocation_id] = (self.now.mono_ns, req.round)
+            self._deliver_refusal(entry, req.invocation_id, "full", req.round)
             return
         self.load += 1
         task = InvokeTask(invocation_id=req.invocation_id, function=req.function,
@@ -916,15 +944,18 @@ class MeshNode:
             self.deadlines.set(("confirm", req.invocation_id),
                                self.now.mono_ns + self.cfg.invoke_confirm_delay_ns)
 
-    def _refused_before(self, invocation_id: str) -> bool:
-        """Whether we refused this invocation lately (forgetting, oldest first, what
-        is older than ``refusal_memory_ns`` or beyond ``max_results`` entries)."""
+    def _refused_before(self, invocation_id: str, round_: int) -> bool:
+        """Whether we refused this invocation's routing round ``round_`` (or a later
+        one) lately: a late copy of a refused request must not run once the entry
+        has moved on (forgetting, oldest first, what is older than
+        ``refusal_memory_ns`` or beyond ``max_results`` entries)."""
         horizon = self.now.mono_ns - min(self.cfg.refusal_memory_ns,
                                          self.cfg.async_retry_base_ns // 2)
         while self.refused and (len(self.refused) > self.cfg.max_results
-                                or next(iter(self.refused.values())) < horizon):
+                                or next(iter(self.refused.values()))[0] < horizon):
             del self.refused[next(iter(self.refused))]
-        return invocation_id in self.refused
+        refused = self.refused.get(invocation_id)
+        return refused is not None and refused[1] >= round_
 
     def _confirm(self, entry: str, invocation_id: str) -> None:
         if entry != self.node_id:
@@ -939,11 +970,12 @@ class MeshNode:
         views = self.peer_views()
         return has_room(views[0], function, all_shares(views, reservations))
 
-    def _deliver_refusal(self, entry: str, invocation_id: str, reason: str) -> None:
+    def _deliver_refusal(self, entry: str, invocation_id: str, reason: str, round_: int) -> None:
+        refusal = InvokeRefused(invocation_id=invocation_id, reason=reason, round=round_)
         if entry == self.node_id:
-            self._on_refused(InvokeRefused(invocation_id=invocation_id, reason=reason))
+            self._on_refused(refusal)
         else:
-            self.out.send(NodeId(entry), InvokeRefused(invocation_id=invocation_id, reason=reason))
+            self.out.send(NodeId(entry), refusal)
 
     def _on_invoke_result(self, invocation_id: str, result: EffectResult) -> None:
         running = self.running.pop(invocation_id, None)
@@ -965,7 +997,7 @@ class MeshNode:
 
     def _on_refused(self, msg: InvokeRefused) -> None:
         route = self.routing.get(msg.invocation_id)
-        if route is None:
+        if route is None or msg.round != route.rounds:  # (a copy of an older round's)
             return
         self.deadlines.cancel(("invoke", msg.invocation_id))
         self.deadlines.cancel(("accept", msg.invocation_id))
@@ -988,6 +1020,7 @@ class MeshNode:
         self.routing.pop(route.invocation_id, None)
         self.deadlines.cancel(("invoke", route.invocation_id))
         self.deadlines.cancel(("accept", route.invocation_id))
+        self.deadlines.cancel(("reroute", route.invocation_id))
         if route.async_attempt:
             self._record_async(route, record, text)
             return
@@ -1248,6 +1281,10 @@ class MeshNode:
             self._on_invoke_deadline(key[1])
         elif kind == "accept":
             self._on_accept_deadline(key[1])
+        elif kind == "reroute":
+            route = self.routing.get(key[1])
+            if route is not None and not route.target:
+                self._route(route)
         elif kind == "confirm":
             running = self.running.get(key[1])
             if running is not None:

@@ -117,6 +117,31 @@ def test_a_full_node_refuses_and_the_router_tries_another() -> None:
     assert refusals > 0, "no node was ever full when asked: the refusal path never ran"
 
 
+def test_a_full_mesh_looks_again_before_answering_throttled() -> None:
+    """Every slot is taken when the call comes; one frees 3 ms later. The entry,
+    having tried every node, looks again after a short backoff (a new routing
+    round, which a node that refused the first one may take) instead of
+    answering Throttled at once; with no slot freed it does answer Throttled."""
+    mesh = started(capacity=1, auto=False)
+    mesh.deploy()
+    mesh.run_for(1)
+    for node in mesh.ids:  # one held run per node: every slot taken
+        mesh.call(node, proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: len(mesh.runs) == 3, within_s=3, what="every slot taken")
+    waiting = mesh.call("n1", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.run_for(0.003)
+    assert waiting not in mesh.replies  # not Throttled at once
+    freed = next(r for r in mesh.runs if r.node == "n2")
+    mesh._complete(freed)
+    mesh.wait_for(lambda: len(mesh.runs) == 4, within_s=1, what="the waiting call to run")
+    assert mesh.runs[-1].node == "n2"  # in the freed slot (n2 refused the first round)
+    assert mesh.core("n1").counters.get("route_waits", 0) >= 1
+    late = mesh.request("n3", proto.Invoke(name="hello", payload=b"{}"))
+    assert error_kind(late) == "Throttled"  # nothing frees up: Throttled after the rounds
+    mesh.finish_all()
+    assert mesh.wait_reply(waiting).ok
+
+
 def test_killing_the_node_running_a_sync_invocation_answers_unavailable() -> None:
     mesh = started(capacity={"n1": 0, "n2": 8, "n3": 8}, auto=False)
     mesh.deploy(timeout_s=60)  # the caller must hear of the death, not of a timeout
