@@ -563,8 +563,10 @@ class MeshProcess:
             return False
         rows = tuple(MemberRow(node=m.node_id, state=m.state, incarnation=m.incarnation,
                                peer_addr=m.meta.peer_addr) for m in self.core.gossip.members())
+        counters = {**self.peer.counters(),
+                    **{f"core.{k}": v for k, v in self.core.counters.items()}}
         status = NodeStatus(node=self.node_id, members=rows,
-                            counters=tuple(sorted(self.peer.counters().items())))
+                            counters=tuple(sorted(counters.items())))
         self.clients.reply(request.routing_id, [to_cbor(status)])
         return True
 
