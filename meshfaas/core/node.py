@@ -58,9 +58,14 @@ so an attempt is re-run only after a failure (or a presumed one).
 
 *Results.* Every finished invocation's record (status, duration, billed
 duration, memory, cold start, node, log tail, payload up to
-``RESULT_PAYLOAD_MAX_BYTES``) is stored durably on the entry node and the node
-that ran it, kept for ``result_retention_ns``, and found from any node: a
-node that lacks it asks every live peer.
+``RESULT_PAYLOAD_MAX_BYTES``) is written to the result store (table
+``m.results``) on the entry node and on the node that ran it, and kept for
+``result_retention_ns``. Memory holds only the newest ``max_results`` (the
+recent cache; nothing is loaded at start): an older record is read back from
+the store through a ``result_lookup`` effect (:mod:`meshfaas.core.results`,
+the port). A ``GetResult`` looks in the cache, then the store, then asks
+every live peer (:class:`ResultQuery`, answered from the peer's cache or
+store), then the replicated async record.
 """
 
 from __future__ import annotations
@@ -85,6 +90,13 @@ from meshfaas.core import client_proto as proto
 from meshfaas.core import faas, faas_api
 from meshfaas.core.codec import message, tag_of
 from meshfaas.core.faas import CodeRef, FaasError, FaasStateMachine, FunctionConfig
+from meshfaas.core.results import (
+    LOOKUP_KIND,
+    RESULTS_TABLE,
+    ResultLookup,
+    stored_result,
+    valid_invocation_id,
+)
 from meshfaas.core.router import (
     MAX_ROUTE_ATTEMPTS,
     PeerView,
@@ -109,6 +121,7 @@ from paxos import api as paxos_api
 from paxos.replica import PaxosConfig, Replica
 
 RESULT_PAYLOAD_MAX_BYTES = 256 * 1024
+RESULT_LOOKUPS_MAX = 256  # result_lookup effects in flight; a peer's query beyond is dropped
 GOSSIP_TAGS = range(100, 200)
 PAXOS_TAGS = range(200, 300)
 MESH_TAGS = range(700, 750)
@@ -135,7 +148,7 @@ class MeshConfig:
     request_timeout_ns: int = 10 * NS_PER_S
     invoke_grace_ns: int = 2 * NS_PER_S
     result_retention_ns: int = 3600 * NS_PER_S
-    max_results: int = 10_000
+    max_results: int = 10_000  # records in the recent cache (memory); all are in the store
     meta_refresh_ns: int = 250 * NS_PER_MS
     async_scan_ns: int = 200 * NS_PER_MS
     async_lease_grace_ns: int = 5 * NS_PER_S
@@ -390,11 +403,11 @@ class MeshNode:
         self.refused: dict[str, tuple[int, int]] = {}
         self.effects: dict[int, tuple[str, Any]] = {}  # effect id -> (kind, context)
         self.next_effect = 0
-        # Oldest first (insertion order, by wall time on load), so eviction and
-        # expiry touch only the records they remove.
-        self.results: dict[str, tuple[int, proto.InvocationRecord]] = dict(sorted(
-            ((str(k), v) for k, v in own_disk.get("results", {}).items()),
-            key=lambda kv: (kv[1][0], kv[0])))
+        # The recent cache: the newest records, oldest first (insertion order), so
+        # eviction and expiry touch only the records they remove. Nothing is loaded
+        # at start: older records are read back from the store (``result_lookup``).
+        self.results: dict[str, tuple[int, proto.InvocationRecord]] = {}
+        self.lookups = 0  # result_lookup effects in flight
         # query id -> (conn, request id, invocation id, peers not answered yet)
         self.queries: dict[int, tuple[str, str, str, set[str]]] = {}
         self.next_query = 0
@@ -497,6 +510,8 @@ class MeshNode:
             self._on_blob_replicated(context, result)
         elif kind == "client_local":
             self._on_local_result(context, result)
+        elif kind == LOOKUP_KIND:
+            self._on_lookup_result(context, result)
         self._pump()
 
     # ----------------------------------------------------- merging sub-cores
@@ -1066,9 +1081,7 @@ class MeshNode:
             if self._routed_to(msg.invocation_id, src):
                 self._on_done(msg)
         elif isinstance(msg, ResultQuery):
-            found = self.results.get(msg.invocation_id)
-            self.out.send(src, ResultAnswer(query_id=msg.query_id,
-                                            record=None if found is None else found[1]))
+            self._on_result_query(src, msg)
         elif isinstance(msg, ResultAnswer):
             self._on_result_answer(src, msg)
 
@@ -1085,40 +1098,90 @@ class MeshNode:
         record = _trim(record)
         self.results.pop(record.invocation_id, None)  # a rewrite moves it to the young end
         self.results[record.invocation_id] = (self.now.wall_ns, record)
-        self.out.persist("m.results", record.invocation_id, (self.now.wall_ns, record))
-        while len(self.results) > self.cfg.max_results:
-            oldest = next(iter(self.results))
-            del self.results[oldest]
-            self.out.persist("m.results", oldest, None)
+        self.out.persist(RESULTS_TABLE, record.invocation_id, (self.now.wall_ns, record))
+        while len(self.results) > self.cfg.max_results:  # still in the store: read back there
+            del self.results[next(iter(self.results))]
 
     def _expire_results(self) -> None:
-        """Drop records older than the retention, from the old end (insertion order
-        follows the wall clock except across a clock step, which delays at most
-        the records behind a younger one until the next pass)."""
+        """Drop cached records older than the retention, from the old end (insertion
+        order follows the wall clock except across a clock step, which delays at most
+        the records behind a younger one until the next pass). The store expires its
+        own rows; reads apply the retention either way (:meth:`_young`)."""
         horizon = self.now.wall_ns - self.cfg.result_retention_ns
         while self.results:
             key, (at, _) = next(iter(self.results.items()))
             if at >= horizon:
                 return
             del self.results[key]
-            self.out.persist("m.results", key, None)
+
+    def _young(self, stored_wall_ns: int) -> bool:
+        return stored_wall_ns >= self.now.wall_ns - self.cfg.result_retention_ns
+
+    def _cached_result(self, invocation_id: str) -> proto.InvocationRecord | None:
+        found = self.results.get(invocation_id)
+        return found[1] if found is not None and self._young(found[0]) else None
 
     def _get_result(self, call: ClientCall, invocation_id: str) -> None:
         rid = call.request.request_id
         if self.sm.authenticate(call.request.api_key) is None:
             self._fail(call.conn, rid, "Unauthorized", "unknown or revoked API key")
             return
-        found = self.results.get(invocation_id)
-        if found is not None:
-            self._reply(call.conn, proto.ok(rid, self._with_async(found[1])))
+        if not valid_invocation_id(invocation_id):
+            self._count("result_id_malformed")
+            self._fail(call.conn, rid, "NotFound", "no invocation has that id (malformed)")
             return
-        record = self._async_record(invocation_id)
+        found = self._cached_result(invocation_id)
+        if found is not None:
+            self._reply(call.conn, proto.ok(rid, self._with_async(found)))
+        elif self.lookups < RESULT_LOOKUPS_MAX:
+            self._look_up(invocation_id, ("client", call.conn, rid))
+        else:  # our store is swamped: the peers (and the log) may still answer
+            self._count("result_lookup_skipped")
+            self._ask_peers(call.conn, rid, invocation_id)
+
+    def _on_result_query(self, src: NodeId, msg: ResultQuery) -> None:
+        """A peer asks for a record: from the cache, else from the store (whose
+        answer comes back as an effect result), else None."""
+        if not valid_invocation_id(msg.invocation_id):
+            self._count("result_id_malformed")
+            self.out.send(src, ResultAnswer(query_id=msg.query_id, record=None))
+            return
+        found = self._cached_result(msg.invocation_id)
+        if found is not None:
+            self.out.send(src, ResultAnswer(query_id=msg.query_id, record=found))
+        elif self.lookups < RESULT_LOOKUPS_MAX:
+            self._look_up(msg.invocation_id, ("peer", src, msg.query_id))
+        else:  # dropped: the asker's deadline answers from the others
+            self._count("result_query_dropped")
+
+    def _look_up(self, invocation_id: str, waiter: tuple[str, str, Any]) -> None:
+        self.lookups += 1
+        self._effect(LOOKUP_KIND, ResultLookup(invocation_id=invocation_id),
+                     (invocation_id, waiter))
+
+    def _on_lookup_result(self, context: tuple[str, tuple[str, str, Any]],
+                          result: EffectResult) -> None:
+        invocation_id, (who, dst, ref) = context
+        self.lookups = max(0, self.lookups - 1)
+        if not result.ok:
+            self._count("result_lookup_failed")  # the environment's failure: a miss
+        found = stored_result(result.value) if result.ok else None
+        record = (found[1] if found is not None and self._young(found[0])
+                  and found[1].invocation_id == invocation_id else None)
+        if who == "peer":
+            self.out.send(NodeId(dst), ResultAnswer(query_id=int(ref), record=record))
+        elif record is not None:
+            self._reply(dst, proto.ok(str(ref), self._with_async(record)))
+        else:
+            self._ask_peers(dst, str(ref), invocation_id)
+
+    def _ask_peers(self, conn: str, rid: str, invocation_id: str) -> None:
         peers = self.live_peers()
         if not peers:
-            self._result_missing(call.conn, rid, invocation_id, record)
+            self._result_missing(conn, rid, invocation_id, self._async_record(invocation_id))
             return
         self.next_query += 1
-        self.queries[self.next_query] = (call.conn, rid, invocation_id, set(peers))
+        self.queries[self.next_query] = (conn, rid, invocation_id, set(peers))
         for peer in peers:
             self.out.send(NodeId(peer), ResultQuery(query_id=self.next_query,
                                                     invocation_id=invocation_id))

@@ -9,7 +9,9 @@ generator; it fails sometimes (a handler error record) and sometimes runs into
 the function's timeout. Its result goes back through ``world.complete_effect``
 to the incarnation that asked, so a node that crashed in between never hears
 it. A ``replicate_blob`` effect succeeds after a short delay when a majority
-of the nodes is up, and fails otherwise.
+of the nodes is up, and fails otherwise. A ``result_lookup`` effect (a record
+that left the node's recent cache) is answered from the node's synced
+simulated disk, so a crash forgets what the result store had not synced.
 
 A workload of clients sends :class:`~meshfaas.core.node.ClientCall` commands
 to random nodes: deploys (new functions and code updates of existing ones),
@@ -67,6 +69,7 @@ import attrs
 from meshfaas.core import auth, faas, faas_api
 from meshfaas.core import client_proto as proto
 from meshfaas.core.node import ClientCall, InvokeRequest, InvokeTask, MeshConfig, MeshNode
+from meshfaas.core.results import LOOKUP_KIND, RESULTS_TABLE, lookup_in_rows
 from meshfaas.core.router import PeerView
 from meshfaas.core.types import (
     NS_PER_MS,
@@ -98,6 +101,13 @@ def admin_key(seed: int) -> tuple[faas.PutApiKey, str]:
     put = faas.PutApiKey(key_id=key.key_id, name="admin", role="admin", salt=key.salt,
                          secret_hash=key.secret_hash, wall_ns=0)
     return put, key.token
+
+
+def simulated_lookup(world: World, node_id: NodeId, effect: Effect) -> EffectResult:
+    """The result store's port in memory: the node's synced disk image of ``m.results``."""
+    rows = world.nodes[node_id].disk.durable.get(RESULTS_TABLE, {})
+    return EffectResult(effect_id=effect.effect_id, ok=True,
+                        value=lookup_in_rows(rows, effect.args))
 
 
 # ---------------------------------------------------------------------------
@@ -432,6 +442,9 @@ class MeshScenario(Scenario):
             delay_ns = world.rng.randint(2, 30) * NS_PER_MS
             world.complete_effect(node_id, EffectResult(
                 effect_id=effect.effect_id, ok=ok, error="" if ok else "no majority up"), delay_ns)
+        elif effect.kind == LOOKUP_KIND:
+            world.complete_effect(node_id, simulated_lookup(world, node_id, effect),
+                                  world.rng.randint(50, 500) * 1_000)
         else:
             world.complete_effect(node_id, EffectResult(
                 effect_id=effect.effect_id, ok=False, error=f"no {effect.kind} in the simulator"))

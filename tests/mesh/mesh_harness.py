@@ -1,5 +1,7 @@
 """A small deterministic mesh of MeshNodes in a simulator World, for the core tests.
 
+The result store's lookups are answered from the node's synced simulated disk
+(``simulated_lookup``, as the mesh scenario does; ``lookups`` counts them).
 The executor is the test's: every ``invoke`` effect is recorded in
 ``Mesh.runs``; in ``auto`` mode it completes after ``run_ms`` with a
 succeeded record, otherwise it waits for :meth:`Mesh.finish`. Replies to
@@ -17,9 +19,10 @@ from meshfaas.core import auth, faas
 from meshfaas.core import client_proto as proto
 from meshfaas.core.codec import Codec
 from meshfaas.core.node import ClientCall, InvokeTask, MeshConfig, MeshNode
+from meshfaas.core.results import LOOKUP_KIND
 from meshfaas.core.types import NS_PER_MS, NS_PER_S, Effect, EffectResult, NodeId
 from simulator import NodeBoot, World
-from simulator.scenarios.mesh import admin_key
+from simulator.scenarios.mesh import admin_key, simulated_lookup
 
 STEP_NS = 10 * NS_PER_MS
 CODE = faas.CodeRef(sha256="ab" * 32, size_bytes=1234)
@@ -49,6 +52,7 @@ class Mesh:
         self.replies: dict[str, proto.ClientResponse] = {}
         self.runs: list[RunRecord] = []
         self.calls = 0
+        self.lookups = 0
         for node_id in self.ids:
             self.world.add_node(node_id, self._build)
         self.world.observe(self._observe)
@@ -138,6 +142,9 @@ class Mesh:
         elif effect.kind == "replicate_blob":
             world.complete_effect(node, EffectResult(effect_id=effect.effect_id, ok=True),
                                   NS_PER_MS)
+        elif effect.kind == LOOKUP_KIND:
+            self.lookups += 1
+            world.complete_effect(node, simulated_lookup(world, node, effect), NS_PER_MS // 10)
         else:
             world.complete_effect(node, EffectResult(effect_id=effect.effect_id, ok=False,
                                                      error="not simulated"))
