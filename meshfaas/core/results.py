@@ -37,7 +37,7 @@ from meshfaas.core.codec import DecodeError, from_cbor
 RESULTS_TABLE = "m.results"
 LOOKUP_KIND = "result_lookup"
 INVOCATION_ID_MAX_CHARS = 256
-_ID_RE = re.compile(r"[\x21-\x7e]{1,%d}" % INVOCATION_ID_MAX_CHARS)  # visible ASCII
+_ID_RE = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII, INVOCATION_ID_MAX_CHARS
 
 StoredResult = tuple[int, proto.InvocationRecord]
 """A stored record: (wall ns when it was stored, the record)."""

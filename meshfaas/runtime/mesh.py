@@ -16,7 +16,12 @@ decides; this module only carries out its effects:
   chunks (:class:`BlobFetch` / :class:`BlobChunk`), checks its SHA-256, stores
   it and answers :class:`BlobStored`; the effect succeeds once a majority
   (counting this node) holds it;
-* ``client_local`` -- blob uploads (``UploadChunk``, ``HasBlob``) and recent logs.
+* ``client_local`` -- blob uploads (``UploadChunk``, ``HasBlob``) and recent logs;
+* ``result_lookup`` -- a record the core no longer holds in memory, read from
+  the node's result store (``DATA/results.db``, :mod:`meshfaas.runtime.results`:
+  its own SQLite file, connection and writer thread; the driver's store is a
+  :class:`~meshfaas.runtime.results.SplitStore` that sends it the ``m.results``
+  writes).
 
 Peer frames are read here first: blob-service messages (tags 705-709) are
 served by :class:`BlobService`, everything else goes to the driver, which
@@ -28,9 +33,11 @@ Stopping (SIGTERM or SIGINT): the node stops taking client requests, waits up
 to ``drain_s`` for invocations it is running to finish, leaves the gossip
 group, and closes. Every change acknowledged to a client is already durable on a
 majority (Paxos). An invocation's reply does not wait for its result record: the
-record is synced on the entry node and the node that ran it within about
-``RESULT_SYNC_DELAY_S`` plus one sync (results share syncs: the driver's lazy
-tables), and whatever is still pending is synced when the node stops.
+record is committed to the result store of the entry node and of the node that
+ran it within about ``RESULT_SYNC_DELAY_S`` plus the store's batch delay, at
+``synchronous=NORMAL`` (why that loses nothing acknowledged:
+:mod:`meshfaas.runtime.results`), and whatever is still pending is committed
+when the node stops.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from meshfaas.core.node import (
     SetWarm,
     remembered_peers,
 )
+from meshfaas.core.results import LOOKUP_KIND, ResultLookup
 from meshfaas.core.types import Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
 from meshfaas.runtime.driver import Driver, drain_nowait
@@ -85,6 +93,7 @@ from meshfaas.runtime.node import (
     node_options,
     serve_until_signalled,
 )
+from meshfaas.runtime.results import ResultStore, SplitStore, move_legacy_results
 from meshfaas.runtime.store import BlobStore, SqliteStore
 from meshfaas.runtime.transport import (
     ClientMessage,
@@ -320,6 +329,7 @@ class MeshProcessConfig:
     uid_base: int = 200_000
     disk_lost: bool = False
     result_retention_s: float = 3600.0
+    result_max_mb: int = 4096
     seed: int | None = None
 
 
@@ -387,6 +397,10 @@ class MeshProcess:
             self.store.close()
             self.net.close()
             raise NodeStartError(f"cannot bind the node's sockets: {exc}") from None
+        self.results = ResultStore(config.data_dir / "results.db",
+                                   retention_s=config.result_retention_s,
+                                   max_bytes=config.result_max_mb * 2**20)
+        move_legacy_results(self.store, disk, self.results)
         self.executor = Executor(ExecutorConfig(
             data_dir=str(config.data_dir), backend=config.sandbox_backend,  # type: ignore[arg-type]
             # a gateway (capacity 0) never runs anything: the core refuses first
@@ -405,7 +419,8 @@ class MeshProcess:
         self.core = MeshNode(mesh_config, disk, rng, self.clock.now(), seeds=self.seeds,
                              disk_lost=self.disk_lost)
         self.driver = Driver(self.core, node_id=self.node_id, transport=self.peer,
-                             codec=self.codec, store=self.store, clock=self.clock,
+                             codec=self.codec, store=SplitStore(self.store, self.results),
+                             clock=self.clock,
                              aliases=frozenset({self.peer.endpoint}),
                              lazy_tables=frozenset({"m.results"}),
                              lazy_delay_s=RESULT_SYNC_DELAY_S)
@@ -414,6 +429,7 @@ class MeshProcess:
         self.driver.register_effect("invoke", self._effect_invoke)
         self.driver.register_effect("replicate_blob", self._effect_replicate)
         self.driver.register_effect("client_local", self._effect_local)
+        self.driver.register_effect(LOOKUP_KIND, self._effect_result_lookup)
         self._code_dirs: dict[str, Path] = {}  # sha256 -> unpacked code, once per process
         self._conns: dict[str, bytes] = {}
         self._next_conn = 0
@@ -669,6 +685,11 @@ class MeshProcess:
         response = await self._local(call)
         return EffectResult(effect_id=effect.effect_id, ok=True, value=response)
 
+    async def _effect_result_lookup(self, effect: Effect) -> EffectResult:
+        lookup: ResultLookup = effect.args
+        found = await trio.to_thread.run_sync(self.results.get, lookup.invocation_id)
+        return EffectResult(effect_id=effect.effect_id, ok=True, value=found)
+
     async def _local(self, call: LocalCall) -> proto.ClientResponse:
         body, rid = call.body, call.request_id
         if isinstance(body, proto.HasBlob):
@@ -740,6 +761,7 @@ class MeshProcess:
             with trio.CancelScope(shield=True):
                 await self.executor.aclose()
             self.store.close()
+            self.results.close()  # commits what the driver flushed to it on the way out
             self.net.close()
 
     async def stop(self) -> None:
@@ -812,12 +834,16 @@ def node_cli() -> None:
 @click.option("--result-retention", "result_retention_s", type=click.FloatRange(1, 30 * 86400),
               default=3600.0, show_default=True,
               help="Seconds an invocation's record and result stay readable by request id.")
+@click.option("--result-max-mb", "result_max_mb", type=click.IntRange(16, 2**22), default=4096,
+              show_default=True, help="Bound on the result store's size (DATA/results.db): "
+              "past it the oldest records are deleted before their retention, with a warning.")
 @click.option("--disk-lost", is_flag=True, help="This node's data was lost (a new disk): rejoin "
               "without voting in Paxos until caught up.")
 def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | None, join: str,
           voters: str, keys: Path | None, insecure: bool, capacity: int, sandbox_backend: str,
           bootstrap_key: Path | None, async_retry_s: float, routing: str, uid_base: int,
-          result_retention_s: float, disk_lost: bool, probe_interval_ms: int,
+          result_retention_s: float, result_max_mb: int, disk_lost: bool,
+          probe_interval_ms: int,
           probe_timeout_ms: int, push_pull_interval_ms: int, seed: int | None) -> None:
     """Start a node and run it until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -830,7 +856,7 @@ def start(node_id: str, data_dir: Path, peer: str, client: str, events: str | No
         keys=keys, insecure=insecure, capacity=capacity, sandbox_backend=sandbox_backend,
         bootstrap_key=bootstrap_key, gossip=gossip, async_retry_base_s=async_retry_s,
         routing=routing, uid_base=uid_base, disk_lost=disk_lost,
-        result_retention_s=result_retention_s, seed=seed)
+        result_retention_s=result_retention_s, result_max_mb=result_max_mb, seed=seed)
     try:
         trio.run(serve_until_signalled, MeshProcess(config), node_id)
     except NodeStartError as exc:
