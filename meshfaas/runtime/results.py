@@ -144,6 +144,7 @@ class ResultStore:
         self._done_seq = 0  # rows committed (or dropped by a failed commit)
         self._stopping = False
         self._expire_now = False
+        self._hurry = False  # flush() waits: commit without the batch delay
         self.stats = {"committed": 0, "commits": 0, "commit_failures": 0, "expired": 0,
                       "bounded": 0}
         self._thread = threading.Thread(target=self._run, name=f"results:{self.path.parent.name}",
@@ -195,6 +196,7 @@ class ResultStore:
         """Wait until every row put so far is committed; False on timeout."""
         with self._cond:
             target = self._put_seq
+            self._hurry = True
             self._cond.notify()
             return self._cond.wait_for(lambda: self._done_seq >= target, timeout_s)
 
@@ -222,9 +224,10 @@ class ResultStore:
             with self._cond:
                 self._cond.wait_for(lambda: self._staged or self._stopping or self._expire_now,
                                     max(0.0, next_expiry - time.monotonic()))
+                if self._staged and self.batch_delay_s:  # let more rows join this commit
+                    self._cond.wait_for(lambda: self._stopping or self._hurry, self.batch_delay_s)
+                self._hurry = False
                 stopping = self._stopping
-            if not stopping and self.batch_delay_s:
-                time.sleep(self.batch_delay_s)  # let more rows join this commit
             self._commit_staged()
             if stopping:
                 return

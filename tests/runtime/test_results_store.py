@@ -166,3 +166,14 @@ def test_records_an_older_version_kept_in_node_db_move_to_the_result_store(
     assert results.get("n1~2") == (NOW_NS, record("n1~2"))
     assert move_legacy_results(main, tables, results) == 0
     main.close()
+
+
+def test_close_and_flush_do_not_wait_out_the_batch_delay(open_store: Opener) -> None:
+    store = open_store(batch_delay_s=3600.0)
+    store.put_many([("n1~01", (NOW_NS, record("n1~01")))])
+    assert store.flush(timeout_s=30)  # the writer commits at once for a flush
+    store.put_many([("n1~02", (NOW_NS, record("n1~02")))])
+    store.close()  # and for a close, even while it waits for company
+    again = open_store()
+    assert again.get("n1~02") == (NOW_NS, record("n1~02"))
+    assert again.stats["committed"] == 0  # read from disk, not staged
