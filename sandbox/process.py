@@ -391,6 +391,7 @@ class SandboxProcess:
         self._frames: _FrameReader | None = None
         self._logs: _LogReader | None = None
         self._nsjail_log_fd: int | None = None
+        self._begun: tuple[str, bytes, int, str] | None = None  # see begin_invoke
 
     # -- start ------------------------------------------------------------
 
@@ -431,33 +432,36 @@ class SandboxProcess:
         self._nsjail_log_fd = ns_r
 
     async def _await_frame(self, request: bytes, timeout_s: float, *, raw: bool = False,
-                           ) -> tuple[Any, bool, str]:
-        """Send ``request`` (if any) and read one frame while draining the log pipe.
+                           sent: int = 0, problem: str = "") -> tuple[Any, bool, str]:
+        """Send ``request`` (if any; its first ``sent`` bytes went already, or
+        ``problem`` broke that) and read one frame while draining the log pipe.
 
         Returns (frame or None, whether the deadline passed, what broke); the
         frame is (header bytes, body) when ``raw``, else (header dict, body).
         """
         assert self._logs is not None
         if self._pumping:  # a long-lived task drains the log pipe already
-            result = await self._send_and_read(request, timeout_s, raw)
+            result = await self._send_and_read(request, timeout_s, raw, sent, problem)
         else:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._logs.pump)
-                result = await self._send_and_read(request, timeout_s, raw)
+                result = await self._send_and_read(request, timeout_s, raw, sent, problem)
                 nursery.cancel_scope.cancel()
         self._logs.drain_now()
         return result
 
     async def _send_and_read(self, request: bytes, timeout_s: float, raw: bool,
-                             ) -> tuple[Any, bool, str]:
+                             sent: int = 0, problem: str = "") -> tuple[Any, bool, str]:
         assert self._frames is not None and self._to_jail is not None
         deadline = trio.current_time() + timeout_s
         frame: Any = None
-        problem = ""
-        sent = 0
+        if problem:  # the write that began it broke
+            await trio.lowlevel.checkpoint()
+            return None, False, problem
         if raw:  # fast path: on a busy machine the answer is often in by the time the write returns
             try:
-                sent = self._write_now(request)
+                if not sent:
+                    sent = self._write_now(request)
                 frame = self._frames.read_now() if sent == len(request) else None
             except OSError as exc:
                 problem = f"pipe to sandbox broke: {exc}"
@@ -576,14 +580,36 @@ class SandboxProcess:
 
     # -- invoke -----------------------------------------------------------
 
-    async def invoke(self, *, request_id: str, payload: bytes, timeout_s: float,
-                     arn: str = "") -> Outcome:
-        """Run one invocation with a wall-clock budget of ``timeout_s``."""
+    def begin_invoke(self, *, request_id: str, payload: bytes, timeout_s: float,
+                     arn: str = "") -> None:
+        """Send an invocation's request now, without waiting (what the pipe takes at
+        once: all of a small one); :meth:`invoke` with the same ``request_id``
+        finishes it. Lets a caller start the sandbox before its own task switch."""
         if self.state != "idle":
             raise RuntimeError(f"invoke on a sandbox in state {self.state}")
         self.state = "busy"
         request = encode_invoke(request_id, int(timeout_s * 1000), arn, payload)
-        frame, timed_out, problem = await self._await_frame(request, timeout_s, raw=True)
+        try:
+            sent, problem = self._write_now(request), ""
+        except OSError as exc:
+            sent, problem = 0, f"pipe to sandbox broke: {exc}"
+        self._begun = (request_id, request, sent, problem)
+
+    async def invoke(self, *, request_id: str, payload: bytes, timeout_s: float,
+                     arn: str = "") -> Outcome:
+        """Run one invocation with a wall-clock budget of ``timeout_s`` (or finish
+        the one :meth:`begin_invoke` started)."""
+        begun, self._begun = self._begun, None
+        if begun is not None and begun[0] == request_id:
+            _, request, sent, problem = begun
+        else:
+            if self.state != "idle":
+                raise RuntimeError(f"invoke on a sandbox in state {self.state}")
+            self.state = "busy"
+            request = encode_invoke(request_id, int(timeout_s * 1000), arn, payload)
+            sent, problem = 0, ""
+        frame, timed_out, problem = await self._await_frame(
+            request, timeout_s, raw=True, sent=sent, problem=problem)
         if timed_out:
             outcome = await self._timed_out(request_id, timeout_s)
         elif frame is None:

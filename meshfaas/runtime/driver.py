@@ -108,6 +108,7 @@ class Driver:
         self.clock = clock
         self.stats = Counters()
         self._handlers: dict[str, EffectHandler] = dict(handlers or {})
+        self._starters: dict[str, Callable[[Effect], None]] = {}
         self._addresses = frozenset({node_id}) | aliases  # what a frame's dst may say
         self._observers: list[Callable[[Notification], None]] = []
         self._subscribers: list[tuple[frozenset[str] | None, trio.MemorySendChannel[Notification]]] = []
@@ -124,8 +125,15 @@ class Driver:
 
     # -- registration ---------------------------------------------------------
 
-    def register_effect(self, kind: str, handler: EffectHandler) -> None:
+    def register_effect(self, kind: str, handler: EffectHandler,
+                        start: Callable[[Effect], None] | None = None) -> None:
+        """Run ``handler`` for each effect of ``kind``; ``start``, if given, is called
+        synchronously when the effect is dispatched, before the handler's task is
+        spawned (it may begin the work at once: the handler's task runs only after
+        the current one yields). ``start`` must not raise and must not block."""
         self._handlers[kind] = handler
+        if start is not None:
+            self._starters[kind] = start
 
     def observe(self, observer: Callable[[Notification], None]) -> None:
         """Call ``observer`` (synchronously, must not block) with every notification,
@@ -333,6 +341,9 @@ class Driver:
     def _start_effect(self, effect: Effect) -> None:
         assert self._nursery is not None
         self.stats.inc("effects")
+        start = self._starters.get(effect.kind)
+        if start is not None:
+            start(effect)
         self._nursery.start_soon(self._run_effect, effect)
 
     async def _run_effect(self, effect: Effect) -> None:

@@ -36,6 +36,25 @@ async def test_cold_then_warm_module_code_runs_once(executor: Executor, make_fn:
     assert executor.warm_functions() == {"app-handler:1": 1}
 
 
+async def test_begin_starts_a_warm_run_that_invoke_finishes(executor: Executor,
+                                                             make_fn: MakeFn) -> None:
+    """begin() writes the request to an idle warm sandbox at once (no await); invoke()
+    with the same request id collects that run's answer and leaves the sandbox warm.
+    Without an idle warm sandbox begin() does nothing and invoke() runs it cold."""
+    fn = make_fn("app.handler")
+    assert not executor.begin(fn, "1", b'{"n": 1}', "req-1")  # nothing warm yet
+    cold = await executor.invoke(fn, "1", b'{"n": 1}', "req-1")
+    assert cold.cold_start
+    assert executor.begin(fn, "1", b'{"n": 2}', "req-2")
+    assert not executor.begin(fn, "1", b'{"n": 3}', "req-3")  # its only sandbox is busy now
+    warm = await executor.invoke(fn, "1", b'{"n": 2}', "req-2")
+    assert result(warm) == {"event": {"n": 2}, "calls": 2, "init_count": 1}
+    assert not warm.cold_start and warm.request_id == "req-2"
+    assert executor.warm_functions() == {"app-handler:1": 1}
+    again = await executor.invoke(fn, "1", b'{"n": 3}', "req-3")  # plain invoke still works
+    assert result(again)["calls"] == 3
+
+
 async def test_context_object_and_identity(executor: Executor, make_fn: MakeFn) -> None:
     fn = make_fn("app.context_info", memory_mb=192, timeout_ms=4000, env={"GREETING": "hi"})
     info = result(await executor.invoke(fn, "7", b"{}", "abc-123"))
