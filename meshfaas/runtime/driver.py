@@ -17,14 +17,24 @@ meshfaas.core.types:
   registered for its ``kind``; the :class:`EffectResult` (an error result if no
   handler exists or the handler raised) goes back through ``on_result``;
 * ``persist`` joins the *pending* queue, in ``seq`` order. The persister task
-  takes everything pending, stages it in the store and runs ``store.sync()`` in a
-  worker thread (``trio.to_thread.run_sync``), so the loop keeps running during
-  the fsync. Batches that arrive meanwhile wait for the next sync: one fsync
-  covers them all (group commit). Only when ``sync`` has returned does it send
-  each batch's ``send_after_persist`` and then call ``on_persisted(seq)``.
+  takes everything pending (every batch of the inputs handled since it last
+  ran: one fsync covers them all, group commit), stages it in the store and
+  syncs. Only when ``sync`` has returned does it send each batch's
+  ``send_after_persist`` and then call ``on_persisted(seq)``.
 
 A batch with nothing to persist is finished at once, unless earlier batches are
 still pending: acknowledgements always go in ``seq`` order.
+
+*Where the sync runs.* An *urgent* sync (see below: Paxos, gossip, anything
+with after-persist sends) runs on the loop's thread by default
+(``sync_in_loop``): somebody waits for it, and handing it to a worker thread
+and back costs two thread wake-ups (0.2 to 0.5 ms on a 2-vCPU VM) and about a
+quarter of a Paxos follower's CPU per commit (docs/paxos.md, "The commit
+path"), while the loop has nothing better to do meanwhile than queue inputs
+that the next sync covers anyway. Lazy-only syncs, and every sync with
+``sync_in_loop=False``, run in a worker thread (``trio.to_thread.run_sync``),
+so the loop keeps running during the fsync; batches that arrive meanwhile wait
+for the next sync.
 
 *Lazy tables.* Writes to ``lazy_tables`` (the node's invocation results: their
 reply has already left, as a notification, before any sync) may wait up to
@@ -99,6 +109,7 @@ class Driver:
         aliases: frozenset[str] = frozenset(),
         lazy_tables: frozenset[str] = frozenset(),
         lazy_delay_s: float = 0.0,
+        sync_in_loop: bool = True,
     ) -> None:
         self.core = core
         self.node_id = node_id
@@ -116,6 +127,7 @@ class Driver:
         self._has_pending = trio.Event()
         self._lazy_tables = lazy_tables
         self._lazy_delay_s = lazy_delay_s
+        self._sync_in_loop = sync_in_loop
         self._urgent = trio.Event()  # set when a pending batch may not wait (see docstring)
         self._syncing = False
         self._pumping = False
@@ -289,6 +301,7 @@ class Driver:
             self.stats.inc("exit_flush_failed")
 
     async def _persist_pending(self) -> None:
+        in_loop = self._sync_in_loop and self._urgent.is_set()
         self._has_pending = trio.Event()
         self._urgent = trio.Event()
         batches, self._pending = self._pending, []
@@ -297,7 +310,10 @@ class Driver:
         try:
             if writes:
                 self.store.write(writes)
-                await trio.to_thread.run_sync(self.store.sync)
+                if in_loop:
+                    self.store.sync()
+                else:
+                    await trio.to_thread.run_sync(self.store.sync)
                 self.stats.inc("syncs")
         finally:
             self._syncing = False

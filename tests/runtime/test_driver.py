@@ -134,8 +134,10 @@ class RecordingTransport:
 async def running(**handlers: Any) -> AsyncIterator[tuple[Driver, FakeCore, GatedStore, Log]]:
     log = Log()
     core, store = FakeCore(log), GatedStore(log)
+    # The gate blocks the sync until the test opens it: in a worker thread, so
+    # the loop (and the test) keep running meanwhile.
     driver = Driver(core, node_id=ME, transport=RecordingTransport(log), codec=CODEC,
-                    store=store, clock=TrioClock(), handlers=handlers)
+                    store=store, clock=TrioClock(), handlers=handlers, sync_in_loop=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
         try:

@@ -1,8 +1,10 @@
 """The driver's lazy tables: answered invocation results may wait to share a sync,
-but never delay an urgent (Paxos, gossip, after-persist) batch, and are synced at stop."""
+but never delay an urgent (Paxos, gossip, after-persist) batch, and are synced at stop.
+Where each sync runs: an urgent one on the loop's thread, a lazy-only one in a worker."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,3 +70,51 @@ async def test_pending_lazy_writes_are_synced_when_the_driver_stops() -> None:
         assert store.syncs == []
         nursery.cancel_scope.cancel()
     assert store.syncs == [(5,)]
+
+
+class ThreadRecordingStore(GatedStore):
+    """Records the thread each sync ran on."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self.gate.set()
+        self.threads: list[int] = []
+
+    def sync(self) -> None:
+        self.threads.append(threading.get_ident())
+        super().sync()
+
+
+@asynccontextmanager
+async def recording_driver(sync_in_loop: bool) -> AsyncIterator[tuple[Driver, ThreadRecordingStore, Log]]:
+    log = Log()
+    store = ThreadRecordingStore(log)
+    driver = Driver(LazyCore(log), node_id=ME, transport=RecordingTransport(log), codec=CODEC,
+                    store=store, clock=TrioClock(), lazy_tables=frozenset({"r"}),
+                    lazy_delay_s=0.001, sync_in_loop=sync_in_loop)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        yield driver, store, log
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_urgent_sync_runs_on_the_loop_and_a_lazy_one_in_a_worker() -> None:
+    loop_thread = threading.get_ident()
+    async with recording_driver(sync_in_loop=True) as (driver, store, log):
+        driver.command(("batch", 1))
+        await wait_until(lambda: ("send", 1) in log.events, what="the urgent after-persist send")
+        assert log.index("synced", (1,)) < log.index("send", 1) < log.index("on_persisted", 1)
+        driver.command(("lazy", 2))
+        await wait_until(lambda: len(store.syncs) == 2, what="the lazy sync")
+    assert store.syncs == [(1,), (2,)]
+    assert store.threads[0] == loop_thread
+    assert store.threads[1] != loop_thread
+
+
+async def test_without_sync_in_loop_every_sync_runs_in_a_worker() -> None:
+    loop_thread = threading.get_ident()
+    async with recording_driver(sync_in_loop=False) as (driver, store, log):
+        driver.command(("batch", 1))
+        await wait_until(lambda: ("send", 1) in log.events, what="the urgent after-persist send")
+    assert store.syncs == [(1,)]
+    assert store.threads[0] != loop_thread
