@@ -25,16 +25,17 @@ meshfaas.core.types:
 A batch with nothing to persist is finished at once, unless earlier batches are
 still pending: acknowledgements always go in ``seq`` order.
 
-*Where the sync runs.* An *urgent* sync (see below: Paxos, gossip, anything
-with after-persist sends) runs on the loop's thread by default
-(``sync_in_loop``): somebody waits for it, and handing it to a worker thread
-and back costs two thread wake-ups (0.2 to 0.5 ms on a 2-vCPU VM) and about a
-quarter of a Paxos follower's CPU per commit (docs/paxos.md, "The commit
-path"), while the loop has nothing better to do meanwhile than queue inputs
-that the next sync covers anyway. Lazy-only syncs, and every sync with
-``sync_in_loop=False``, run in a worker thread (``trio.to_thread.run_sync``),
-so the loop keeps running during the fsync; batches that arrive meanwhile wait
-for the next sync.
+*Where the sync runs.* A sync that has messages waiting behind it (some
+batch in it has ``send_after_persist``: a Paxos follower's ``Accepted``, a
+``Promise``) runs on the loop's thread (``sync_in_loop``, the default): the
+peer waits for exactly that, and handing the sync to a worker thread and back
+costs two thread wake-ups (0.1 to 0.3 ms each on a loaded 2-vCPU VM) and
+about 0.2 ms of CPU; inputs that arrive meanwhile queue in the sockets and the
+next sync covers them. Every other sync (a Paxos leader's own vote, which
+counts once durable while its loop handles the followers' votes meanwhile;
+invocation results), and every sync with ``sync_in_loop=False``, runs in a
+worker thread (``trio.to_thread.run_sync``), so the loop keeps running during
+the fsync; batches that arrive meanwhile wait for the next sync.
 
 *Lazy tables.* Writes to ``lazy_tables`` (the node's invocation results: their
 reply has already left, as a notification, before any sync) may wait up to
@@ -301,10 +302,10 @@ class Driver:
             self.stats.inc("exit_flush_failed")
 
     async def _persist_pending(self) -> None:
-        in_loop = self._sync_in_loop and self._urgent.is_set()
         self._has_pending = trio.Event()
         self._urgent = trio.Event()
         batches, self._pending = self._pending, []
+        in_loop = self._sync_in_loop and any(b.send_after_persist for b in batches)
         writes = [w for b in batches for w in b.persist]
         self._syncing = True
         try:

@@ -1,6 +1,6 @@
 """The driver's lazy tables: answered invocation results may wait to share a sync,
 but never delay an urgent (Paxos, gossip, after-persist) batch, and are synced at stop.
-Where each sync runs: an urgent one on the loop's thread, a lazy-only one in a worker."""
+Where each sync runs: one with after-persist sends on the loop's thread, any other in a worker."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class LazyCore(FakeCore):
         kind, n = cmd
         if kind == "lazy":  # a result record: a lazy table, nothing sent after it
             self.outbox.persist("r", n, n)
+            return ("ok", n)
+        if kind == "write_only":  # another table, nothing sent after it
+            self.outbox.persist("t", n, n)
             return ("ok", n)
         return super().command(cmd, now)
 
@@ -98,17 +101,20 @@ async def recording_driver(sync_in_loop: bool) -> AsyncIterator[tuple[Driver, Th
         nursery.cancel_scope.cancel()
 
 
-async def test_an_urgent_sync_runs_on_the_loop_and_a_lazy_one_in_a_worker() -> None:
+async def test_a_sync_with_sends_behind_it_runs_on_the_loop_any_other_in_a_worker() -> None:
     loop_thread = threading.get_ident()
     async with recording_driver(sync_in_loop=True) as (driver, store, log):
-        driver.command(("batch", 1))
-        await wait_until(lambda: ("send", 1) in log.events, what="the urgent after-persist send")
+        driver.command(("batch", 1))  # an after-persist send waits on this sync
+        await wait_until(lambda: ("send", 1) in log.events, what="the after-persist send")
         assert log.index("synced", (1,)) < log.index("send", 1) < log.index("on_persisted", 1)
-        driver.command(("lazy", 2))
-        await wait_until(lambda: len(store.syncs) == 2, what="the lazy sync")
-    assert store.syncs == [(1,), (2,)]
+        driver.command(("write_only", 2))  # urgent, but nothing sent after it
+        await wait_until(lambda: len(store.syncs) == 2, what="the write-only sync")
+        driver.command(("lazy", 3))
+        await wait_until(lambda: len(store.syncs) == 3, what="the lazy sync")
+    assert store.syncs == [(1,), (2,), (3,)]
     assert store.threads[0] == loop_thread
     assert store.threads[1] != loop_thread
+    assert store.threads[2] != loop_thread
 
 
 async def test_without_sync_in_loop_every_sync_runs_in_a_worker() -> None:
