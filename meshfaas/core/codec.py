@@ -247,6 +247,7 @@ def _conv_none(v: Any, depth: int) -> None:
 
 
 _PLAIN = (int, float, str, bytes, bool, type(None))
+_CBOR_TAG = cbor2.CBORTag
 _PLAIN_TYPES = frozenset(_PLAIN)
 
 
@@ -254,10 +255,15 @@ def _conv_any(v: Any, depth: int) -> Any:
     """Plain CBOR data, with messages decoded wherever they appear."""
     if depth > MAX_NESTING:
         raise DecodeError("nesting too deep")
-    if type(v) in _PLAIN_TYPES or isinstance(v, _PLAIN):
+    cls = type(v)
+    if cls in _PLAIN_TYPES:
         return v
-    if type(v) is list:
+    if cls is list:
         return [_conv_any(x, depth + 1) for x in v]
+    if cls is _CBOR_TAG and v.tag == MESSAGE_CBOR_TAG:  # (before the slower ABC checks)
+        return _decode_message(v, depth + 1, None)
+    if isinstance(v, _PLAIN):
+        return v
     if isinstance(v, (list, tuple)):
         return [_conv_any(x, depth + 1) for x in v]
     if isinstance(v, (set, frozenset)):
