@@ -1002,7 +1002,8 @@ class MeshNode:
             else proto.InvocationRecord(invocation_id=invocation_id, function="", status="failed",
                                         node=self.node_id, error_type="Sandbox.Error",
                                         error_message=result.error or "the executor failed")
-        record = attrs.evolve(record, node=self.node_id)
+        if record.node != self.node_id:  # (the executor's record names us already)
+            record = attrs.evolve(record, node=self.node_id)
         self._store_result(record)
         if running.entry == self.node_id:
             self._on_done(InvokeDone(invocation_id=invocation_id, record=record))
