@@ -376,8 +376,12 @@ class _Endpoints:
         self.current = 0
         self._id_prefix = os.urandom(8).hex()  # request ids: this prefix and a counter
         self._next_id = 0
-        self.ping_frame = proto.encode(proto.ClientRequest(
-            request_id=f"{self._id_prefix}-ping", api_key=key, body=proto.Ping()))
+        self.ping_id = f"{self._id_prefix}-ping"
+
+    def ping_frame(self, awaiting: str) -> bytes:
+        """The watch's ping while waiting for request ``awaiting``."""
+        return proto.encode(proto.ClientRequest(request_id=self.ping_id, api_key=self.api_key,
+                                                body=proto.Ping(awaiting=awaiting)))
 
     def configure(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -427,12 +431,9 @@ def _decode_response(frame: bytes) -> proto.ClientResponse:
     return response
 
 
-def _matching(frame: bytes, request_id: str) -> proto.ClientResponse | None:
-    try:
-        response = _decode_response(frame)
-    except DecodeError:
-        return None
-    return response if response.request_id == request_id else None
+def _forgot(value: Any, request_id: str) -> bool:
+    """Whether a watch ping's answer says the node does not have ``request_id``."""
+    return type(value) is proto.Pong and value.awaiting == request_id and not value.known
 
 
 def _value(response: proto.ClientResponse) -> Any:
@@ -484,12 +485,22 @@ class _Watch:
         self.next_tick = self.last_heard + self.check_s
         self.next_ping = self.last_heard + interval_s
         self.why = ""
+        self.forgotten = False
 
     def heard(self) -> None:
         self.last_heard = self.clock()
 
+    def forgot(self) -> None:
+        """The node answered a ping saying it does not have the awaited request: it
+        restarted (and the connection reconnected) since the request was sent."""
+        self.forgotten = True
+        self.next_tick = float("-inf")  # say GONE at the next look
+
     def tick(self, now: float, writable: bool) -> str:
         """GONE (``why`` says how), PING (send one now) or WAIT."""
+        if self.forgotten:
+            self.why = "the node no longer has the request: it restarted"
+            return self.GONE
         if not writable:
             self.why = "the connection dropped"
             return self.GONE
@@ -503,12 +514,12 @@ class _Watch:
         return self.PING
 
 
-def _ping(sock: zmq.Socket[Any], watch: _Watch, now: float, frame: bytes) -> bool:
+def _ping(sock: zmq.Socket[Any], watch: _Watch, now: float, frame: Callable[[], bytes]) -> bool:
     """At a tick of ``watch``: False when the node is gone, else ping it if due and True."""
     verdict = watch.tick(now, bool(_events(sock) & _POLLOUT))
     if verdict == _Watch.PING:
         with contextlib.suppress(zmq.Again):  # dropped just now: the next tick says so
-            sock.send(frame, _NOBLOCK)
+            sock.send(frame(), _NOBLOCK)
     return verdict != _Watch.GONE
 
 
@@ -666,7 +677,8 @@ class Client(_Operations):
             now = time.monotonic()
             if now >= deadline:
                 return _Attempt.TIMEOUT, None, ""
-            if now >= watch.next_tick and not _ping(sock, watch, now, self._ep.ping_frame):
+            if now >= watch.next_tick and not _ping(
+                    sock, watch, now, lambda: self._ep.ping_frame(request_id)):
                 return _Attempt.LOST, None, watch.why
 
     def _drain(self, sock: zmq.Socket[Any], request_id: str,
@@ -678,9 +690,14 @@ class Client(_Operations):
             except zmq.Again:
                 return None
             watch.heard()
-            response = _matching(frame, request_id)
-            if response is not None:
+            try:
+                response = _decode_response(frame)
+            except DecodeError:
+                continue
+            if response.request_id == request_id:
                 return response
+            if response.request_id == self._ep.ping_id and _forgot(response.value, request_id):
+                watch.forgot()
 
     # -- the API ------------------------------------------------------------
 
@@ -950,7 +967,7 @@ class AsyncClient(Client):
             now = trio.current_time()
             if now >= deadline:
                 return _Attempt.TIMEOUT, None, ""
-            if not _ping(sock, watch, now, self._ep.ping_frame):
+            if not _ping(sock, watch, now, lambda: self._ep.ping_frame(request_id)):
                 return _Attempt.LOST, None, watch.why
 
     # -- the API (awaitable versions of Client's) ---------------------------

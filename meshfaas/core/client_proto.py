@@ -117,7 +117,12 @@ class ClientResponse:
 @message(410)
 @attrs.frozen(kw_only=True)
 class Ping:
-    """Answers :class:`Pong`; the SDK uses it to check an endpoint before failing over."""
+    """Answers :class:`Pong`; the SDK uses it to check an endpoint before failing over,
+    and, with ``awaiting`` (the id of a request it sent on this same connection and
+    still waits for), to learn whether the node still has that request: a node
+    restarted under a reconnecting connection has not."""
+
+    awaiting: str = ""
 
 
 @message(411)
@@ -308,6 +313,8 @@ class RevokeKey:
 @attrs.frozen(kw_only=True)
 class Pong:
     node: str
+    awaiting: str = ""  # the Ping's ``awaiting``
+    known: bool = True  # whether this node has ``awaiting`` from this connection in hand
 
 
 @message(451)

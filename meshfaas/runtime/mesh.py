@@ -431,7 +431,9 @@ class MeshProcess:
         self.driver.register_effect("client_local", self._effect_local)
         self.driver.register_effect(LOOKUP_KIND, self._effect_result_lookup)
         self._code_dirs: dict[str, Path] = {}  # sha256 -> unpacked code, once per process
-        self._conns: dict[str, bytes] = {}
+        # conn -> (routing id, request id) of each client request not answered yet
+        self._conns: dict[str, tuple[bytes, str]] = {}
+        self._in_hand: set[tuple[bytes, str]] = set()  # the same keys, for the watch pings
         self._next_conn = 0
         self._recent: dict[str, deque[proto.LogEvent]] = {}
         self._uploads: dict[str, tuple[int, Any]] = {}
@@ -559,15 +561,22 @@ class MeshProcess:
                 decoded.request_id, "Unavailable", "the node is shutting down",
                 retryable=True))])
             return
+        body = decoded.body
+        if type(body) is proto.Ping and body.awaiting:
+            self._answer_watch(request.routing_id, decoded.request_id, body.awaiting)
+            return
         self._next_conn += 1
         conn = str(self._next_conn)
-        self._conns[conn] = request.routing_id
+        key = (request.routing_id, decoded.request_id)
+        self._conns[conn] = key
+        self._in_hand.add(key)
         try:
             self.driver.command(ClientCall(conn=conn, request=decoded))
         except Exception:  # a bug, not the client's fault: answer and keep serving
             log.exception("request %s (%s) failed inside the node", decoded.request_id,
                           type(decoded.body).__name__)
             if self._conns.pop(conn, None) is not None:
+                self._in_hand.discard(key)
                 self.clients.reply(request.routing_id, [proto.encode(proto.fail(
                     decoded.request_id, "Internal", "the node failed to handle the request"))])
 
@@ -588,10 +597,21 @@ class MeshProcess:
         self.clients.reply(request.routing_id, [to_cbor(status)])
         return True
 
+    def _answer_watch(self, routing_id: bytes, ping_id: str, awaiting: str) -> None:
+        """A caller's liveness ping: say whether its awaited request, sent on this
+        same connection, is in hand here. It is not when this process started
+        after the request was sent (the connection reconnected to a restarted
+        node), and the caller fails at once rather than at its timeout."""
+        pong = proto.Pong(node=self.node_id, awaiting=awaiting,
+                          known=(routing_id, awaiting) in self._in_hand)
+        self.clients.reply(routing_id, [proto.encode(proto.ok(ping_id, pong))])
+
     def _send_reply(self, reply: ClientReply) -> None:
-        routing_id = self._conns.pop(reply.conn, None)
-        if routing_id is None:
+        key = self._conns.pop(reply.conn, None)
+        if key is None:
             return
+        self._in_hand.discard(key)
+        routing_id = key[0]
         try:
             frame = proto.encode(reply.response)
         except EncodeError as exc:

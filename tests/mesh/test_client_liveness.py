@@ -166,6 +166,53 @@ async def test_reads_and_event_invocations_move_on_from_a_silent_node(
         assert first and slow.sm.get_async(first) is not None
 
 
+class RestartedNode(SlowNode):
+    """Holds invocations like SlowNode; ``restart()`` forgets them as a node process
+    restarted under a connection that reconnected (within one watch tick) would,
+    and it answers a watch ping naming a request by whether it holds it."""
+
+    def _on_request(self, parts: list[bytes]) -> None:
+        request = proto.decode_request(parts[1])
+        body = request.body
+        if isinstance(body, proto.Ping) and body.awaiting:
+            self.pings += 1
+            known = any(r.request_id == body.awaiting for _, r in self.held)
+            pong = proto.Pong(node=self.node, awaiting=body.awaiting, known=known)
+            self.router.send_multipart([parts[0], proto.encode(proto.ok(request.request_id,
+                                                                         pong))])
+            return
+        super()._on_request(parts)
+
+    def restart(self) -> None:
+        self.held.clear()
+
+
+async def test_a_node_that_restarted_under_the_connection_fails_the_call_at_once(
+        ctx: zmq.Context[Any]) -> None:
+    """The connection survived (it reconnected before the watch looked), but the node
+    no longer has the request: the next ping says so and the call fails with
+    Unavailable then, not at its timeout; a live node holding it is waited for."""
+    node = RestartedNode(ctx, node="n1")
+    node.handlers["hello"] = lambda event: {"hi": event}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        async with client(node, [node.endpoint]) as c:
+            await c.deploy("hello", HELLO, handler="app.handler")
+
+            async def call() -> None:
+                with pytest.raises(sdk.Unavailable, match="no longer has the request"):
+                    await c.invoke("hello", {}, timeout_s=60)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as calls:
+                    calls.start_soon(call)
+                    while node.pings < 3:  # pings answered "known": the call waits
+                        await trio.sleep(INTERVAL_S)
+                    node.restart()
+        nursery.cancel_scope.cancel()
+    node.close()
+
+
 @pytest.mark.parametrize(
     ("heard_at", "now", "writable", "verdict", "why"),
     [(0.0, 0.25, True, "wait", ""),  # checks every quarter interval, pings every interval

@@ -212,6 +212,13 @@ def test_a_restarted_first_node_rejoins_through_the_peers_it_knew(tmp_path: Path
         with mesh.client("n1") as client:  # and Paxos works through it again
             client.deploy("hello", str(EXAMPLE), handler="app.handler")
             assert client.invoke("hello", {"name": "again"})["greeting"] == "Hello, again!"
+            client.deploy("sleepy", str(SLEEPY), handler="app.handler")
+        # A caller waiting for a run longer than its silence limit pings its node
+        # every 0.2 s, naming its request; the node answers that it has it in
+        # hand, so the call is waited for (unanswered pings would fail it after
+        # 0.8 s, an answer "not in hand" at once).
+        with mesh.client("n1", liveness_interval_s=0.2, liveness_timeout_s=0.8) as client:
+            assert client.invoke("sleepy", {"seconds": 2})["slept"] == 2
     finally:
         mesh.stop()
 
