@@ -22,6 +22,7 @@ from meshfaas.core.codec import from_cbor, to_cbor
 from meshfaas.runtime.keys import cluster_key_path, read_keys
 from meshfaas.runtime.messages import NodeStatus, NodeStatusRequest
 from tests.ports import free_port
+from tests.runtime.helpers import send_unless_refused
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,8 @@ class NodeProc:
 
     def status(self, timeout_ms: int = 300) -> NodeStatus | None:
         assert self.sock is not None
-        self.sock.send(to_cbor(NodeStatusRequest()), zmq.NOBLOCK)
-        if not self.sock.poll(timeout_ms):
+        sent = send_unless_refused(self.sock, to_cbor(NodeStatusRequest()))
+        if not sent or not self.sock.poll(timeout_ms):
             self.connect(*self._connect_args)  # a fresh socket: no stale reply later
             return None
         reply = from_cbor(self.sock.recv())

@@ -22,7 +22,7 @@ from meshfaas.runtime.transport import (
     open_peer_transport,
 )
 
-from .helpers import receive_within, wait_until
+from .helpers import receive_within, send_unless_refused, wait_until
 
 A, B = NodeId("a"), NodeId("b")
 
@@ -172,7 +172,7 @@ async def test_socket_without_the_keys_cannot_join(keys: ClusterKeys, intruder: 
         sock = raw_socket(zmq.DEALER, tb.endpoint, **kwargs)
         try:
             for i in range(20):
-                sock.send(codec.encode(A, B, TransportProbe(nonce=i)), zmq.NOBLOCK)
+                send_unless_refused(sock, codec.encode(A, B, TransportProbe(nonce=i)))
             await wait_until(lambda: _rejections(tb.counters()) >= 1, what="a rejected handshake")
             # A keyed peer still gets through, and the intruder's frames never did.
             frame = codec.encode(A, B, TransportProbe(nonce=99))
@@ -267,7 +267,7 @@ async def test_open_client_domain_admits_any_curve_key_but_the_peer_domain_does_
                             keypair=zmq.curve_keypair())
         plain = raw_socket(zmq.DEALER, router.endpoint)
         try:
-            plain.send(b"plain")
+            send_unless_refused(plain, b"plain")
             anyone.send(b"hello")
             with trio.fail_after(5):
                 msg = await router.inbound.receive()
@@ -292,7 +292,7 @@ async def test_without_a_zap_handler_curve_servers_fail_closed(keys: ClusterKeys
     stranger = raw_socket(zmq.DEALER, f"tcp://127.0.0.1:{port}", server_key=keys.public_key,
                           keypair=zmq.curve_keypair())
     try:
-        stranger.send(b"let me in")
+        send_unless_refused(stranger, b"let me in")
         await wait_until(lambda: bool(monitor.poll(0)), what="a failed handshake")
         assert router.poll(0) == 0
         monitor.close(linger=0)
