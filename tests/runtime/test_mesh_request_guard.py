@@ -36,6 +36,7 @@ def _node() -> Any:
     node: Any = MeshProcess.__new__(MeshProcess)
     node.clients, node.driver = _Clients(), _Driver()
     node._conns, node._next_conn, node._accepting = {}, 0, True
+    node._in_hand = set()
     return node
 
 
@@ -54,7 +55,7 @@ def test_a_failing_request_gets_internal_and_the_next_one_is_served(
     answer = proto.decode_response(parts[0])
     assert routing_id == b"client-1" and answer.request_id == "r1" and not answer.ok
     assert answer.error is not None and answer.error.kind == "Internal"
-    assert node._conns == {}  # nothing left waiting for a reply that will not come
+    assert node._conns == {} and node._in_hand == set()  # nothing left waiting for a reply
     assert "failed inside the node" in caplog.text
     node._on_client(_request("r2"))  # the next request reaches the core as usual
     assert node.driver.calls == 2 and len(node.clients.replies) == 1 and len(node._conns) == 1
