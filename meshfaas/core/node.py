@@ -826,7 +826,7 @@ class MeshNode:
 
     def _maybe_bootstrap_key(self) -> None:
         key = self.cfg.bootstrap_key
-        if key is None or self.sm.list_keys() or not self.paxos.leader_info().is_leader:
+        if key is None or self.sm.keys or not self.paxos.leader_info().is_leader:
             return
         if any(isinstance(w.command, faas.PutApiKey) for w in self.waiting.values()):
             return
