@@ -195,16 +195,24 @@ def _run_example(client: Any, example: Path) -> None:
               show_default=True, help="'unsafe' runs user code without isolation.")
 @click.option("--example", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=None, help="Deploy and invoke this example function once the mesh is up.")
+@click.option("--result-retention", "result_retention_s", type=click.FloatRange(1, 30 * 86400),
+              default=3600.0, show_default=True,
+              help="Seconds an invocation's record and result stay readable by request id.")
+@click.option("--result-max-mb", type=click.IntRange(16, 2**22), default=4096, show_default=True,
+              help="Bound on each node's result store (past it the oldest records go first).")
 @click.option("--exit-after-ready", is_flag=True, help="Stop the mesh once it is up (for checks).")
 def up(nodes: int, data_dir: Path, base_port: int, capacity: int, sandbox: str,
-       example: Path | None, exit_after_ready: bool) -> None:
+       example: Path | None, result_retention_s: float, result_max_mb: int,
+       exit_after_ready: bool) -> None:
     """Run a local mesh until Ctrl-C; resumes the same mesh from DATA_DIR."""
     from meshfaas.client import Client
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     api_key = _ensure_admin_key(data_dir)
-    mesh = Mesh(data_dir, nodes, base_port, sandbox, capacity)
+    mesh = Mesh(data_dir, nodes, base_port, sandbox, capacity,
+                extra_args=("--result-retention", f"{result_retention_s:g}",
+                            "--result-max-mb", str(result_max_mb)))
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: Any) -> None:

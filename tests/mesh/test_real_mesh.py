@@ -102,6 +102,26 @@ def test_deploy_then_invoke_through_every_node_and_resume(tmp_path: Path) -> Non
         again.stop()
 
 
+def test_meshfaas_up_starts_a_mesh_deploys_the_example_and_stops(tmp_path: Path) -> None:
+    """`meshfaas up` (what `make up` runs), with the result-store options passed to
+    its nodes: it writes credentials.json, deploys and invokes the example, and
+    with --exit-after-ready stops every node it started."""
+    import json
+    import subprocess
+
+    data = tmp_path / "mesh"
+    done = subprocess.run(
+        [sys.executable, "-m", "meshfaas", "up", "--nodes", "1", "--data-dir", str(data),
+         "--base-port", str(port_range(3)), "--example", str(EXAMPLE),
+         "--result-retention", "120", "--result-max-mb", "64", "--exit-after-ready"],
+        capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Hello, meshfaas!" in done.stdout + done.stderr
+    creds = json.loads((data / "credentials.json").read_text())
+    assert creds["endpoints"] and creds["api_key"].startswith("mf_")
+    assert (data / "n1" / "results.db").exists()  # the node ran with its result store
+
+
 @pytest.fixture(params=[3, 5], ids=["3-nodes", "5-nodes"])
 def mesh_n(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalMesh]:
     mesh = LocalMesh(tmp_path, request.param)
