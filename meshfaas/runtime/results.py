@@ -79,6 +79,8 @@ SCHEMA = (
 BOUND_TARGET = 0.9  # the size bound deletes down to this share of max_bytes
 
 Row = tuple[str, StoredResult | None]  # (invocation id, record or None: delete)
+# A staged row: (stored wall ns, record, its CBOR, the row checksum), or None: delete
+_Staged = tuple[int, proto.InvocationRecord, bytes, bytes] | None
 
 
 def row_checksum(invocation_id: str, stored_wall_ns: int, record: bytes) -> bytes:
@@ -138,8 +140,8 @@ class ResultStore:
         self._reader = _connect(self.path)
         self._read_lock = threading.Lock()
         self._cond = threading.Condition()  # guards the fields below
-        self._staged: dict[str, StoredResult | None] = {}
-        self._committing: dict[str, StoredResult | None] = {}
+        self._staged: dict[str, _Staged] = {}
+        self._committing: dict[str, _Staged] = {}
         self._put_seq = 0  # rows put so far
         self._done_seq = 0  # rows committed (or dropped by a failed commit)
         self._stopping = False
@@ -154,10 +156,25 @@ class ResultStore:
     # -- the event loop's side -----------------------------------------------
 
     def put_many(self, rows: Iterable[Row]) -> None:
-        """Stage rows (a record, or None to delete); the writer commits them soon."""
+        """Stage rows (a record, or None to delete); the writer commits them soon.
+
+        The records are encoded here, on the caller's thread: the writer thread
+        then runs only SQLite, which lets go of the GIL. Encoding there, in
+        Python, held the GIL in bursts that the event loop thread waited out
+        (up to the interpreter's 5 ms switch interval: its p99 wake-up latency
+        went from 0.27 to 4 ms in a test of the pattern)."""
+        staged: list[tuple[str, _Staged]] = []
+        for invocation_id, value in rows:
+            if value is None:
+                staged.append((invocation_id, None))
+                continue
+            wall_ns, record = value
+            blob = to_cbor(record)
+            staged.append((invocation_id,
+                           (wall_ns, record, blob, row_checksum(invocation_id, wall_ns, blob))))
         with self._cond:
-            for invocation_id, value in rows:
-                self._staged[invocation_id] = value
+            for invocation_id, row in staged:
+                self._staged[invocation_id] = row
                 self._put_seq += 1
             self._cond.notify()
 
@@ -175,7 +192,8 @@ class ResultStore:
         with self._cond:
             for pending in (self._staged, self._committing):
                 if invocation_id in pending:
-                    return pending[invocation_id]
+                    row = pending[invocation_id]
+                    return None if row is None else (row[0], row[1])
         with self._read_lock:
             row = self._reader.execute(
                 "SELECT stored_wall_ns, record, checksum FROM results WHERE id=?",
@@ -255,15 +273,13 @@ class ResultStore:
                 self._done_seq += count
                 self._cond.notify_all()
 
-    def _commit(self, rows: Mapping[str, StoredResult | None]) -> None:
+    def _commit(self, rows: Mapping[str, _Staged]) -> None:
         inserts, deletes = [], []
-        for invocation_id, value in rows.items():
-            if value is None:
+        for invocation_id, row in rows.items():
+            if row is None:
                 deletes.append((invocation_id,))
-                continue
-            wall_ns, record = value
-            blob = to_cbor(record)
-            inserts.append((invocation_id, wall_ns, blob, row_checksum(invocation_id, wall_ns, blob)))
+            else:
+                inserts.append((invocation_id, row[0], row[2], row[3]))
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
