@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def require_nsjail() -> None:
 def sandbox_uid_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES + 4) -> list[int]:
     """Host pids of processes running as any sandbox uid (must be none once sandboxes are gone)."""
     return [pid for pid, _ in sandbox_processes(uid_base, count)]
+
+
+def processes_per_jail(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES + 4) -> Counter[str]:
+    """How many sandbox-uid processes each jail holds, a jail told by its pid namespace.
+
+    Not by uid: every test suite on the host numbers its sandboxes' uids from the
+    same base, so another suite running at the same time has processes under the
+    same uids (a fork bomb capped at 32 was once counted 33 that way).
+    """
+    jails: Counter[str] = Counter()
+    for pid, _ in sandbox_processes(uid_base, count):
+        try:
+            jails[os.readlink(f"/proc/{pid}/ns/pid")] += 1
+        except OSError:  # exited since it was listed
+            continue
+    return jails
 
 
 def sandbox_processes(uid_base: int = UID_BASE, count: int = MAX_SANDBOXES + 4) -> list[tuple[int, int]]:

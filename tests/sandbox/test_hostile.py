@@ -12,14 +12,13 @@ import json
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from sandbox_testlib import HANDLERS, sandbox_processes, sandbox_uid_processes, wait_until
+from sandbox_testlib import HANDLERS, processes_per_jail, sandbox_uid_processes, wait_until
 
 from sandbox.executor import Executor, FunctionSpec
 
@@ -63,8 +62,7 @@ async def test_fork_bomb_is_capped_and_killed(executor: Executor, make_fn: MakeF
     async def watch() -> None:
         nonlocal peak
         while True:
-            per_uid = Counter(uid for _, uid in sandbox_processes())
-            peak = max([peak, *per_uid.values()])
+            peak = max([peak, *processes_per_jail().values()])
             await trio.sleep(0.02)
 
     async with trio.open_nursery() as nursery:
