@@ -301,6 +301,10 @@ class Driver:
         except Exception:  # best effort while stopping: the core recovers from disk
             self.stats.inc("exit_flush_failed")
 
+    def _needs_sync(self) -> bool:
+        has_staged = getattr(self.store, "has_staged", None)
+        return has_staged is None or bool(has_staged())
+
     async def _persist_pending(self) -> None:
         self._has_pending = trio.Event()
         self._urgent = trio.Event()
@@ -311,6 +315,9 @@ class Driver:
         try:
             if writes:
                 self.store.write(writes)
+            # (a store that staged nothing of these writes for its sync, e.g. the
+            # node's result rows, which have their own writer, says so: no sync then)
+            if writes and self._needs_sync():
                 if in_loop:
                     self.store.sync()
                 else:

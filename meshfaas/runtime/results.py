@@ -376,6 +376,10 @@ class SplitStore:
         if writes:
             self.main.write(writes)
 
+    def has_staged(self) -> bool:
+        """Whether ``main`` has anything to sync (result rows never need the driver's)."""
+        return self.main.has_staged()
+
     def sync(self) -> None:
         self.main.sync()
 

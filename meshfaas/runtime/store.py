@@ -154,6 +154,11 @@ class SqliteStore:
         value = to_cbor(w.value)
         return (w.table, key, value, checksum(w.table, key, value))
 
+    def has_staged(self) -> bool:
+        """Whether anything waits for :meth:`sync`."""
+        with self._staging:
+            return bool(self._staged)
+
     def sync(self) -> None:
         """Commit everything staged in one transaction (one fsync). Thread-safe."""
         with self._lock:  # taken first, so concurrent syncs commit in staging order

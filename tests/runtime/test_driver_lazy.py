@@ -5,13 +5,13 @@ Where each sync runs: one with after-persist sends on the loop's thread, any oth
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from meshfaas.core.types import Now
+from meshfaas.core.types import Now, Write
 from meshfaas.runtime.clock import TrioClock
 from meshfaas.runtime.driver import Driver
 
@@ -124,3 +124,37 @@ async def test_without_sync_in_loop_every_sync_runs_in_a_worker() -> None:
         await wait_until(lambda: ("send", 1) in log.events, what="the urgent after-persist send")
     assert store.syncs == [(1,)]
     assert store.threads[0] != loop_thread
+
+
+class SplittingStore(GatedStore):
+    """Like SplitStore: rows of table "r" go elsewhere (their own writer), so a batch
+    of only those leaves nothing for this store's sync (``has_staged`` says so)."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self.gate.set()
+        self.elsewhere: list[Write] = []
+
+    def write(self, writes: Sequence[Write]) -> None:
+        self.elsewhere.extend(w for w in writes if w.table == "r")
+        super().write([w for w in writes if w.table != "r"])
+
+    def has_staged(self) -> bool:
+        return bool(self.staged)
+
+
+async def test_a_batch_with_nothing_staged_for_the_sync_is_finished_without_one() -> None:
+    log = Log()
+    store = SplittingStore(log)
+    driver = Driver(LazyCore(log), node_id=ME, transport=RecordingTransport(log), codec=CODEC,
+                    store=store, clock=TrioClock(), lazy_tables=frozenset({"r"}),
+                    lazy_delay_s=0.001)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        driver.command(("lazy", 1))  # only rows that go elsewhere: no sync
+        await wait_until(lambda: ("on_persisted", 1) in log.events, what="the lazy batch done")
+        assert store.syncs == [] and [w.key for w in store.elsewhere] == [1]
+        driver.command(("write_only", 2))  # a row of its own: synced
+        await wait_until(lambda: ("on_persisted", 2) in log.events, what="the other batch")
+        assert store.syncs == [(2,)]
+        nursery.cancel_scope.cancel()
