@@ -78,6 +78,7 @@ MAX_FUNCTIONS = 10_000
 MAX_VERSIONS_PER_FUNCTION = 1_000
 MAX_ALIASES_PER_FUNCTION = 100
 MAX_API_KEYS = 10_000
+MAX_PROVEN_TOKENS = 1_024  # authenticate's cache of proven tokens (cleared when full)
 MAX_ASYNC_RECORDS = 100_000
 ASYNC_PAYLOAD_MAX_BYTES = 256 * 1024
 ASYNC_BACKLOG_MAX_BYTES = 256 * 1024 * 1024  # payloads kept in the state, all records
@@ -604,6 +605,10 @@ class FaasStateMachine:
         self.asyncs: dict[str, AsyncRecord] = {}
         self.idempotency: dict[tuple[str, str], str] = {}  # (function, key) -> request id
         self.async_payload_bytes = 0  # sum of the payloads kept in ``asyncs``
+        # Not replicated state: a cache of tokens already proven, token -> the record
+        # it proved (valid while that very record object is the key's: a revoke or a
+        # restore replaces it). Spares the regex and the HMAC on every request.
+        self._proven: dict[str, ApiKeyRecord] = {}
 
     # -- the StateMachine interface ----------------------------------------
 
@@ -1007,6 +1012,9 @@ class FaasStateMachine:
 
     def authenticate(self, token: str) -> ApiKeyRecord | None:
         """The active key record ``token`` proves, or None."""
+        proven = self._proven.get(token)
+        if proven is not None and self.keys.get(proven.key_id) is proven:
+            return proven
         try:
             key_id, secret = parse_api_key(token)
         except BadApiKey:
@@ -1014,7 +1022,12 @@ class FaasStateMachine:
         record = self.keys.get(key_id)
         if record is None or not record.active:
             return None
-        return record if secret_matches(record.salt, record.secret_hash, secret) else None
+        if not secret_matches(record.salt, record.secret_hash, secret):
+            return None
+        if len(self._proven) >= MAX_PROVEN_TOKENS:
+            self._proven.clear()
+        self._proven[token] = record
+        return record
 
 
 def _check_range_error(what: str, value: int, low: int, high: int) -> FaasError | None:

@@ -282,6 +282,7 @@ def test_keys_put_authenticate_revoke(apply: Driver) -> None:
     assert record.role == "admin" and record.active
     assert token not in repr(apply.sm.snapshot())
     assert apply.sm.authenticate(token) == record
+    assert apply.sm.authenticate(token) == record  # again: from the cache of proven tokens
     assert apply.sm.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert apply.sm.authenticate("garbage") is None
     assert kind(apply(cmd)) == "Conflict"
