@@ -850,14 +850,18 @@ class MeshNode:
         request = RouteRequest(function=route.function,
                                warm_key=f"{route.function}:{route.version}",
                                runtime=route.config.runtime, exclude=frozenset(route.tried))
+        views = self.peer_views()
         if self.cfg.routing == "random":
-            decision = pick_random(self.peer_views(), request, self.rng)
+            decision = pick_random(views, request, self.rng)
         else:
-            decision = pick(self.peer_views(), request, self.rng,
+            decision = pick(views, request, self.rng,
                             reservations=self.reservations(), local=self.node_id)
         if decision.node is None:
             if decision.reason in ("throttled", "all_excluded") and self._wait_for_room(route):
                 return
+            if decision.reason == "throttled":  # the views may be stale: ask anyway (the
+                decision = pick_random(views, request, self.rng)  # target's admission decides)
+        if decision.node is None:
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",
                     "throttled": "every node is at capacity",
