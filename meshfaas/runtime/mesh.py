@@ -50,7 +50,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 import zipfile
 from collections import deque
 from collections.abc import Mapping
@@ -94,7 +93,7 @@ from meshfaas.runtime.node import (
     serve_until_signalled,
 )
 from meshfaas.runtime.results import ResultStore, SplitStore, move_legacy_results
-from meshfaas.runtime.store import BlobStore, SqliteStore
+from meshfaas.runtime.store import BlobStore, SqliteStore, set_aside
 from meshfaas.runtime.transport import (
     ClientMessage,
     ClientRouter,
@@ -348,11 +347,7 @@ def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]],
         return store, loaded.tables, False
     store.close()
     damaged = ", ".join(f"{c.table}: {c.reason}" for c in loaded.corrupt[:5])
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
-        old = path.with_name(path.name + suffix)
-        if old.exists():
-            old.rename(path.with_name(f"{path.name}{suffix}.damaged-{stamp}"))
+    stamp = set_aside(path)
     log.error("the store in %s is damaged (%s); set aside as node.db.damaged-%s. This node "
               "rejoins as a replica that lost its disk: it votes again once caught up.",
               data_dir, loaded.error or damaged, stamp)

@@ -62,7 +62,7 @@ from meshfaas.core import client_proto as proto
 from meshfaas.core.codec import DecodeError, from_cbor, to_cbor
 from meshfaas.core.results import RESULTS_TABLE, StoredResult, stored_result
 from meshfaas.core.types import NS_PER_S, Write
-from meshfaas.runtime.store import SqliteStore
+from meshfaas.runtime.store import SqliteStore, set_aside
 
 log = logging.getLogger("meshfaas.results")
 
@@ -103,22 +103,18 @@ def _open_or_set_aside(path: Path) -> sqlite3.Connection:
     """The writer's connection with the schema in place; a file SQLite cannot use
     is renamed aside and a new one started (records are not worth a stopped node)."""
     try:
-        conn = _connect(path)
-        for statement in SCHEMA:
-            conn.execute(statement)
-        return conn
+        return _with_schema(_connect(path))
     except sqlite3.DatabaseError as exc:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            old = path.with_name(path.name + suffix)
-            if old.exists():
-                old.rename(path.with_name(f"{path.name}{suffix}.damaged-{stamp}"))
+        stamp = set_aside(path)
         log.error("the result store %s is damaged (%s): set aside as %s.damaged-%s; "
                   "the records in it are no longer readable", path, exc, path.name, stamp)
-        conn = _connect(path)
-        for statement in SCHEMA:
-            conn.execute(statement)
-        return conn
+        return _with_schema(_connect(path))
+
+
+def _with_schema(conn: sqlite3.Connection) -> sqlite3.Connection:
+    for statement in SCHEMA:
+        conn.execute(statement)
+    return conn
 
 
 class ResultStore:

@@ -34,6 +34,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         return not self.corrupt and not self.error
+
+
+def set_aside(path: Path) -> str:
+    """Rename a damaged SQLite file (with its ``-wal`` and ``-shm``) to
+    ``<name>.damaged-<time>``, out of the way of a new one; returns the time stamp."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            old.rename(path.with_name(f"{path.name}{suffix}.damaged-{stamp}"))
+    return stamp
 
 
 class SqliteStore:
