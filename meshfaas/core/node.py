@@ -856,11 +856,11 @@ class MeshNode:
         else:
             decision = pick(views, request, self.rng,
                             reservations=self.reservations(), local=self.node_id)
-        if decision.node is None:
-            if decision.reason in ("throttled", "all_excluded") and self._wait_for_room(route):
+        if decision.node is None and decision.reason in ("throttled", "all_excluded"):
+            if self._wait_for_room(route):
                 return
-            if decision.reason == "throttled":  # the views may be stale: ask anyway (the
-                decision = pick_random(views, request, self.rng)  # target's admission decides)
+            if decision.reason == "throttled":  # the views may be stale: ask a node anyway
+                decision = pick_random(views, request, self.rng)  # (its admission decides)
         if decision.node is None:
             kind: proto.ErrorKind = "Throttled" if decision.reason == "throttled" else "Unavailable"
             text = {"no_runtime": f"no live node has runtime {route.config.runtime}",

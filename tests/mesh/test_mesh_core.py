@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 from mesh_harness import Mesh
 
 from meshfaas.core import auth, faas
@@ -134,8 +135,18 @@ def test_a_full_mesh_looks_again_before_answering_throttled() -> None:
     freed = next(r for r in mesh.runs if r.node == "n2")
     mesh._complete(freed)
     mesh.wait_for(lambda: len(mesh.runs) == 4, within_s=1, what="the waiting call to run")
-    assert mesh.runs[-1].node == "n2"  # in the freed slot (n2 refused the first round)
+    assert mesh.runs[-1].node == "n2"  # in the freed slot
     assert mesh.core("n1").counters.get("route_waits", 0) >= 1
+    # A copy of an older round's refusal from that target must not re-route it.
+    invocation_id = mesh.runs[-1].task.invocation_id
+    route = mesh.core("n1").routing[invocation_id]
+    assert route.rounds >= 1 and route.target == "n2"
+    entry = mesh.core("n1")
+    entry.handle(NodeId("n2"), InvokeRefused(invocation_id=invocation_id, reason="full",
+                                             round=0), entry.now)
+    ready = entry.take_ready()
+    assert ready is None or not ready.send_now  # no new InvokeRequest anywhere
+    assert route.target == "n2" and entry.routing[invocation_id] is route
     late = mesh.request("n3", proto.Invoke(name="hello", payload=b"{}"))
     assert error_kind(late) == "Throttled"  # nothing frees up: Throttled after the rounds
     mesh.finish_all()
@@ -312,17 +323,24 @@ def _handle_now(mesh: Mesh, node: str, src: str, msg: object) -> tuple[list[obje
     return [o.msg for o in ready.send_now], [e.kind for e in ready.effects]
 
 
-def test_a_late_copy_of_a_refused_request_is_refused_again() -> None:
-    """n2, full, refuses a forwarded request; the entry runs it elsewhere. A copy
-    arriving once n2 has room (a resend or a network duplicate) must not run."""
-    mesh = started(capacity=1, auto=False)
+def _n2_full(invocation_id: str, **cfg: int) -> tuple[Mesh, InvokeRequest]:
+    """A mesh of capacity-1 nodes whose n2 runs its own caller's invocation (held),
+    and a request for ``invocation_id`` as n1 would forward it to n2."""
+    mesh = started(capacity=1, auto=False, cfg=cfg)
     mesh.deploy()
     mesh.run_for(1)
     mesh.call("n2", proto.Invoke(name="hello", payload=b"{}"))
     mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=3, what="n2 busy with its own caller")
     task = mesh.runs[0].task
-    late = InvokeRequest(invocation_id="n1~forwarded", function=task.function,
-                         version=task.version, code=task.code, config=task.config, payload=b"{}")
+    return mesh, InvokeRequest(invocation_id=invocation_id, function=task.function,
+                               version=task.version, code=task.code, config=task.config,
+                               payload=b"{}")
+
+
+def test_a_late_copy_of_a_refused_request_is_refused_again() -> None:
+    """n2, full, refuses a forwarded request; the entry runs it elsewhere. A copy
+    arriving once n2 has room (a resend or a network duplicate) must not run."""
+    mesh, late = _n2_full("n1~forwarded")
     sent, effects = _handle_now(mesh, "n2", "n1", late)
     assert sent == [InvokeRefused(invocation_id="n1~forwarded", reason="full")]
     mesh.finish_all()
@@ -358,18 +376,26 @@ def test_an_async_invocation_still_running_is_found_through_any_node() -> None:
 def test_a_refusal_is_forgotten_before_the_next_async_attempt_could_come() -> None:
     """Async attempts keep their invocation id: a node remembers a refusal for at
     most half the retry delay, so the next attempt is not refused for it."""
-    mesh = started(capacity=1, auto=False, cfg={"async_retry_base_ns": 2 * NS_PER_S})
-    mesh.deploy()
-    mesh.run_for(1)
-    mesh.call("n2", proto.Invoke(name="hello", payload=b"{}"))
-    mesh.wait_for(lambda: len(mesh.runs) == 1, within_s=3, what="n2 busy with its own caller")
-    task = mesh.runs[0].task
-    attempt = InvokeRequest(invocation_id="n1~async-1", function=task.function,
-                            version=task.version, code=task.code, config=task.config,
-                            payload=b"{}")
+    mesh, attempt = _n2_full("n1~async-1", async_retry_base_ns=2 * NS_PER_S)
     sent, _ = _handle_now(mesh, "n2", "n1", attempt)
     assert sent == [InvokeRefused(invocation_id="n1~async-1", reason="full")]
     mesh.finish_all()
     mesh.run_for(1.5)  # more than half the 2 s retry delay
     sent, effects = _handle_now(mesh, "n2", "n1", attempt)
     assert effects == ["invoke"] and sent == []  # runs; confirmed by its InvokeDone
+
+
+def test_a_node_that_refused_one_routing_round_may_run_a_later_one() -> None:
+    """The entry looks again after every node refused (a new round, numbered in the
+    request): n2, which refused round 0, runs round 1 once it has room, while a
+    late copy of round 0 is still refused, with its round in the answer."""
+    mesh, round0 = _n2_full("n1~rounds")
+    sent, _ = _handle_now(mesh, "n2", "n1", round0)
+    assert sent == [InvokeRefused(invocation_id="n1~rounds", reason="full", round=0)]
+    mesh.finish_all()
+    mesh.run_for(0.5)
+    sent, effects = _handle_now(mesh, "n2", "n1", round0)  # a late copy of round 0
+    assert sent == [InvokeRefused(invocation_id="n1~rounds", reason="full", round=0)]
+    assert "invoke" not in effects
+    sent, effects = _handle_now(mesh, "n2", "n1", attrs.evolve(round0, round=1))
+    assert effects == ["invoke"] and sent == []
