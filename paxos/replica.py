@@ -142,6 +142,7 @@ class PaxosConfig:
     disk_lost: bool = False
     commit_notice: str = "all"  # or "waiting": see Replica.send_commit_notices
     mark_delay_ns: int = 100 * NS_PER_MS  # a deferred chosen mark is written within this
+    notice_delay_ns: int = 5 * NS_PER_MS  # a commit notice waits this long for an Accept to carry it
     variant: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -279,6 +280,7 @@ class Replica:
         self.fwd_unanswered = 0  # Forwards sent since the leader last spoke
         self.forwarded: dict[tuple[str, int], str] = {}  # command -> the peer awaiting it
         self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
+        self.told_upto: dict[str, int] = {}  # the chosen prefix last sent to each peer
         # durability bookkeeping: replies wait until the writes they depend on are synced
         self.write_seq = 0
         self.persisted_seq = 0
@@ -463,7 +465,10 @@ class Replica:
                          chosen_upto=self.chosen_upto)
         self.send_durable(src, reply)
         if src != self.node_id:
-            self._learn_commit(src, msg.ballot, msg.commit_upto)
+            # Applying what the piggybacked prefix chose waits for this Accept's
+            # sync and reply: the leader waits for those, not for our apply.
+            ballot, upto = msg.ballot, msg.commit_upto
+            self.when_durable(lambda: self._learn_commit(src, ballot, upto))
 
     def _accept_one(self, slot: int, ballot: Ballot, value: Batch) -> bool:
         if slot <= self.truncated_upto:
@@ -883,8 +888,9 @@ class Replica:
         self.p1_asked = set()
         self.inflight, self.to_send = {}, []
         self.lease_until_ns = 0
-        self.hb_sent, self.notify_peers = {}, set()
+        self.hb_sent, self.notify_peers, self.told_upto = {}, set(), {}
         self.deadlines.cancel(("heartbeat",))
+        self.deadlines.cancel(("notice",))
         self.deadlines.cancel(("retry",))
         if was == "leader":
             self.leader_hint = None
@@ -1092,7 +1098,10 @@ class Replica:
                 self.handle_accept(self.node_id, msg)
             else:
                 self.out.send(NodeId(peer), msg)
+                self.told_upto[peer] = self.chosen_upto
         self._arm_retry()
+        if ("notice",) in self.deadlines and not self._untold():
+            self.deadlines.cancel(("notice",))
 
     def _resend_accepts(self, now_ns: int) -> None:
         stale = [(s, f) for s, f in sorted(self.inflight.items())
@@ -1136,18 +1145,41 @@ class Replica:
         self.broadcast_heartbeat()
 
     def send_commit_notices(self, told: set[str]) -> None:
-        """The chosen prefix moved: tell the peers not told by an Accept just now (with
-        ``commit_notice="waiting"`` only those whose forwarded commands were just
-        applied: the others learn the prefix from the next Accept or heartbeat). A
-        notice is a Heartbeat with ``hb_id`` 0: it wants no ack."""
+        """The chosen prefix moved: tell the peers not told by an Accept just now. A
+        notice is a Heartbeat with ``hb_id`` 0: it wants no ack.
+
+        Peers whose forwarded commands were just applied (their clients wait) are
+        told at once. The others (only with ``commit_notice="all"``) are told within
+        ``notice_delay_ns``, by the next Accept if one leaves by then (it carries
+        the prefix), else by a notice: under steady load no notice is sent at all,
+        which spares each follower a message per commit. With ``"waiting"`` they
+        learn it from the next Accept or heartbeat."""
         self.commit_dirty = False
         peers, self.notify_peers = self.notify_peers, set()
+        self._send_notices(peers - told)
+        if self.cfg.commit_notice != "all":
+            return
+        if self.cfg.notice_delay_ns <= 0:
+            self._send_notices(set(self.known_nodes) - told)
+        elif ("notice",) not in self.deadlines and self._untold():
+            self.deadlines.set(("notice",), self.now_ns + self.cfg.notice_delay_ns)
+
+    def _untold(self) -> list[str]:
+        """Peers that do not know our chosen prefix yet."""
+        upto = self.chosen_upto
+        return [p for p in self.known_nodes
+                if p != self.node_id and self.told_upto.get(p, -1) < upto]
+
+    def _send_notices(self, peers: Iterable[str]) -> None:
         msg = Heartbeat(ballot=self.ballot, commit_upto=self.chosen_upto, hb_id=COMMIT_NOTICE)
-        if self.cfg.commit_notice == "all":
-            peers = set(self.known_nodes)  # every replica's applied state stays fresh
-        for peer in sorted(peers - told):
+        for peer in sorted(peers):
             if peer != self.node_id:
                 self.out.send(NodeId(peer), msg)
+                self.told_upto[peer] = self.chosen_upto
+
+    def on_notice_timer(self, now_ns: int) -> None:
+        if self.role == "leader":
+            self._send_notices(self._untold())
 
     def broadcast_heartbeat(self) -> None:
         self.commit_dirty = False
@@ -1159,6 +1191,7 @@ class Replica:
         for peer in sorted(self.known_nodes):  # learners and removed voters keep up too
             if peer != self.node_id:
                 self.out.send(NodeId(peer), msg)
+                self.told_upto[peer] = self.chosen_upto
         self.deadlines.set(("heartbeat",), self.now_ns + self.cfg.heartbeat_interval_ns)
 
     def handle_heartbeat_ack(self, src: NodeId, msg: HeartbeatAck) -> None:
@@ -1251,6 +1284,7 @@ class Replica:
         "catchup": on_catchup_timer,
         "recover": _recover_tick,
         "marks": on_marks_timer,
+        "notice": on_notice_timer,
     }
 
 
