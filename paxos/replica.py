@@ -1160,7 +1160,7 @@ class Replica:
         if self.cfg.commit_notice != "all":
             return
         if self.cfg.notice_delay_ns <= 0:
-            self._send_notices(set(self.known_nodes) - told)
+            self._send_notices(self._untold())
         elif ("notice",) not in self.deadlines and self._untold():
             self.deadlines.set(("notice",), self.now_ns + self.cfg.notice_delay_ns)
 

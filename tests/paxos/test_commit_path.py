@@ -63,15 +63,29 @@ def test_a_commit_notice_is_applied_without_an_ack_or_a_write() -> None:
     assert acked is not None and [type(o.msg) for o in acked.send_now] == [HeartbeatAck]
 
 
-def test_a_deferred_chosen_mark_rides_with_the_next_write() -> None:
+def test_a_piggybacked_prefix_is_applied_once_its_accept_is_durable() -> None:
     r = follower()
     accept(r, 1, commit_upto=0)
     r.handle(NodeId("n2"), Accept(ballot=B2, entries=((2, Batch(ballot=B2)),), commit_upto=1),
              LATER)
+    assert r.chosen_upto == 0  # not before the sync the leader waits for
+    ready = r.take_ready()
+    assert ready is not None and [type(o.msg) for o in ready.send_after_persist] == [Accepted]
+    r.on_persisted(ready.seq)
+    assert r.chosen_upto == 1 and r.log[1].chosen
+
+
+def test_a_deferred_chosen_mark_rides_with_the_next_write() -> None:
+    r = follower()
+    accept(r, 1, commit_upto=0)
+    accept(r, 2, commit_upto=1)  # slot 1 is learned chosen after slot 2's write
+    assert r.chosen_upto == 1
+    r.handle(NodeId("n2"), Accept(ballot=B2, entries=((3, Batch(ballot=B2)),), commit_upto=1),
+             LATER)
     ready = r.take_ready()
     assert ready is not None
     log_writes = [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG]
-    assert sorted(log_writes) == [(1, True), (2, False)]  # slot 1's mark joins the batch
+    assert sorted(log_writes) == [(1, True), (3, False)]  # slot 1's mark joins the batch
 
 
 def test_a_slot_learned_by_catch_up_is_marked_at_once() -> None:
@@ -123,8 +137,34 @@ def test_commit_notices_go_to_every_peer_not_told_by_an_accept() -> None:
     r.handle(NodeId("n3"), Forward(cmds=(put("c", 1),)), ELECTED)
     sent = settle(r)
     assert r.chosen_upto >= 2  # the leader's no-op and the command
-    assert notices(sent) == ["n2", "n3"]
+    assert notices(sent) == ["n3"]  # at once: n3's client waits for its command
     assert not any(isinstance(msg, HeartbeatAck) for _dst, msg in sent)
+    r.tick(ELECTED.after(r.cfg.notice_delay_ns - 1))
+    assert notices(settle(r)) == []
+    r.tick(ELECTED.after(r.cfg.notice_delay_ns))
+    assert notices(settle(r)) == ["n2"]  # n2 is told within the delay
+    r.tick(ELECTED.after(2 * r.cfg.notice_delay_ns))
+    assert notices(settle(r)) == []  # once
+
+
+def test_an_accept_within_the_delay_carries_the_prefix_instead_of_a_notice() -> None:
+    r = lone_leader()
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED)
+    sent = settle(r)
+    assert r.chosen_upto >= 2 and notices(sent) == []
+    r.command(Propose(client_id="c", seq=2, payload=["put", "k", "w"]), ELECTED.after(10**6))
+    sent = settle(r)
+    carried = [msg.commit_upto for dst, msg in sent if isinstance(msg, Accept) and dst == "n3"]
+    assert carried and carried[0] >= 2
+    assert ("notice",) in r.deadlines  # the second command's own prefix is still untold
+    r.tick(ELECTED.after(10**6 + r.cfg.notice_delay_ns))
+    assert notices(settle(r)) == ["n2", "n3"]
+
+
+def test_a_zero_notice_delay_tells_every_peer_at_once() -> None:
+    r = lone_leader(notice_delay_ns=0)
+    r.handle(NodeId("n3"), Forward(cmds=(put("c", 1),)), ELECTED)
+    assert notices(settle(r)) == ["n2", "n3"]
 
 
 def test_waiting_commit_notices_go_only_to_the_forwarder() -> None:
