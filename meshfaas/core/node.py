@@ -53,8 +53,9 @@ means a majority has it). The Paxos leader runs them: it proposes
 routes the attempt like a synchronous one, and proposes
 ``RecordAsyncAttempt`` with the outcome; a failed attempt is retried after
 the state machine's backoff, and the third failure dead-letters it. A new
-leader records an attempt whose lease expired as failed before retrying it,
-so an attempt is re-run only after a failure (or a presumed one).
+leader records an attempt as failed before retrying it when its lease
+expired or when gossip holds the leader that dispatched it dead, so an
+attempt is re-run only after a failure (or a presumed one).
 
 *Results.* Every finished invocation's record (status, duration, billed
 duration, memory, cold start, node, log tail, payload up to
@@ -1257,13 +1258,19 @@ class MeshNode:
             return
         wall = self.now.wall_ns
         open_records = self._open_async()
+        gone = self._gone_members()
         for rec in open_records:
-            if rec.status == "running" and self._async_held_ns(rec) >= self._lease_ns(rec.function) \
-                    and rec.request_id not in self.async_running:
-                self.async_running.add(rec.request_id)
-                self._propose(self._failed_attempt(rec.request_id, rec.attempts,
-                                                   "Sandbox.Lost", "the attempt's lease expired"),
-                              None, "")
+            if rec.status != "running" or rec.request_id in self.async_running:
+                continue
+            if self._async_held_ns(rec) >= self._lease_ns(rec.function):
+                why = "the attempt's lease expired"
+            elif rec.node in gone:
+                why = f"{rec.node}, the node that dispatched the attempt, left the mesh"
+            else:
+                continue
+            self.async_running.add(rec.request_id)
+            self._propose(self._failed_attempt(rec.request_id, rec.attempts, "Sandbox.Lost", why),
+                          None, "")
         started = 0
         for rec in open_records:
             if rec.status != "pending" or not self._async_due(rec, wall) or started >= 16:
@@ -1275,6 +1282,15 @@ class MeshNode:
             self._propose(faas.StartAsyncAttempt(
                 request_id=rec.request_id, attempt=rec.attempts + 1, node=self.node_id,
                 wall_ns=wall, lease_until_wall_ns=wall + self._lease_ns(rec.function)), None, "")
+
+    def _gone_members(self) -> set[str]:
+        """Nodes gossip holds dead or left. An attempt such a node dispatched has no
+        one left to record its outcome (its runner answers the dispatcher): it is
+        failed at once rather than after its lease, which for a long timeout is
+        many minutes. If the node was wrongly held dead, its late record of the
+        attempt is refused by the state machine (that attempt is no longer running)."""
+        return {i.node_id for i in self.gossip.members()
+                if i.node_id != self.node_id and i.state in ("dead", "left")}
 
     def _open_async(self) -> list[faas.AsyncRecord]:
         """Pending and running records, oldest first; forget timings of the others."""

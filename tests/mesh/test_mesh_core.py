@@ -187,6 +187,30 @@ def test_an_async_invocation_whose_node_crashes_is_retried_and_completes() -> No
     assert len(mesh.runs_of(invocation_id)) == 2
 
 
+def test_an_async_attempt_whose_dispatching_leader_dies_is_retried_before_its_lease() -> None:
+    """The leader that dispatched an attempt dies: nobody will record the attempt's
+    outcome (its runner answers the dispatcher). With the longest timeout the lease
+    is 905 s; the new leader fails the attempt once gossip holds the old one dead,
+    and the retry runs after the first backoff (60 s), well inside the lease."""
+    mesh = started(auto=False)
+    mesh.deploy(timeout_s=faas.TIMEOUT_S_MAX)
+    accepted = mesh.request("n1", proto.Invoke(name="hello", payload=b"{}",
+                                               invocation_type="Event"))
+    assert accepted.ok
+    invocation_id = accepted.value.invocation_id
+    mesh.wait_for(lambda: mesh.runs_of(invocation_id), within_s=5, what="the first attempt")
+    dispatcher = mesh.leader()
+    assert dispatcher is not None
+    mesh.world.crash(dispatcher)
+    mesh.auto = True
+    mesh.finish_all()  # the first run ends, but its answer goes to the dead dispatcher
+    survivor = next(n for n in mesh.ids if n != dispatcher)
+    mesh.wait_for(lambda: mesh.core(survivor).sm.get_async(invocation_id).status == "succeeded",
+                  within_s=120, what="the retried attempt to succeed")
+    record = mesh.core(survivor).sm.get_async(invocation_id)
+    assert record.attempts == 2 and record.node != dispatcher
+
+
 def test_get_result_from_a_node_that_did_not_run_it() -> None:
     mesh = started(capacity={"n1": 0, "n2": 8, "n3": 0})
     mesh.deploy()
