@@ -60,7 +60,8 @@ Converter = Callable[[Any, int], Any]
 
 _TAG_TO_CLS: dict[int, type] = {}
 _CLS_TO_TAG: dict[type, int] = {}
-_DECODERS: dict[type, Callable[[list[Any], int], Any]] = {}
+Body = list[Any] | tuple[Any, ...]  # a message's [tag, fields...] as cbor2 gives it
+_DECODERS: dict[type, Callable[[Body, int], Any]] = {}
 
 
 def message(tag: int) -> Callable[[type[T]], type[T]]:
@@ -163,18 +164,188 @@ def _generate(name: str, lines: list[str], namespace: dict[str, Any]) -> Callabl
     return fn
 
 
+# ---------------------------------------------------------------------------
+# Writing CBOR directly
+# ---------------------------------------------------------------------------
+#
+# ``to_cbor`` writes the bytes itself, into a list of chunks joined once, with
+# one writer per type: each message class gets a generated writer (its constant
+# head -- the CBOR tag, the array length and the wire tag -- then each field,
+# with the common scalar cases inline). The bytes are those of
+# ``cbor2.dumps(_plain(value))``: the same shortest heads, definite lengths, sets
+# sorted by their items' encodings and maps by key; anything rare (floats, big
+# ints, mappings that are not dicts) is handed to exactly that.
+# tests/foundation/test_codec_writer.py compares the two on random values.
+
+Writer = Callable[[Any, list[bytes]], None]
+
+
+def _head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` with argument ``n`` (< 2**64)."""
+    mt = major << 5
+    if n < 24:
+        return bytes((mt | n,))
+    if n < 0x100:
+        return bytes((mt | 24, n))
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    return bytes((mt | 27,)) + n.to_bytes(8, "big")
+
+
+_UINT = tuple(_head(0, n) for n in range(256))  # 0 .. 255
+_NINT = tuple(_head(1, n) for n in range(256))  # -1 .. -256
+_BYTES_HEAD = tuple(_head(2, n) for n in range(256))
+_TEXT_HEAD = tuple(_head(3, n) for n in range(256))
+_ARRAY_HEAD = tuple(_head(4, n) for n in range(256))
+_TRUE, _FALSE, _NULL = b"\xf5", b"\xf4", b"\xf6"
+
+
+def _w_int(v: int, out: list[bytes]) -> None:
+    if 0 <= v < 0x100:
+        out.append(_UINT[v])
+    elif 0 <= v < 0x1_0000_0000_0000_0000:
+        out.append(_head(0, v))
+    elif -0x1_0000_0000_0000_0000 <= v < 0:
+        out.append(_head(1, -1 - v))
+    else:
+        out.append(cbor2.dumps(v))  # a bignum tag
+
+
+def _w_str(v: str, out: list[bytes]) -> None:
+    b = v.encode()
+    n = len(b)
+    out.append(_TEXT_HEAD[n] if n < 0x100 else _head(3, n))
+    out.append(b)
+
+
+def _w_bytes(v: bytes, out: list[bytes]) -> None:
+    n = len(v)
+    out.append(_BYTES_HEAD[n] if n < 0x100 else _head(2, n))
+    out.append(v)
+
+
+def _w_bool(v: bool, out: list[bytes]) -> None:
+    out.append(_TRUE if v else _FALSE)
+
+
+def _w_none(v: None, out: list[bytes]) -> None:
+    out.append(_NULL)
+
+
+def _w_seq(v: list[Any] | tuple[Any, ...], out: list[bytes]) -> None:
+    n = len(v)
+    out.append(_ARRAY_HEAD[n] if n < 0x100 else _head(4, n))
+    for x in v:
+        (_WRITERS.get(type(x)) or _writer_for(type(x)))(x, out)
+
+
+def _w_set(v: frozenset[Any] | set[Any], out: list[bytes]) -> None:
+    items = sorted(_write_one(x) for x in v)
+    out.append(_head(4, len(items)))
+    out.extend(items)
+
+
+def _w_dict(v: dict[Any, Any], out: list[bytes]) -> None:
+    out.append(_head(5, len(v)))
+    for k in sorted(v, key=_map_key_order):
+        _write(k, out)
+        _write(v[k], out)
+
+
+def _w_plain(v: Any, out: list[bytes]) -> None:
+    """Anything rare: exactly what cbor2 makes of its plain form."""
+    out.append(cbor2.dumps(_plain(v)))
+
+
+_WRITERS: dict[type, Writer] = {
+    int: _w_int, str: _w_str, bytes: _w_bytes, bool: _w_bool, type(None): _w_none,
+    list: _w_seq, tuple: _w_seq, frozenset: _w_set, set: _w_set, dict: _w_dict,
+    float: _w_plain,
+}
+
+
+def _write(v: Any, out: list[bytes]) -> None:
+    (_WRITERS.get(type(v)) or _writer_for(type(v)))(v, out)
+
+
+def _write_one(v: Any) -> bytes:
+    out: list[bytes] = []
+    _write(v, out)
+    return b"".join(out)
+
+
+def _writer_for(cls: type) -> Writer:
+    """The writer of a type not seen yet: generated for a message, else the plain one."""
+    if cls in _CLS_TO_TAG:
+        return _compile_writer(cls)
+    return _w_plain  # (a Mapping, or something _plain refuses with EncodeError)
+
+
+# Field writers by annotation, inlined in generated writers ({f}: the field's variable).
+_INLINE_WRITES = {
+    str: ("if type({f}) is str:\n"
+          "    _b = {f}.encode()\n"
+          "    _n = len(_b)\n"
+          "    out.append(_TEXT_HEAD[_n] if _n < 256 else _head(3, _n))\n"
+          "    out.append(_b)"),
+    int: "if type({f}) is int and 0 <= {f} < 256:\n    out.append(_UINT[{f}])",
+    bool: "if {f} is True:\n    out.append(_TRUE)\nelif {f} is False:\n    out.append(_FALSE)",
+}
+
+
+def _field_write(tp: Any, var: str) -> list[str]:
+    """Lines writing the field in ``var`` (annotated ``tp``): the likely case inline,
+    anything else through :func:`_write`."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and \
+        type(None) in typing.get_args(tp)
+    members = [a for a in typing.get_args(tp) if a is not type(None)] if optional else [tp]
+    lines = [f"if {var} is None:", "    out.append(_NULL)"] if optional else []
+    scalar = _scalar_of(members[0]) if len(members) == 1 else None
+    if scalar in _INLINE_WRITES:
+        fast = _INLINE_WRITES[scalar].format(f=var).split("\n")
+        if lines:
+            fast[0] = "el" + fast[0]
+        lines += [*fast, "else:", f"    _write({var}, out)"]
+    elif lines:
+        lines += ["else:", f"    _write({var}, out)"]
+    else:
+        lines = [f"_write({var}, out)"]
+    return lines
+
+
+def _compile_writer(cls: type) -> Writer:
+    """A writer for one message class, generated as straight-line code."""
+    hints = typing.get_type_hints(cls)
+    fields = attrs.fields(cls)
+    head = (_head(6, MESSAGE_CBOR_TAG) + _head(4, len(fields) + 1)
+            + _write_one(_CLS_TO_TAG[cls]))
+    lines = ["def write(value, out):", "    out.append(_HEAD)"]
+    for f in fields:
+        lines.append(f"    _f = value.{f.name}")
+        lines += ["    " + line for line in _field_write(hints.get(f.name, Any), "_f")]
+    write = _generate("write", lines, {
+        "_HEAD": head, "_write": _write, "_head": _head, "_UINT": _UINT,
+        "_TEXT_HEAD": _TEXT_HEAD, "_TRUE": _TRUE, "_FALSE": _FALSE, "_NULL": _NULL})
+    _WRITERS[cls] = write
+    return write
+
+
 def to_cbor(value: Any) -> bytes:
     """Deterministic CBOR for any value built of messages and plain data.
 
     Sets are sorted and maps ordered by key before encoding, so equal values
     give equal bytes whatever the hash seed.
     """
+    out: list[bytes] = []
     try:
-        return cbor2.dumps(_plain(value))
+        _write(value, out)
     except EncodeError:
         raise
     except Exception as exc:  # cbor2 raises several types for unencodable values
         raise EncodeError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
+    return b"".join(out)
 
 
 def from_cbor(data: bytes, expect: Any = Any) -> Any:
@@ -249,6 +420,7 @@ def _conv_none(v: Any, depth: int) -> None:
 _PLAIN = (int, float, str, bytes, bool, type(None))
 _CBOR_TAG = cbor2.CBORTag
 _PLAIN_TYPES = frozenset(_PLAIN)
+_FROZENDICT: type = type(cbor2.loads(b"\xd9\x69\x79\xa0").value)  # a map inside a tag
 
 
 def _conv_any(v: Any, depth: int) -> Any:
@@ -258,10 +430,14 @@ def _conv_any(v: Any, depth: int) -> Any:
     cls = type(v)
     if cls in _PLAIN_TYPES:
         return v
-    if cls is list:
-        return [_conv_any(x, depth + 1) for x in v]
-    if cls is _CBOR_TAG and v.tag == MESSAGE_CBOR_TAG:  # (before the slower ABC checks)
+    # The exact types cbor2 gives first (before the slower ABC checks): arrays inside
+    # a tag come as tuples, maps as frozendicts.
+    if cls is _CBOR_TAG and v.tag == MESSAGE_CBOR_TAG:
         return _decode_message(v, depth + 1, None)
+    if cls is list or cls is tuple:
+        return [_conv_any(x, depth + 1) for x in v]
+    if cls is dict or cls is _FROZENDICT:
+        return _conv_any_map(v, depth)
     if isinstance(v, _PLAIN):
         return v
     if isinstance(v, (list, tuple)):
@@ -269,15 +445,19 @@ def _conv_any(v: Any, depth: int) -> Any:
     if isinstance(v, (set, frozenset)):
         return frozenset(_conv_any(x, depth + 1) for x in v)
     if isinstance(v, Mapping):
-        out = {}
-        for k, x in v.items():
-            if not isinstance(k, (int, str, bytes)):
-                raise _fail("int, str or bytes map key", k)
-            out[k] = _conv_any(x, depth + 1)
-        return out
+        return _conv_any_map(v, depth)
     if isinstance(v, cbor2.CBORTag) and v.tag == MESSAGE_CBOR_TAG:
         return _decode_message(v, depth + 1, None)
     raise _fail("plain data", v)
+
+
+def _conv_any_map(v: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+    out = {}
+    for k, x in v.items():
+        if not isinstance(k, (int, str, bytes)):
+            raise _fail("int, str or bytes map key", k)
+        out[k] = _conv_any(x, depth + 1)
+    return out
 
 
 def _decode_message(v: Any, depth: int, expect: type | None) -> Any:
@@ -312,28 +492,23 @@ def _scalar_of(tp: Any) -> Any:
     return tp if tp in _INLINE_CHECKS else None
 
 
-def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
+def _compile_message(cls: type) -> Callable[[Body, int], Any]:
     """A decoder for one message class, generated as straight-line code: each field
-    is checked inline when it is an int, bool, str or bytes (or NewType of one),
-    else by its compiled converter; then the class is built (its validators run)."""
+    is checked inline when it is an int, bool, str or bytes (or NewType of one), or
+    such a scalar or None, or a fixed tuple of scalars, else by its compiled
+    converter; then the class is built (its validators run)."""
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
     n = len(fields)
     namespace: dict[str, Any] = {"_fail": _fail, "DecodeError": DecodeError, "_cls": cls,
-                                 "_name": cls.__qualname__}
+                                 "_name": cls.__qualname__, "_MAX": MAX_NESTING}
     lines = ["def decode(body, depth):",
              f"    if len(body) != {n + 1}:",
              f"        raise DecodeError(f'{{_name}}: expected {n} fields, got {{len(body) - 1}}')",
              "    d = depth + 1"]
     for i, f in enumerate(fields):
-        tp = hints.get(f.name, Any)
         lines.append(f"    _f{i} = body[{i + 1}]")
-        scalar = _scalar_of(tp)
-        if scalar is not None:
-            lines.append("    " + _INLINE_CHECKS[scalar].format(v=f"_f{i}"))
-        else:
-            namespace[f"_c{i}"] = _converter(tp)
-            lines.append(f"    _f{i} = _c{i}(_f{i}, d)")
+        lines += ["    " + line for line in _field_check(hints.get(f.name, Any), i, namespace)]
     args = ", ".join(f"{f.name}=_f{i}" for i, f in enumerate(fields))
     lines += ["    try:",
               f"        return _cls({args})",
@@ -342,6 +517,34 @@ def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
     decode = _generate("decode", lines, namespace)
     _DECODERS[cls] = decode
     return decode
+
+
+def _field_check(tp: Any, i: int, namespace: dict[str, Any]) -> list[str]:
+    """Lines checking field ``_f{i}`` (annotated ``tp``) of a generated decoder.
+
+    Inline: a scalar; a scalar or None; a fixed tuple of scalars already a tuple
+    (as cbor2 gives arrays inside a tag), kept as it is. Anything else, and any
+    value the inline check does not accept as it is, goes to the field's
+    converter, which gives the result or the DecodeError of the generic path."""
+    v = f"_f{i}"
+    scalar = _scalar_of(tp)
+    if scalar is not None:
+        return [_INLINE_CHECKS[scalar].format(v=v)]
+    namespace[f"_c{i}"] = _converter(tp)
+    generic = f"    {v} = _c{i}({v}, d)"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 2 \
+            and type(None) in args:
+        inner = _scalar_of(args[0] if args[1] is type(None) else args[1])
+        if inner is not None:
+            return [f"if {v} is not None and type({v}) is not {inner.__name__}:", generic]
+    if typing.get_origin(tp) is tuple and args and Ellipsis not in args:
+        items = [_scalar_of(a) for a in args]
+        if all(t is not None for t in items):
+            checks = " and ".join(f"type({v}[{k}]) is {t.__name__}" for k, t in enumerate(items))
+            return [f"if not (type({v}) is tuple and len({v}) == {len(items)} and d <= _MAX",
+                    f"        and {checks}):", generic]
+    return [generic.strip()]
 
 
 def _message_converter(cls: type) -> Converter:
@@ -353,7 +556,8 @@ def _message_converter(cls: type) -> Converter:
     def conv(v: Any, depth: int) -> Any:
         if type(v) is cbor_tag and v.tag == MESSAGE_CBOR_TAG and depth <= MAX_NESTING:
             body = v.value
-            if type(body) is list and body and type(body[0]) is int and body[0] == tag:
+            if (type(body) is tuple or type(body) is list) and body and type(body[0]) is int \
+                    and body[0] == tag:
                 decoder = _DECODERS.get(cls) or _compile_message(cls)
                 return decoder(body, depth)
         return _decode_message(v, depth, cls)
@@ -506,6 +710,7 @@ class Codec:
         self.max_frame_bytes = max_frame_bytes
         self.version = version
         self._frame_head = b"\x85" + to_cbor(version) + to_cbor(cluster_id)  # array of 5
+        self._heads: dict[tuple[str, str], bytes] = {}  # (src, dst) -> the frame's head
 
     def encode(self, src: str, dst: str, msg: Any) -> bytes:
         return self.frame(src, dst, self.encode_message(msg), msg)
@@ -521,7 +726,12 @@ class Codec:
         """The frame ``[version, cluster_id, src, dst, message]`` around an encoded
         message: a CBOR array of five is its header byte then its items' encodings,
         so the bytes are those of encoding the whole array at once."""
-        frame = b"".join((self._frame_head, to_cbor(src), to_cbor(dst), body))
+        head = self._heads.get((src, dst))
+        if head is None:
+            if len(self._heads) >= 1024:
+                self._heads.clear()
+            head = self._heads[(src, dst)] = self._frame_head + to_cbor(src) + to_cbor(dst)
+        frame = head + body
         if len(frame) > self.max_frame_bytes:
             raise EncodeError(
                 f"{type(msg).__qualname__ if msg is not None else 'a message'} encodes to "

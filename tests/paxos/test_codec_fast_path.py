@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
@@ -85,23 +86,32 @@ POOL: list[Any] = [
 
 
 def _paths(raw: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every position in a decoded value (arrays inside a tag come back as tuples,
+    maps as frozendicts)."""
     found = [here]
     inner = raw.value if isinstance(raw, cbor2.CBORTag) else raw
-    if isinstance(inner, list):
+    if isinstance(inner, (list, tuple)):
         for i, x in enumerate(inner):
             found += _paths(x, (*here, i))
-    elif isinstance(inner, dict):
+    elif isinstance(inner, Mapping):
         for k, x in inner.items():
             found += _paths(x, (*here, k))
     return found
 
 
 def _replace(raw: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """``raw`` with the item at ``path`` replaced (unchanged if an earlier mutation
+    removed that position)."""
     if not path:
         return value
     if isinstance(raw, cbor2.CBORTag):
         return cbor2.CBORTag(raw.tag, _replace(raw.value, path, value))
-    copy = list(raw) if isinstance(raw, list) else dict(raw)
+    if isinstance(raw, (list, tuple)) and type(path[0]) is int and path[0] < len(raw):
+        copy: Any = list(raw)
+    elif isinstance(raw, Mapping) and path[0] in raw:
+        copy = dict(raw)
+    else:
+        return raw
     copy[path[0]] = _replace(copy[path[0]], path[1:], value)
     return copy
 
@@ -128,10 +138,26 @@ def test_valid_messages_decode_alike(index: int) -> None:
     assert ref._decode_message(raw, 1, None) == msg
 
 
-def test_mutated_frames_decode_alike_or_fail_alike() -> None:
-    rng = random.Random(4)
+def client_messages() -> list[Any]:
+    """Client protocol frames: a reply carrying a record, an error, a request."""
+    config = faas.FunctionConfig(handler="app.h", env={"A": "1"}, reserved_concurrency=2,
+                                 requirements=("x==1",), description="d")
+    record = faas.FunctionRecord(name="kv", config=config, code=faas.CodeRef(sha256="ab" * 32,
+                                 size_bytes=9), revision=3, created_wall_ns=10**18,
+                                 modified_wall_ns=10**18 + 1, last_version=0)
+    return [
+        [proto.CLIENT_PROTOCOL_VERSION, proto.ok("r1", record)],
+        [proto.CLIENT_PROTOCOL_VERSION, proto.fail("r2", "Throttled", "busy", retry_after_ms=5)],
+        [proto.CLIENT_PROTOCOL_VERSION, proto.ClientRequest(
+            request_id="r3", api_key="k", body=proto.UpdateConfig(
+                name="kv", patch=faas.ConfigPatch(memory_mb=256, env={"B": "2"})))],
+    ]
+
+
+def _compare_mutations(msgs: list[Any], seed: int) -> tuple[int, int]:
+    rng = random.Random(seed)
     compared = refused = 0
-    for msg in messages():
+    for msg in msgs:
         raw = cbor2.loads(to_cbor(msg))
         paths = _paths(raw)
         for _ in range(150):
@@ -144,4 +170,14 @@ def test_mutated_frames_decode_alike_or_fail_alike() -> None:
             assert fast == slow, (msg, mutated)
             compared += 1
             refused += fast[0] == "DecodeError"
+    return compared, refused
+
+
+def test_mutated_frames_decode_alike_or_fail_alike() -> None:
+    compared, refused = _compare_mutations(messages(), 4)
     assert refused > compared // 10 and compared - refused > compared // 10  # both kinds seen
+
+
+def test_mutated_client_frames_decode_alike_or_fail_alike() -> None:
+    compared, refused = _compare_mutations(client_messages(), 5)
+    assert refused > compared // 10 and compared - refused > compared // 10
