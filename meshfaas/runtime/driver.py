@@ -25,7 +25,20 @@ meshfaas.core.types:
 A batch with nothing to persist is finished at once, unless earlier batches are
 still pending: acknowledgements always go in ``seq`` order.
 
-*Where the sync runs.* A sync that has messages waiting behind it (some
+*Bursts.* A caller that hands the driver a burst of inputs from one socket
+owner's turn (the node's peer ROUTER and client ROUTER) calls :meth:`Driver.hold`
+before each input and :meth:`Driver.flush` at the end of the burst. The
+batches the burst leaves to persist do not wake the persister task: ``flush``
+writes and syncs them itself when the sync would run on the loop's thread
+anyway (below), so a follower's ``Accept`` -> fsync -> ``Accepted`` costs no
+task switch, and one sync still covers the whole burst (group commit); any
+other sync it hands to the persister. A batch behind a sync that is still
+running in a worker waits for it (order is kept), and a ``flush`` sync that
+fails never raises into the socket owner: the batches are dropped unsent and
+the persister raises the error out of :meth:`Driver.run`.
+
+*Where the sync runs.* With ``all_syncs_in_loop`` every sync runs on the
+loop's thread. Otherwise a sync that has messages waiting behind it (some
 batch in it has ``send_after_persist``: a Paxos follower's ``Accepted``, a
 ``Promise``) runs on the loop's thread (``sync_in_loop``, the default): the
 peer waits for exactly that, and handing the sync to a worker thread and back
@@ -45,11 +58,14 @@ arrives: one that writes any other table or has after-persist sends (Paxos,
 gossip), so consensus latency is untouched. On cancellation the persister
 writes and syncs what is pending before it ends.
 
-The ticker task sleeps until ``core.next_deadline()`` (read from the :class:`Clock`
-port) and calls ``tick`` if a deadline is then due; a pump that makes the next
-deadline *earlier* wakes it, so an earlier deadline is never missed. A deadline
-that moved later or was cancelled does not wake it (every invocation sets and
-cancels one): it wakes at the old time, finds nothing due and sleeps again.
+The ticker task sleeps in one cancel scope whose ``deadline`` is the core's
+``next_deadline()`` converted from the :class:`Clock` port's ``mono_ns`` to
+trio's clock (a pair of readings of both clocks, taken each time the ticker
+wakes); every pump that changes the core's next deadline moves the scope's
+deadline, earlier or later, which wakes nobody. When trio reaches that deadline
+the ticker wakes and calls ``tick`` if a deadline is due by the driver's clock
+(never early), then sleeps in a new scope. A deadline moved later or cancelled
+causes no wake-up at all.
 
 A sync that fails (:class:`~meshfaas.runtime.store.StoreError`) is not survivable
 for the batches in it: their after-persist messages must never leave. The error
@@ -59,6 +75,7 @@ recovers from what ``load`` returns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -111,6 +128,7 @@ class Driver:
         lazy_tables: frozenset[str] = frozenset(),
         lazy_delay_s: float = 0.0,
         sync_in_loop: bool = True,
+        all_syncs_in_loop: bool = False,
     ) -> None:
         self.core = core
         self.node_id = node_id
@@ -129,12 +147,18 @@ class Driver:
         self._lazy_tables = lazy_tables
         self._lazy_delay_s = lazy_delay_s
         self._sync_in_loop = sync_in_loop
+        self._all_syncs_in_loop = sync_in_loop and all_syncs_in_loop
+        self._holding = False  # inside a burst of inputs that flush() will end
+        self._held_urgent = False
+        self._failure: Exception | None = None  # a sync in flush() failed: run() raises it
         self._urgent = trio.Event()  # set when a pending batch may not wait (see docstring)
         self._syncing = False
         self._pumping = False
         self._nursery: trio.Nursery | None = None
         self._tick_scope: trio.CancelScope | None = None
         self._tick_deadline: int | None = None
+        self._trio_ref_s = 0.0  # trio's clock and the driver's, read together
+        self._mono_ref_ns = 0
 
     # -- registration ---------------------------------------------------------
 
@@ -193,6 +217,26 @@ class Driver:
         self._pump()
         return result
 
+    def hold(self) -> None:
+        """The inputs from now until :meth:`flush` are one burst: the batches
+        they leave to persist wait for the flush instead of waking the persister
+        task. The caller must call ``flush`` when the burst ends, before it
+        yields to the loop (PeerTransport's ``on_burst_end``)."""
+        self._holding = True
+
+    def flush(self) -> None:
+        """The burst of inputs ended: persist what it left, here when the sync has
+        sends waiting behind it (see the module docstring), else by waking the
+        persister. Never raises: a failed sync stops :meth:`run`."""
+        self._holding = False
+        urgent, self._held_urgent = self._held_urgent, False
+        if not self._pending or self._failure is not None:
+            return
+        if not self._syncing and self._in_loop(self._pending):
+            self._persist_here()
+        else:
+            self._wake_persister(urgent)
+
     def _require_running(self) -> None:
         if self._nursery is None:
             raise RuntimeError("the driver is not running: start Driver.run in a nursery first")
@@ -237,9 +281,8 @@ class Driver:
             self._pumping = False
         if self._tick_scope is not None:
             deadline = self.core.next_deadline()
-            if deadline is not None and (self._tick_deadline is None
-                                         or deadline < self._tick_deadline):
-                self._tick_scope.cancel()
+            if deadline != self._tick_deadline:
+                self._set_tick_deadline(deadline)
 
     def _dispatch(self, ready: Ready) -> None:
         for note in ready.notifications:
@@ -249,11 +292,17 @@ class Driver:
             self._start_effect(effect)
         if ready.persist or self._pending or self._syncing:
             self._pending.append(ready)
-            self._has_pending.set()
-            if self._is_urgent(ready):
-                self._urgent.set()
+            if self._holding:  # flush() decides at the end of the burst
+                self._held_urgent = self._held_urgent or self._is_urgent(ready)
+            else:
+                self._wake_persister(self._is_urgent(ready))
         else:
             self._finish(ready)
+
+    def _wake_persister(self, urgent: bool) -> None:
+        self._has_pending.set()
+        if urgent:
+            self._urgent.set()
 
     def _finish(self, ready: Ready) -> None:
         """The batch is durable: its after-persist messages may leave, then ack."""
@@ -285,6 +334,8 @@ class Driver:
                 if not self._urgent.is_set():  # only lazy writes: let more join them
                     with trio.move_on_after(self._lazy_delay_s):
                         await self._urgent.wait()
+                if self._failure is not None:
+                    raise self._failure
                 await self._persist_pending()
         except trio.Cancelled:
             self._flush_on_exit()
@@ -305,11 +356,18 @@ class Driver:
         has_staged = getattr(self.store, "has_staged", None)
         return has_staged is None or bool(has_staged())
 
+    def _in_loop(self, batches: list[Ready]) -> bool:
+        """Whether these batches' sync runs on the loop's thread (docstring)."""
+        if self._all_syncs_in_loop:
+            return True
+        return self._sync_in_loop and any(b.send_after_persist for b in batches)
+
     async def _persist_pending(self) -> None:
-        self._has_pending = trio.Event()
+        """The persister's turn: everything pending, in a worker thread or not."""
+        self._has_pending = trio.Event()  # (only this task waits on these events)
         self._urgent = trio.Event()
         batches, self._pending = self._pending, []
-        in_loop = self._sync_in_loop and any(b.send_after_persist for b in batches)
+        in_loop = self._in_loop(batches)
         writes = [w for b in batches for w in b.persist]
         self._syncing = True
         try:
@@ -325,6 +383,27 @@ class Driver:
                 self.stats.inc("syncs")
         finally:
             self._syncing = False
+        self._finish_all(batches)
+
+    def _persist_here(self) -> None:
+        """flush()'s sync, on the loop's thread, without the persister task. A
+        persister woken meanwhile finds nothing pending (or the failure)."""
+        batches, self._pending = self._pending, []
+        writes = [w for b in batches for w in b.persist]
+        try:
+            if writes:
+                self.store.write(writes)
+            if writes and self._needs_sync():
+                self.store.sync()
+                self.stats.inc("syncs")
+                self.stats.inc("syncs_in_flush")
+        except Exception as exc:  # the batches are lost: their sends never leave
+            self._failure = exc
+            self._wake_persister(urgent=True)
+            return
+        self._finish_all(batches)
+
+    def _finish_all(self, batches: list[Ready]) -> None:
         self.stats.inc("batches_persisted", len(batches))
         for ready in batches:
             self._finish(ready)
@@ -334,31 +413,34 @@ class Driver:
 
     async def _ticker(self) -> None:
         while True:
-            deadline = self.core.next_deadline()
             with trio.CancelScope() as scope:
-                self._tick_scope, self._tick_deadline = scope, deadline
+                self._tick_scope = scope
+                self._sync_clocks()
+                self._set_tick_deadline(self.core.next_deadline())
                 try:
-                    await self._sleep_until(deadline)
+                    await trio.sleep_forever()
                 finally:
                     self._tick_scope = None
-            if scope.cancelled_caught or deadline is None:
-                continue  # an earlier deadline came: look again
             now = self.clock.now()
-            due = self.core.next_deadline()  # it may have moved later or gone meanwhile
+            due = self.core.next_deadline()  # it may have moved meanwhile
             if due is not None and now.mono_ns >= due:
                 self.stats.inc("ticks")
                 self.core.tick(now)
                 self._pump()
 
-    async def _sleep_until(self, deadline: int | None) -> None:
-        if deadline is None:
-            await trio.sleep_forever()
-            return
-        delay_ns = deadline - self.clock.now().mono_ns
-        if delay_ns > 0:
-            await trio.sleep(delay_ns / NS_PER_S)
-        else:
-            await trio.lowlevel.checkpoint()
+    def _sync_clocks(self) -> None:
+        """Pair a reading of the driver's clock with one of trio's (a deadline
+        is converted from the one to the other; see _set_tick_deadline)."""
+        self._trio_ref_s = trio.current_time()
+        self._mono_ref_ns = self.clock.now().mono_ns
+
+    def _set_tick_deadline(self, deadline: int | None) -> None:
+        """Move the ticker's scope deadline (this wakes nobody; trio cancels the
+        scope, waking the ticker, only when the deadline is reached)."""
+        assert self._tick_scope is not None
+        self._tick_deadline = deadline
+        self._tick_scope.deadline = (math.inf if deadline is None else
+                                     self._trio_ref_s + (deadline - self._mono_ref_ns) / NS_PER_S)
 
     # -- effects and notifications ----------------------------------------------
 

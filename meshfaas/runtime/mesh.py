@@ -82,7 +82,7 @@ from meshfaas.core.node import (
 from meshfaas.core.results import LOOKUP_KIND, ResultLookup
 from meshfaas.core.types import Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
-from meshfaas.runtime.driver import Driver, drain_nowait
+from meshfaas.runtime.driver import Driver
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
 from meshfaas.runtime.node import (
     NodeStartError,
@@ -420,6 +420,10 @@ class MeshProcess:
                              lazy_tables=frozenset({"m.results"}),
                              lazy_delay_s=RESULT_SYNC_DELAY_S)
         self.blob_service = BlobService(self.node_id, self.blobs, self._send_peer)
+        # Peer frames are handled by the ROUTER's owner task as they arrive, and
+        # each burst ends with the driver's flush (docs/performance.md, session 4).
+        self._peer_addresses = {self.node_id, self.peer.endpoint}  # a seed: its endpoint
+        self.peer.handle_inline(self._on_peer_frame, self.driver.flush)
         self.driver.observe(self._on_notification)
         self.driver.register_effect("invoke", self._effect_invoke, start=self._begin_invoke)
         self.driver.register_effect("replicate_blob", self._effect_replicate)
@@ -443,7 +447,8 @@ class MeshProcess:
         # Requests are handled inline, by the socket's owner (a task switch less
         # per request), 64 at most before the loop's other work gets a turn.
         self.clients = ClientRouter(self.net, bind=config.client_bind, any_client_key=True,
-                                    on_request=self._on_client, batch=CLIENT_BATCH)
+                                    on_request=self._on_client, on_burst_end=self._end_burst,
+                                    batch=CLIENT_BATCH)
         host = config.client_bind.rsplit(":", 1)[0]
         self.events = EventPublisher(self.net, bind=config.events_bind or f"{host}:*",
                                      any_client_key=True)
@@ -478,26 +483,29 @@ class MeshProcess:
             return False
         return self.peer.send(dst, frame)
 
-    async def _read_peers(self) -> None:
-        addresses = {self.node_id, self.peer.endpoint}  # a seed is addressed by its endpoint
-        async for frame in self.peer.inbound:  # then whatever else is queued, unyielding
-            self._on_peer_frame(frame, addresses)
-            for more in drain_nowait(self.peer.inbound):
-                self._on_peer_frame(more, addresses)
-
-    def _on_peer_frame(self, frame: bytes, addresses: set[str]) -> None:
+    def _on_peer_frame(self, frame: bytes) -> None:
+        """One peer frame, from the ROUTER's owner task (PeerTransport.handle_inline);
+        the burst's persisting waits for the driver's flush at the burst's end."""
         try:
             env = self.codec.decode(frame)
         except DecodeError:
             self.peer.stats.inc("decode_errors")
             return
-        if env.dst not in addresses:
+        if env.dst not in self._peer_addresses:
             self.peer.stats.inc("dropped_misaddressed")
             return
         if isinstance(env.msg, BLOB_MESSAGES):
             self.blob_service.handle(NodeId(env.src), env.msg)
         else:
+            self.driver.hold()
             self.driver.deliver(NodeId(env.src), env.msg)
+
+    def _end_burst(self) -> None:
+        """A burst of client requests ended: the driver persists what they left."""
+        try:
+            self.driver.flush()
+        except Exception:  # a bug; the client socket must keep running
+            log.exception("%s: the driver's flush failed", self.node_id)
 
     def _on_notification(self, note: Notification) -> None:
         if note.kind == "member" and isinstance(note.data, MemberEvent):
@@ -566,6 +574,7 @@ class MeshProcess:
         self._conns[conn] = key
         self._in_hand.add(key)
         try:
+            self.driver.hold()
             self.driver.command(ClientCall(conn=conn, request=decoded))
         except Exception:  # a bug, not the client's fault: answer and keep serving
             log.exception("request %s (%s) failed inside the node", decoded.request_id,
@@ -788,7 +797,6 @@ class MeshProcess:
                              self.executor.run, self.driver.run,
                              self.clients.run):  # last: it hands requests to the driver
                     await nursery.start(part)
-                nursery.start_soon(self._read_peers)
                 nursery.start_soon(self._refresh_warm)
                 if self.seeds:
                     self.driver.command(JoinMesh(seeds=tuple(self.seeds)))

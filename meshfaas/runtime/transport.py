@@ -11,8 +11,12 @@ else is made from it and run in the node's nursery.
 
 * one ROUTER bound for *inbound* peer traffic (CURVE server). It only receives;
   each message is ``[routing id, frame]`` and the frame goes, as bytes, into a
-  bounded channel (:attr:`PeerTransport.inbound`). Decoding is the caller's job
-  (:meth:`PeerTransport.decode` counts a ``DecodeError`` as a drop);
+  bounded channel (:attr:`PeerTransport.inbound`), or, once
+  :meth:`PeerTransport.handle_inline` was called, straight to a callback from the
+  socket's owner task (no channel hop and no task switch per frame; at most
+  ``batch`` frames before the loop gets a turn, then ``on_burst_end``). Decoding
+  is the caller's job (:meth:`PeerTransport.decode` counts a ``DecodeError`` as
+  a drop);
 * one DEALER per known peer for *outbound* traffic (CURVE client), created by
   :meth:`set_peer` from the address book that gossip metadata keeps up to date
   and closed by :meth:`forget_peer`. Each DEALER has its own owner task, its own
@@ -23,13 +27,15 @@ The alternatives and why they lost are in docs/runtime.md. Every drop is counted
 (:meth:`counters`): ``dropped_unknown_peer``, ``dropped_queue_full`` (the peer's
 channel is full), ``dealer.dropped_hwm`` (zmq refused: no connection or HWM
 reached), ``dropped_inbound_full``, ``dropped_malformed``, ``dropped_oversize``,
-``decode_errors``; handshakes seen on the ROUTER are counted from a socket
+``decode_errors``, ``handler_errors`` (an inline handler raised: logged, and
+the socket keeps running); handshakes seen on the ROUTER are counted from a socket
 monitor (``handshake_failed_*``, ``handshake_succeeded``) and ZAP answers as
 ``zap.allowed`` / ``zap.denied``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,6 +64,8 @@ from meshfaas.runtime.zsock import (
     last_endpoint,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_INBOUND_CAPACITY = 4096
 DEFAULT_PEER_QUEUE = 1024
 DEFAULT_SNDHWM = 1000
@@ -80,7 +88,7 @@ _MONITOR_EVENTS: dict[int, str] = {
 _PEER_COUNTERS = (
     "sent", "received", "dropped_unknown_peer", "dropped_queue_full", "dropped_inbound_full",
     "dropped_malformed", "dropped_oversize", "decode_errors", "dropped_misaddressed",
-    "dealer.sent", "dealer.dropped_hwm",
+    "dealer.sent", "dealer.dropped_hwm", "handler_errors",
 )
 
 
@@ -163,6 +171,7 @@ class PeerTransport:
         sndhwm: int = DEFAULT_SNDHWM,
         rcvhwm: int = DEFAULT_RCVHWM,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
         self.net = net
         self.node_id = node_id
@@ -177,15 +186,28 @@ class PeerTransport:
         self.on_peer_event: Callable[[NodeId, str], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._in_send, self.inbound = trio.open_memory_channel[bytes](inbound_capacity)
+        self._handler: Callable[[bytes], None] | None = None
+        self._burst_end: Callable[[], None] | None = None
         router = net.socket(zmq.ROUTER, server=True)
         router.setsockopt(zmq.RCVHWM, rcvhwm)
         router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 64)
         router.bind(bind)
         self.endpoint = last_endpoint(router)
         monitor = router.get_monitor_socket(sum(_MONITOR_EVENTS))
-        self._router = ZSock(router, name="router", on_recv=self._on_frame, counters=self.stats)
+        self._router = ZSock(router, name="router", on_recv=self._on_frame,
+                             on_burst_end=self._on_burst_end, counters=self.stats, batch=batch)
         self._monitor = ZSock(monitor, name="monitor", on_recv=self._on_monitor,
                               counters=Counters())
+
+    def handle_inline(self, on_frame: Callable[[bytes], None],
+                      on_burst_end: Callable[[], None] | None = None) -> None:
+        """Hand each frame to ``on_frame`` from the ROUTER's owner task instead of
+        the :attr:`inbound` channel, and call ``on_burst_end`` after each burst of
+        frames (before the loop gets a turn). Both run synchronously and must not
+        block; an exception from either is logged and counted
+        (``handler_errors``), never fatal to the socket."""
+        self._handler = on_frame
+        self._burst_end = on_burst_end
 
     # -- the address book ---------------------------------------------------
 
@@ -275,6 +297,13 @@ class PeerTransport:
         if len(frame) > self.max_frame_bytes:
             self.stats.inc("dropped_oversize")
             return
+        if self._handler is not None:
+            self.stats.inc("received")
+            try:
+                self._handler(frame)
+            except Exception:  # a bug in the handler: never the socket's end
+                self._handler_failed()
+            return
         try:
             self._in_send.send_nowait(frame)
         except trio.WouldBlock:
@@ -283,6 +312,17 @@ class PeerTransport:
             self.stats.inc("dropped_closed")
         else:
             self.stats.inc("received")
+
+    def _on_burst_end(self) -> None:
+        if self._burst_end is not None:
+            try:
+                self._burst_end()
+            except Exception:
+                self._handler_failed()
+
+    def _handler_failed(self) -> None:
+        self.stats.inc("handler_errors")
+        log.exception("%s: a peer frame's handler failed", self.node_id)
 
     def decode(self, frame: bytes) -> Envelope | None:
         """Decode with ``codec``; a bad frame, or one not for us, is a counted drop."""
@@ -360,7 +400,8 @@ class ClientRouter:
     Requests arrive on :attr:`inbound`, or, with ``on_request``, are handed to
     that callback straight from the socket's owner task (synchronously: it must
     not block; it saves the node a task switch per request, and ``batch`` bounds
-    how many it handles before the loop gets a turn). :meth:`reply` answers one
+    how many it handles before the loop gets a turn; ``on_burst_end``, if given,
+    is called after each burst, and must not raise). :meth:`reply` answers one
     by routing id.
     With ``any_client_key`` any CURVE client that knows the cluster's public key
     may connect (the SDK's ephemeral keys; requests carry API keys); otherwise
@@ -380,6 +421,7 @@ class ClientRouter:
         max_msg_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         any_client_key: bool = False,
         on_request: Callable[[ClientMessage], None] | None = None,
+        on_burst_end: Callable[[], None] | None = None,
         batch: int = DEFAULT_BATCH,
     ) -> None:
         self.stats = Counters()
@@ -394,7 +436,8 @@ class ClientRouter:
         self.endpoint = last_endpoint(sock)
         self._in_send, self.inbound = trio.open_memory_channel[ClientMessage](inbound_capacity)
         self._zsock = ZSock(sock, name="client", on_recv=self._on_request,
-                            counters=self.stats, out_capacity=out_capacity, batch=batch)
+                            on_burst_end=on_burst_end, counters=self.stats,
+                            out_capacity=out_capacity, batch=batch)
 
     def _on_request(self, parts: Parts) -> None:
         if len(parts) < 2:

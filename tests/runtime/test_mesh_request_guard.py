@@ -26,6 +26,9 @@ class _Driver:
     def __init__(self) -> None:
         self.calls = 0
 
+    def hold(self) -> None:
+        """A burst begins (the real driver defers its persisting to flush)."""
+
     def command(self, cmd: Any) -> None:
         self.calls += 1
         if self.calls == 1:

@@ -314,3 +314,30 @@ async def test_a_watched_peer_reports_failed_handshakes(keys: ClusterKeys) -> No
         assert events[0][0] == B
         assert any(k.startswith("dealer.handshake_failed") for k in ta.counters())
         assert tb.counters()["received"] == 0
+
+
+async def test_inline_frames_come_in_bounded_bursts_and_a_handler_error_is_survived(
+        keys: ClusterKeys) -> None:
+    async with pair(keys, batch=4) as (ta, tb):
+        got: list[bytes] = []
+        events: list[str] = []
+
+        def on_frame(frame: bytes) -> None:
+            got.append(frame)
+            events.append("f")
+            if frame == b"boom":
+                raise RuntimeError("a bug in the handler")
+
+        tb.handle_inline(on_frame, lambda: events.append("|"))
+        with trio.fail_after(5):  # the first frames drop until the connection is up
+            while not got:
+                ta.send(B, b"hello")
+                await trio.sleep(0.02)
+        for frame in [b"boom", *(b"f%d" % i for i in range(10))]:
+            assert ta.send(B, frame)
+        await wait_until(lambda: b"f9" in got, what="every frame after the failing one")
+        assert got[-11:] == [b"boom", *(b"f%d" % i for i in range(10))]
+        assert tb.counters()["handler_errors"] == 1
+        assert tb.inbound.statistics().current_buffer_used == 0  # no channel in between
+        bursts = "".join(events).split("|")
+        assert events[-1] == "|" and max(len(b) for b in bursts) <= 4
