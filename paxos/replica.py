@@ -197,6 +197,20 @@ def _ballot(raw: Any) -> Ballot:
     return (int(raw[0]), str(raw[1]))
 
 
+_MarkRange = tuple[int, str, int, int]  # (ballot round, ballot node, first slot, last slot)
+MAX_MARK_RANGES = 64  # ranges in the ``marks`` record; past it a slot's row is rewritten
+MAX_MARK_GAP = 64  # slots between two marks that a range may span (each checked)
+
+
+def _mark_range(raw: Any) -> _MarkRange:
+    return (int(raw[0]), str(raw[1]), int(raw[2]), int(raw[3]))
+
+
+def _log_row(entry: _Slot) -> list[Any]:
+    """A slot's row in ``T_LOG``: ``[ballot, value, chosen]``."""
+    return [list(entry.ballot), entry.value, entry.chosen]
+
+
 def _noop(ballot: Ballot) -> Batch:
     return Batch(ballot=ballot)
 
@@ -236,6 +250,7 @@ class Replica:
         self.snap_index = 0  # index of the last snapshot (durable)
         self.snap_blob = b""
         self.recovering = False  # lost disk: learner only (durable marker)
+        self.mark_ranges: list[_MarkRange] = []  # the durable ``marks`` record, see _write_marks
 
     def _init_learner_state(self) -> None:
         self.chosen_upto = 0  # every slot <= this is chosen and applied here
@@ -298,9 +313,13 @@ class Replica:
         snap = disk.get(T_SNAP, {}).get("snap")
         if snap is not None:
             self._install_blob(int(snap[0]), bytes(snap[1]))
+        self.mark_ranges = [r for r in map(_mark_range, meta.get("marks", ()))
+                            if r[3] > self.truncated_upto]
         for slot, row in disk.get(T_LOG, {}).items():
             if int(slot) > self.truncated_upto:
-                self.log[int(slot)] = _Slot(_ballot(row[0]), row[1], bool(row[2]))
+                ballot = _ballot(row[0])
+                chosen = bool(row[2]) or self._marked(int(slot), ballot)
+                self.log[int(slot)] = _Slot(ballot, row[1], chosen)
         self.out.notify(NOTE_RESTORED, self.chosen_upto)
         self._advance()
 
@@ -374,15 +393,62 @@ class Replica:
             self._write_marks()
 
     def _write_marks(self) -> None:
-        """Write the deferred chosen marks (they ride along with any other write)."""
+        """Write the deferred chosen marks (they ride along with any other write).
+
+        Each slot joins the ranges of the ``marks`` meta record, ``(ballot, lo, hi)``:
+        a slot in a range whose row holds that ballot is chosen. The record (a few
+        ranges) is rewritten instead of each slot's row with its value. A slot joins
+        only if its value, accepted under that ballot, is already written (on disk or
+        staged before the record), and a range spans only such slots, so the record
+        never marks a value that is not the chosen one. Past ``MAX_MARK_RANGES``
+        ranges a slot's own row carries its mark, as before."""
         marks, self.unmarked = self.unmarked, {}
+        self.mark_ranges = [r for r in self.mark_ranges if r[3] > self.truncated_upto]
+        added = False
         for slot, entry in sorted(marks.items()):
-            if slot > self.truncated_upto and self.log.get(slot) is entry:
-                self.out.persist(T_LOG, slot, [list(entry.ballot), entry.value, True])
+            if slot <= self.truncated_upto or self.log.get(slot) is not entry:
+                continue
+            if self._extend_marks(slot, entry.ballot):
+                added = True
+            else:
+                self.out.persist(T_LOG, slot, _log_row(entry))
                 self.write_seq = self.out.last_seq + 1
+        if added:
+            self.out.persist(T_META, "marks", [list(r) for r in self.mark_ranges])
+            self.write_seq = self.out.last_seq + 1
+
+    def _extend_marks(self, slot: int, ballot: Ballot) -> bool:
+        """Put ``slot`` (chosen, accepted here under ``ballot``) in the mark ranges:
+        the last range grows when it has the same ballot and every slot between holds
+        a chosen value accepted under it; else a new range, if there is room."""
+        if self.mark_ranges:
+            rnd, node, lo, hi = self.mark_ranges[-1]
+            if (rnd, node) == ballot and hi < slot and self._chosen_under(hi + 1, slot, ballot):
+                self.mark_ranges[-1] = (rnd, node, lo, slot)
+                return True
+        if len(self.mark_ranges) >= MAX_MARK_RANGES:
+            return False
+        self.mark_ranges.append((ballot[0], ballot[1], slot, slot))
+        return True
+
+    def _chosen_under(self, lo: int, hi: int, ballot: Ballot) -> bool:
+        """Whether every slot in ``lo .. hi - 1`` is chosen here with a value accepted
+        under ``ballot`` (so its written row holds that ballot and the chosen value)."""
+        if hi - lo > MAX_MARK_GAP:
+            return False
+        for slot in range(lo, hi):
+            entry = self.log.get(slot)
+            if entry is None or not entry.chosen or entry.ballot != ballot:
+                return False
+        return True
+
+    def _marked(self, slot: int, ballot: Ballot) -> bool:
+        """Whether the loaded ``marks`` record marks ``slot``'s row of ``ballot`` chosen."""
+        return any(lo <= slot <= hi and (rnd, node) == ballot
+                   for rnd, node, lo, hi in self.mark_ranges)
 
     def _persist_slot(self, slot: int, entry: _Slot) -> None:
-        self._persist(T_LOG, slot, [list(entry.ballot), entry.value, entry.chosen])
+        self._persist(T_LOG, slot, _log_row(entry))
 
     def when_durable(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once every write made so far is on disk."""

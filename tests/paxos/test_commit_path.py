@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from meshfaas.core.types import NodeId, Now
+from meshfaas.core.types import NodeId, Now, Ready
 from paxos.api import Propose
 from paxos.kv import KvStateMachine
 from paxos.messages import (
@@ -20,7 +20,7 @@ from paxos.messages import (
     HeartbeatAck,
     Promise,
 )
-from paxos.replica import COMMIT_NOTICE, T_LOG, PaxosConfig, Replica
+from paxos.replica import COMMIT_NOTICE, T_LOG, T_META, PaxosConfig, Replica
 from tests.paxos.cluster import Cluster
 
 NOW = Now(mono_ns=10**12, wall_ns=10**18)
@@ -48,6 +48,18 @@ def accept(r: Replica, slot: int, commit_upto: int) -> None:
     ready = r.take_ready()
     assert ready is not None and [type(o.msg) for o in ready.send_after_persist] == [Accepted]
     r.on_persisted(ready.seq)
+
+
+def log_rows(ready: Ready) -> list[tuple[int, bool]]:
+    """(slot, chosen) of every log row the batch writes."""
+    return sorted((w.key, w.value[2]) for w in ready.persist if w.table == T_LOG)
+
+
+def marked(ready: Ready) -> list[int]:
+    """Slots the batch's ``marks`` record marks chosen (each range's first to last slot)."""
+    records = [w.value for w in ready.persist if w.table == T_META and w.key == "marks"]
+    return sorted({s for record in records for _r, _n, lo, hi in record
+                   for s in range(lo, hi + 1)})
 
 
 def test_a_commit_notice_is_applied_without_an_ack_or_a_write() -> None:
@@ -84,8 +96,7 @@ def test_a_deferred_chosen_mark_rides_with_the_next_write() -> None:
              LATER)
     ready = r.take_ready()
     assert ready is not None
-    log_writes = [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG]
-    assert sorted(log_writes) == [(1, True), (3, False)]  # slot 1's mark joins the batch
+    assert log_rows(ready) == [(3, False)] and marked(ready) == [1]  # slot 1's mark joins it
 
 
 def test_a_slot_learned_by_catch_up_is_marked_at_once() -> None:
@@ -214,7 +225,7 @@ def test_a_deferred_chosen_mark_is_written_within_the_mark_delay() -> None:
     r.tick(LATER.after(r.cfg.mark_delay_ns))
     ready = r.take_ready()
     assert ready is not None
-    assert [(w.key, w.value[2]) for w in ready.persist if w.table == T_LOG] == [(1, True)]
+    assert log_rows(ready) == [] and marked(ready) == [1]
     assert not r.unmarked
 
 
