@@ -351,6 +351,8 @@ def to_cbor(value: Any) -> bytes:
 def from_cbor(data: bytes, expect: Any = Any) -> Any:
     """Decode bytes made by :func:`to_cbor`, checking them against ``expect``."""
     raw = _loads_exact(data)
+    if expect is Any:
+        return _conv_any(raw, 0)
     return _converter(expect)(raw, 0)
 
 
@@ -461,11 +463,13 @@ def _conv_any_map(v: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
 
 
 def _decode_message(v: Any, depth: int, expect: type | None) -> Any:
-    _check_depth(depth)
-    if not isinstance(v, cbor2.CBORTag) or v.tag != MESSAGE_CBOR_TAG:
+    if depth > MAX_NESTING:
+        raise DecodeError("nesting too deep")
+    if (type(v) is not _CBOR_TAG and not isinstance(v, _CBOR_TAG)) or v.tag != MESSAGE_CBOR_TAG:
         raise _fail("message", v)
     body = v.value
-    if type(body) not in (list, tuple) or not body or type(body[0]) is not int:
+    if (type(body) is not tuple and type(body) is not list) or not body \
+            or type(body[0]) is not int:
         raise DecodeError("message body must be [tag, fields...]")
     cls = _TAG_TO_CLS.get(body[0])
     if cls is None:
@@ -538,6 +542,7 @@ def _field_check(tp: Any, i: int, namespace: dict[str, Any]) -> list[str]:
         inner = _scalar_of(args[0] if args[1] is type(None) else args[1])
         if inner is not None:
             return [f"if {v} is not None and type({v}) is not {inner.__name__}:", generic]
+        return [f"if {v} is not None:", generic]  # the union decides None first too
     if typing.get_origin(tp) is tuple and args and Ellipsis not in args:
         items = [_scalar_of(a) for a in args]
         if all(t is not None for t in items):
@@ -665,7 +670,7 @@ def _dict_converter(key_tp: Any, val_tp: Any) -> Converter:
 
     def conv(v: Any, depth: int) -> dict[Any, Any]:
         _check_depth(depth)
-        if not isinstance(v, Mapping):
+        if type(v) is not _FROZENDICT and type(v) is not dict and not isinstance(v, Mapping):
             raise _fail("map", v)
         try:
             return {key(k, depth + 1): val(x, depth + 1) for k, x in v.items()}
