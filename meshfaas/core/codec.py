@@ -670,7 +670,8 @@ def _dict_converter(key_tp: Any, val_tp: Any) -> Converter:
 
     def conv(v: Any, depth: int) -> dict[Any, Any]:
         _check_depth(depth)
-        if type(v) is not _FROZENDICT and type(v) is not dict and not isinstance(v, Mapping):
+        cls = type(v)  # (cbor2's frozendict and dict before the slower ABC check)
+        if cls is not _FROZENDICT and cls is not dict and not isinstance(v, Mapping):
             raise _fail("map", v)
         try:
             return {key(k, depth + 1): val(x, depth + 1) for k, x in v.items()}
