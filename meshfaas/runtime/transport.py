@@ -250,7 +250,10 @@ class PeerTransport:
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise ValueError(f"bad peer endpoint {endpoint!r}: {exc}") from None
-        return ZSock(sock, name="dealer", counters=self.stats, out_capacity=self._peer_queue)
+        # (receives=False: the peer's ROUTER never sends back, and a direct send
+        # then skips the EVENTS check for a message that cannot come)
+        return ZSock(sock, name="dealer", counters=self.stats, out_capacity=self._peer_queue,
+                     receives=False)
 
     def _watch(self, node_id: NodeId, sock: zmq.Socket[Any]) -> ZSock:
         def on_event(parts: Parts) -> None:

@@ -77,8 +77,9 @@ class Counters:
         self._counts: dict[str, int] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
-        key = self._prefix + name
-        self._counts[key] = self._counts.get(key, 0) + n
+        key = self._prefix + name if self._prefix else name
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + n
 
     def get(self, name: str) -> int:
         return self._counts.get(self._prefix + name, 0)
@@ -126,6 +127,8 @@ class ZSock:
         self._batch = batch
         self._receives = receives  # False for send-only sockets (PUB)
         self._fd = -1
+        self._sent_key = f"{name}.sent"  # (the hot paths' counter names, made once)
+        self._received_key = f"{name}.received"
         self._parked = False  # the owner waits on the fd with nothing queued
         self._closed = False
 
@@ -196,7 +199,7 @@ class ZSock:
         except zmq.ZMQError as exc:
             self._count("dropped_unroutable" if exc.errno == errno.EHOSTUNREACH else "send_errors")
         else:
-            self._count("sent")
+            self.counters.inc(self._sent_key)
 
     def _drain_in(self) -> bool:
         """Receive up to ``batch`` messages, then call ``on_burst_end`` if any
@@ -217,7 +220,7 @@ class ZSock:
                 parts = self._recv_parts()
             except zmq.Again:
                 return n, False
-            self._count("received")
+            self.counters.inc(self._received_key)
             if self._on_recv is not None:
                 self._on_recv(parts)
         return self._batch, True
