@@ -232,7 +232,7 @@ class Driver:
         urgent, self._held_urgent = self._held_urgent, False
         if not self._pending or self._failure is not None:
             return
-        if not self._syncing and self._in_loop(self._pending):
+        if urgent and not self._syncing and self._in_loop(self._pending):
             self._persist_here()
         else:
             self._wake_persister(urgent)

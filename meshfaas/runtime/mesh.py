@@ -418,7 +418,7 @@ class MeshProcess:
                              clock=self.clock,
                              aliases=frozenset({self.peer.endpoint}),
                              lazy_tables=frozenset({"m.results"}),
-                             lazy_delay_s=RESULT_SYNC_DELAY_S)
+                             lazy_delay_s=RESULT_SYNC_DELAY_S, all_syncs_in_loop=True)
         self.blob_service = BlobService(self.node_id, self.blobs, self._send_peer)
         # Peer frames are handled by the ROUTER's owner task as they arrive, and
         # each burst ends with the driver's flush (docs/performance.md, session 4).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -28,7 +29,7 @@ from .test_driver_lazy import LazyCore, ThreadRecordingStore
 
 @asynccontextmanager
 async def burst_driver(
-    store: GatedStore, log: Log, **kwargs: bool
+    store: GatedStore, log: Log, **kwargs: Any
 ) -> AsyncIterator[tuple[Driver, LazyCore]]:
     core = LazyCore(log)
     driver = Driver(core, node_id=ME, transport=RecordingTransport(log), codec=CODEC,
@@ -86,6 +87,21 @@ async def test_all_syncs_in_loop_syncs_any_burst_inside_flush() -> None:
         driver.command(("write_only", 2))  # outside a burst: the persister, on the loop
         await wait_until(lambda: ("on_persisted", 2) in log.events, what="the second sync")
     assert store.threads == [threading.get_ident()] * 2
+
+
+async def test_a_burst_of_lazy_writes_still_waits_for_company() -> None:
+    log = Log()
+    store = ThreadRecordingStore(log)
+    async with burst_driver(store, log, all_syncs_in_loop=True, lazy_tables=frozenset({"r"}),
+                            lazy_delay_s=0.2) as (driver, _core):
+        driver.hold()
+        driver.command(("lazy", 1))
+        driver.flush()
+        assert store.syncs == []  # not in the flush: the persister waits for company
+        driver.hold()
+        driver.command(("write_only", 2))  # urgent: both now, in this flush
+        driver.flush()
+        assert store.syncs == [(1, 2)]
 
 
 async def test_a_burst_behind_a_running_worker_sync_waits_for_it() -> None:
