@@ -420,10 +420,7 @@ class MeshProcess:
                              lazy_tables=frozenset({"m.results"}),
                              lazy_delay_s=RESULT_SYNC_DELAY_S, all_syncs_in_loop=True)
         self.blob_service = BlobService(self.node_id, self.blobs, self._send_peer)
-        # Peer frames are handled by the ROUTER's owner task as they arrive, and
-        # each burst ends with the driver's flush (docs/performance.md, session 4).
         self._peer_addresses = {self.node_id, self.peer.endpoint}  # a seed: its endpoint
-        self.peer.handle_inline(self._on_peer_frame, self.driver.flush)
         self.driver.observe(self._on_notification)
         self.driver.register_effect("invoke", self._effect_invoke, start=self._begin_invoke)
         self.driver.register_effect("replicate_blob", self._effect_replicate)
@@ -797,6 +794,10 @@ class MeshProcess:
                              self.executor.run, self.driver.run,
                              self.clients.run):  # last: it hands requests to the driver
                     await nursery.start(part)
+                # From now on peer frames are handled by the ROUTER's owner task as
+                # they arrive (those queued while the driver started first), each
+                # burst ending with the driver's flush (docs/performance.md, session 4).
+                self.peer.handle_inline(self._on_peer_frame, self.driver.flush)
                 nursery.start_soon(self._refresh_warm)
                 if self.seeds:
                     self.driver.command(JoinMesh(seeds=tuple(self.seeds)))

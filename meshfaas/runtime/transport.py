@@ -205,9 +205,21 @@ class PeerTransport:
         the :attr:`inbound` channel, and call ``on_burst_end`` after each burst of
         frames (before the loop gets a turn). Both run synchronously and must not
         block; an exception from either is logged and counted
-        (``handler_errors``), never fatal to the socket."""
+        (``handler_errors``), never fatal to the socket. Frames that arrived
+        before (queued in :attr:`inbound`) are handed over first, here: call it
+        once the handler can take them (e.g. once the node's driver runs)."""
         self._handler = on_frame
         self._burst_end = on_burst_end
+        queued = False
+        while True:
+            try:
+                frame = self.inbound.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            queued = True
+            self._handle(frame)
+        if queued:
+            self._on_burst_end()
 
     # -- the address book ---------------------------------------------------
 
@@ -302,10 +314,7 @@ class PeerTransport:
             return
         if self._handler is not None:
             self.stats.inc("received")
-            try:
-                self._handler(frame)
-            except Exception:  # a bug in the handler: never the socket's end
-                self._handler_failed()
+            self._handle(frame)
             return
         try:
             self._in_send.send_nowait(frame)
@@ -315,6 +324,13 @@ class PeerTransport:
             self.stats.inc("dropped_closed")
         else:
             self.stats.inc("received")
+
+    def _handle(self, frame: bytes) -> None:
+        assert self._handler is not None
+        try:
+            self._handler(frame)
+        except Exception:  # a bug in the handler: never the socket's end
+            self._handler_failed()
 
     def _on_burst_end(self) -> None:
         if self._burst_end is not None:

@@ -328,11 +328,12 @@ async def test_inline_frames_come_in_bounded_bursts_and_a_handler_error_is_survi
             if frame == b"boom":
                 raise RuntimeError("a bug in the handler")
 
+        await send_until_received(ta, B, b"hello", tb.inbound)  # through the channel
+        assert ta.send(B, b"queued")
+        await wait_until(lambda: tb.inbound.statistics().current_buffer_used > 0,
+                         what="a frame queued before the handler")
         tb.handle_inline(on_frame, lambda: events.append("|"))
-        with trio.fail_after(5):  # the first frames drop until the connection is up
-            while not got:
-                ta.send(B, b"hello")
-                await trio.sleep(0.02)
+        assert b"queued" in got and events[-1] == "|"  # handed over at once
         for frame in [b"boom", *(b"f%d" % i for i in range(10))]:
             assert ta.send(B, frame)
         await wait_until(lambda: b"f9" in got, what="every frame after the failing one")
