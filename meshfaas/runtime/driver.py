@@ -37,8 +37,13 @@ running in a worker waits for it (order is kept), and a ``flush`` sync that
 fails never raises into the socket owner: the batches are dropped unsent and
 the persister raises the error out of :meth:`Driver.run`.
 
-*Where the sync runs.* With ``all_syncs_in_loop`` every sync runs on the
-loop's thread. Otherwise a sync that has messages waiting behind it (some
+*Where the sync runs.* With ``all_syncs_in_loop`` (the mesh node's choice)
+every sync runs on the loop's thread: a Paxos leader's own vote is then synced
+in the flush that ends the client's burst, after its ``Accept`` messages left
+and while the followers work, which on this 2-vCPU VM cost about 0.3 ms less
+CPU per commit than the worker thread's round trip (and at 256 clients the same
+throughput; docs/performance.md, fourth pass). Otherwise a sync that has
+messages waiting behind it (some
 batch in it has ``send_after_persist``: a Paxos follower's ``Accepted``, a
 ``Promise``) runs on the loop's thread (``sync_in_loop``, the default): the
 peer waits for exactly that, and handing the sync to a worker thread and back
