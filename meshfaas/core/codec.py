@@ -290,28 +290,45 @@ _INLINE_WRITES = {
           "    _n = len(_b)\n"
           "    out.append(_TEXT_HEAD[_n] if _n < 256 else _head(3, _n))\n"
           "    out.append(_b)"),
-    int: "if type({f}) is int and 0 <= {f} < 256:\n    out.append(_UINT[{f}])",
+    int: ("if type({f}) is int and 0 <= {f} < 256:\n"
+          "    out.append(_UINT[{f}])\n"
+          "elif type({f}) is int and 0 <= {f} < 0x10000000000000000:\n"
+          "    out.append(_head(0, {f}))"),
     bool: "if {f} is True:\n    out.append(_TRUE)\nelif {f} is False:\n    out.append(_FALSE)",
 }
+_GENERIC_WRITE = "(_WRITERS.get(type({f})) or _writer_for(type({f})))({f}, out)"
 
 
 def _field_write(tp: Any, var: str) -> list[str]:
-    """Lines writing the field in ``var`` (annotated ``tp``): the likely case inline,
-    anything else through :func:`_write`."""
-    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and \
-        type(None) in typing.get_args(tp)
-    members = [a for a in typing.get_args(tp) if a is not type(None)] if optional else [tp]
-    lines = [f"if {var} is None:", "    out.append(_NULL)"] if optional else []
-    scalar = _scalar_of(members[0]) if len(members) == 1 else None
+    """Lines writing the field in ``var`` (annotated ``tp``): the likely case inline
+    (a scalar, a scalar or None, a fixed tuple of those), any other value through
+    its type's writer."""
+    generic = ["else:", "    " + _GENERIC_WRITE.format(f=var)]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        members = [a for a in args if a is not type(None)]
+        inner = (_field_write(members[0], var) if len(members) == 1
+                 else [_GENERIC_WRITE.format(f=var)])
+        if inner[0].startswith("if "):
+            return [f"if {var} is None:", "    out.append(_NULL)", "el" + inner[0], *inner[1:]]
+        return [f"if {var} is None:", "    out.append(_NULL)", "else:",
+                *["    " + line for line in inner]]
+    scalar = _scalar_of(tp)
     if scalar in _INLINE_WRITES:
-        fast = _INLINE_WRITES[scalar].format(f=var).split("\n")
-        if lines:
-            fast[0] = "el" + fast[0]
-        lines += [*fast, "else:", f"    _write({var}, out)"]
-    elif lines:
-        lines += ["else:", f"    _write({var}, out)"]
-    else:
-        lines = [f"_write({var}, out)"]
+        return [*_INLINE_WRITES[scalar].format(f=var).split("\n"), *generic]
+    if typing.get_origin(tp) is tuple and args and Ellipsis not in args \
+            and all(_scalar_of(a) in _INLINE_WRITES for a in args):
+        return _tuple_write(args, var) + generic
+    return [_GENERIC_WRITE.format(f=var)]
+
+
+def _tuple_write(args: tuple[Any, ...], var: str) -> list[str]:
+    """A fixed tuple of scalars (a ballot): its head, then each item inline."""
+    lines = [f"if type({var}) is tuple and len({var}) == {len(args)}:",
+             f"    out.append({_head(4, len(args))!r})"]
+    for k, item in enumerate(args):
+        lines.append(f"    {var}_{k} = {var}[{k}]")
+        lines += ["    " + line for line in _field_write(item, f"{var}_{k}")]
     return lines
 
 
@@ -326,8 +343,9 @@ def _compile_writer(cls: type) -> Writer:
         lines.append(f"    _f = value.{f.name}")
         lines += ["    " + line for line in _field_write(hints.get(f.name, Any), "_f")]
     write = _generate("write", lines, {
-        "_HEAD": head, "_write": _write, "_head": _head, "_UINT": _UINT,
-        "_TEXT_HEAD": _TEXT_HEAD, "_TRUE": _TRUE, "_FALSE": _FALSE, "_NULL": _NULL})
+        "_HEAD": head, "_WRITERS": _WRITERS, "_writer_for": _writer_for, "_head": _head,
+        "_UINT": _UINT, "_TEXT_HEAD": _TEXT_HEAD, "_TRUE": _TRUE, "_FALSE": _FALSE,
+        "_NULL": _NULL})
     _WRITERS[cls] = write
     return write
 
@@ -543,6 +561,14 @@ def _field_check(tp: Any, i: int, namespace: dict[str, Any]) -> list[str]:
         if inner is not None:
             return [f"if {v} is not None and type({v}) is not {inner.__name__}:", generic]
         return [f"if {v} is not None:", generic]  # the union decides None first too
+    if typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis \
+            and _scalar_of(args[0]) is not None:
+        return [f"if type({v}) is tuple and d <= _MAX:",
+                f"    for _x in {v}:",
+                f"        if type(_x) is not {_scalar_of(args[0]).__name__}:",
+                "        " + generic,  # (raises)
+                "            break",
+                "else:", generic]
     if typing.get_origin(tp) is tuple and args and Ellipsis not in args:
         items = [_scalar_of(a) for a in args]
         if all(t is not None for t in items):
