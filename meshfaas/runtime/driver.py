@@ -435,9 +435,12 @@ class Driver:
 
     def _sync_clocks(self) -> None:
         """Pair a reading of the driver's clock with one of trio's (a deadline
-        is converted from the one to the other; see _set_tick_deadline)."""
-        self._trio_ref_s = trio.current_time()
+        is converted from the one to the other; see _set_tick_deadline). The
+        driver's clock is read first, so a converted deadline errs late by the
+        time between the two reads, never early (an early wake finds nothing
+        due and sleeps again, which trio's millisecond timeouts may round up)."""
         self._mono_ref_ns = self.clock.now().mono_ns
+        self._trio_ref_s = trio.current_time()
 
     def _set_tick_deadline(self, deadline: int | None) -> None:
         """Move the ticker's scope deadline (this wakes nobody; trio cancels the
