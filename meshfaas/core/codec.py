@@ -531,14 +531,37 @@ def _compile_message(cls: type) -> Callable[[Body, int], Any]:
     for i, f in enumerate(fields):
         lines.append(f"    _f{i} = body[{i + 1}]")
         lines += ["    " + line for line in _field_check(hints.get(f.name, Any), i, namespace)]
-    args = ", ".join(f"{f.name}=_f{i}" for i, f in enumerate(fields))
-    lines += ["    try:",
-              f"        return _cls({args})",
-              "    except Exception as exc:  # an attrs validator refused a value",
-              "        raise DecodeError(f'{_name}: {exc}') from None"]
+    lines += _build_lines(cls, fields, namespace)
     decode = _generate("decode", lines, namespace)
     _DECODERS[cls] = decode
     return decode
+
+
+def _plain_init(cls: type) -> bool:
+    """Whether ``cls.__init__`` only stores its arguments: a slotted attrs class with
+    no validators, converters or init hooks (a decoder then fills the slots itself)."""
+    hooks = ("__attrs_pre_init__", "__attrs_post_init__")
+    fields = attrs.fields(cls)
+    slots = set(cls.__dict__.get("__slots__", ("?",))) - {"__weakref__"}
+    return (slots == {f.name for f in fields} and not any(hasattr(cls, h) for h in hooks)
+            and all(f.init and f.validator is None and f.converter is None and f.alias == f.name
+                    for f in fields))
+
+
+def _build_lines(cls: type, fields: Any, namespace: dict[str, Any]) -> list[str]:
+    """The end of a generated decoder: the instance, through ``__init__`` (validators
+    run, a refusal is a DecodeError), or with its slots filled directly when
+    :func:`_plain_init` (the same object, without parsing keyword arguments)."""
+    if _plain_init(cls):
+        namespace.update(_new=object.__new__, _set=object.__setattr__)
+        return ["    _o = _new(_cls)",
+                *[f"    _set(_o, {f.name!r}, _f{i})" for i, f in enumerate(fields)],
+                "    return _o"]
+    args = ", ".join(f"{f.name}=_f{i}" for i, f in enumerate(fields))
+    return ["    try:",
+            f"        return _cls({args})",
+            "    except Exception as exc:  # an attrs validator refused a value",
+            "        raise DecodeError(f'{_name}: {exc}') from None"]
 
 
 def _field_check(tp: Any, i: int, namespace: dict[str, Any]) -> list[str]:

@@ -10,11 +10,12 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import cbor2
 import pytest
 
 from meshfaas.core import client_proto as proto
-from meshfaas.core import faas
+from meshfaas.core import codec, faas
 from meshfaas.core.codec import (
     MESSAGE_CBOR_TAG,
     Codec,
@@ -181,3 +182,31 @@ def test_mutated_frames_decode_alike_or_fail_alike() -> None:
 def test_mutated_client_frames_decode_alike_or_fail_alike() -> None:
     compared, refused = _compare_mutations(client_messages(), 5)
     assert refused > compared // 10 and compared - refused > compared // 10
+
+
+def test_decoders_fill_slots_only_where_init_only_stores() -> None:
+    """A decoder may skip ``__init__`` only for a class whose ``__init__`` just stores its
+    arguments: validators, converters and hooks still run, and an extra slot (attrs'
+    cached hash) is still initialised."""
+
+    @attrs.frozen(kw_only=True)
+    class Checked:
+        n: int = attrs.field(validator=attrs.validators.ge(0))
+
+    @attrs.frozen(kw_only=True, cache_hash=True)
+    class Hashed:
+        n: int
+
+    @attrs.frozen(kw_only=True)
+    class Hooked:
+        n: int
+
+        def __attrs_post_init__(self) -> None:
+            pass
+
+    assert codec._plain_init(Command) and codec._plain_init(faas.ConfigPatch)
+    assert not any(codec._plain_init(cls) for cls in (Checked, Hashed, Hooked))
+    decoded = from_cbor(to_cbor(update(5)))  # built without __init__: equal all the same
+    assert decoded == update(5) and decoded.payload.patch.env == {"A": "1", "B": "5"}
+    assert hash(from_cbor(to_cbor(Heartbeat(ballot=B, commit_upto=4, hb_id=1)))) == hash(
+        Heartbeat(ballot=B, commit_upto=4, hb_id=1))
