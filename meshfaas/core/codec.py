@@ -543,7 +543,10 @@ def _plain_init(cls: type) -> bool:
     hooks = ("__attrs_pre_init__", "__attrs_post_init__")
     fields = attrs.fields(cls)
     slots = set(cls.__dict__.get("__slots__", ("?",))) - {"__weakref__"}
-    return (slots == {f.name for f in fields} and not any(hasattr(cls, h) for h in hooks)
+    code = getattr(cls.__dict__.get("__init__"), "__code__", None)  # attrs' own, not hand-written
+    generated = code is not None and code.co_filename.startswith("<attrs generated")
+    return (generated and slots == {f.name for f in fields}
+            and not any(hasattr(cls, h) for h in hooks)
             and all(f.init and f.validator is None and f.converter is None and f.alias == f.name
                     for f in fields))
 

@@ -204,8 +204,15 @@ def test_decoders_fill_slots_only_where_init_only_stores() -> None:
         def __attrs_post_init__(self) -> None:
             pass
 
+    @attrs.frozen(kw_only=True, init=False)
+    class HandWritten:
+        n: int
+
+        def __init__(self, *, n: int) -> None:
+            object.__setattr__(self, "n", abs(n))
+
     assert codec._plain_init(Command) and codec._plain_init(faas.ConfigPatch)
-    assert not any(codec._plain_init(cls) for cls in (Checked, Hashed, Hooked))
+    assert not any(codec._plain_init(cls) for cls in (Checked, Hashed, Hooked, HandWritten))
     decoded = from_cbor(to_cbor(update(5)))  # built without __init__: equal all the same
     assert decoded == update(5) and decoded.payload.patch.env == {"A": "1", "B": "5"}
     assert hash(from_cbor(to_cbor(Heartbeat(ballot=B, commit_upto=4, hb_id=1)))) == hash(
