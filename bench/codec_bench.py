@@ -85,18 +85,13 @@ def main() -> None:
         enc = best_us(lambda m=msg: codec.encode("n1", "n2", m), rounds)
         dec = best_us(lambda f=frame: codec.decode(f), rounds)
         print(f"{name:<22} {len(frame):>6} {enc:>10.1f} {dec:>10.1f}")
-    request = client_request()
-    frame = proto.encode(request)
-    assert proto.decode_request(frame) == request
-    enc = best_us(lambda: proto.encode(request), rounds)
-    dec = best_us(lambda: proto.decode_request(frame), rounds)
-    print(f"{'client UpdateConfig':<22} {len(frame):>6} {enc:>10.1f} {dec:>10.1f}")
-    reply = client_reply()
-    frame = proto.encode(reply)
-    assert client._decode_response(frame) == reply
-    enc = best_us(lambda: proto.encode(reply), rounds)
-    dec = best_us(lambda: client._decode_response(frame), rounds)
-    print(f"{'client reply (record)':<22} {len(frame):>6} {enc:>10.1f} {dec:>10.1f}")
+    for name, value, decode in (("client UpdateConfig", client_request(), proto.decode_request),
+                                ("client reply (record)", client_reply(), client._decode_response)):
+        frame = proto.encode(value)
+        assert decode(frame) == value
+        enc = best_us(lambda v=value: proto.encode(v), rounds)
+        dec = best_us(lambda f=frame, d=decode: d(f), rounds)
+        print(f"{name:<22} {len(frame):>6} {enc:>10.1f} {dec:>10.1f}")
     for name, accept in (("log row, 1 cmd", "Accept 1 cmd"), ("log row, 20 cmds", "Accept 20 cmds")):
         row = [list(BALLOT), peer_messages()[accept].entries[0][1], False]
         blob = to_cbor(row)
