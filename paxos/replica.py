@@ -143,6 +143,8 @@ class PaxosConfig:
     commit_notice: str = "all"  # or "waiting": see Replica.send_commit_notices
     mark_delay_ns: int = 100 * NS_PER_MS  # a deferred chosen mark is written within this
     notice_delay_ns: int = 5 * NS_PER_MS  # a commit notice waits this long for an Accept to carry it
+    accept_to: str = "all"  # or "quorum": see Replica._accept_targets
+    spread_ns: int = 5 * NS_PER_MS  # "quorum": an unanswered Accept goes to every voter after this
     variant: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -150,6 +152,8 @@ class PaxosConfig:
             raise ValueError(f"unknown variant {self.variant!r}")
         if self.commit_notice not in ("all", "waiting"):
             raise ValueError(f"unknown commit_notice {self.commit_notice!r}")
+        if self.accept_to not in ("all", "quorum"):
+            raise ValueError(f"unknown accept_to {self.accept_to!r}")
         if self.lease_ns >= self.election_timeout_ns:
             raise ValueError("lease_ns must be shorter than election_timeout_ns")
         if min(self.window, self.batch_max, self.max_inflight, self.forward_burst) < 1:
@@ -172,6 +176,7 @@ class _InFlight:
     value: Batch
     acks: set[str]
     sent_ns: int
+    sent_to: set[str] = attrs.Factory(set)  # peers sent this slot's Accept
 
 
 @attrs.define
@@ -296,6 +301,7 @@ class Replica:
         self.forwarded: dict[tuple[str, int], str] = {}  # command -> the peer awaiting it
         self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
         self.told_upto: dict[str, int] = {}  # the chosen prefix last sent to each peer
+        self.heard_ns: dict[str, int] = {}  # when each peer last accepted for us
         # durability bookkeeping: replies wait until the writes they depend on are synced
         self.write_seq = 0
         self.persisted_seq = 0
@@ -955,7 +961,9 @@ class Replica:
         self.inflight, self.to_send = {}, []
         self.lease_until_ns = 0
         self.hb_sent, self.notify_peers, self.told_upto = {}, set(), {}
+        self.heard_ns = {}
         self.deadlines.cancel(("heartbeat",))
+        self.deadlines.cancel(("spread",))
         self.deadlines.cancel(("notice",))
         self.deadlines.cancel(("retry",))
         if was == "leader":
@@ -1151,11 +1159,64 @@ class Replica:
         if not self.to_send:
             return set()
         entries, self.to_send = tuple(self.to_send), []
+        targets = self._accept_targets(entries)
+        for slot, _value in entries:
+            flight = self.inflight.get(slot)
+            if flight is not None:
+                flight.sent_to.update(targets)
+        self._send_accepts(entries, sorted(targets))
+        return targets
+
+    def _accept_targets(self, entries: tuple[tuple[int, Batch], ...]) -> set[str]:
+        """Who gets these slots' Accept: every voter, or with ``accept_to="quorum"``
+        ("thrifty") a majority: this leader, the followers that accepted for it most
+        recently, and any follower whose forwarded command is in the batch (its client
+        waits there). The other voters learn the slots by catch-up once a notice or
+        heartbeat tells them the prefix; an Accept unanswered for ``spread_ns`` goes to
+        them too (``on_spread_timer``), so a slow or dead follower costs that delay,
+        not ``retry_ns``. Safety does not depend on who gets an Accept."""
         targets: set[str] = set()
         for slot, _value in entries:
             targets.update(quorum.voters_at(self.config, slot))
-        self._send_accepts(entries, sorted(targets))
-        return targets
+        voter_sets = {quorum.voters_at(self.config, slot) for slot, _value in entries}
+        if self.cfg.accept_to != "quorum" or len(voter_sets) != 1 or self.node_id not in targets:
+            return targets
+        voters = sorted(targets)
+        chosen = {self.node_id}
+        for _slot, value in entries:
+            for cmd in value.cmds:
+                forwarder = self.forwarded.get((cmd.client_id, cmd.seq))
+                if forwarder in targets:
+                    chosen.add(forwarder)
+        by_recency = sorted((p for p in voters if p not in chosen),
+                            key=lambda p: (-self.heard_ns.get(p, -1), p))
+        need = quorum.majority(len(voters)) - len(chosen)
+        chosen.update(by_recency[:max(0, need)])
+        if chosen != targets and ("spread",) not in self.deadlines:
+            self.deadlines.set(("spread",), self.now_ns + self.cfg.spread_ns)
+        return chosen
+
+    def on_spread_timer(self, now_ns: int) -> None:
+        """Send the Accept of every slot unanswered for ``spread_ns`` to the voters
+        that have not had it yet."""
+        if self.role != "leader":
+            return
+        by_peer: dict[str, list[tuple[int, Batch]]] = {}
+        waiting = False
+        for slot, flight in sorted(self.inflight.items()):
+            missing = [p for p in quorum.voters_at(self.config, slot) if p not in flight.sent_to]
+            if not missing:
+                continue
+            if now_ns - flight.sent_ns < self.cfg.spread_ns:
+                waiting = True
+                continue
+            for peer in missing:
+                by_peer.setdefault(peer, []).append((slot, flight.value))
+                flight.sent_to.add(peer)
+        for peer, entries in sorted(by_peer.items()):
+            self._send_accepts(tuple(entries), [peer])
+        if waiting:
+            self.deadlines.set(("spread",), now_ns + self.cfg.spread_ns)
 
     def _send_accepts(self, entries: tuple[tuple[int, Batch], ...], targets: Iterable[str]) -> None:
         msg = Accept(ballot=self.ballot, entries=entries, commit_upto=self.chosen_upto)
@@ -1195,6 +1256,7 @@ class Replica:
             if flight is None:
                 continue
             flight.acks.add(src)
+            self.heard_ns[src] = self.now_ns
             if quorum.is_quorum(quorum.voters_at(self.config, slot), flight.acks):
                 self.learn_chosen(slot, flight.value, self.ballot)
         if msg.chosen_upto > self.chosen_upto:
@@ -1351,6 +1413,7 @@ class Replica:
         "recover": _recover_tick,
         "marks": on_marks_timer,
         "notice": on_notice_timer,
+        "spread": on_spread_timer,
     }
 
 

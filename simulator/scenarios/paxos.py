@@ -336,7 +336,7 @@ class PaxosScenario(Scenario):
               "read_share": 0.5, "snapshot_every": 24, "window": 8,
               "fault_gap_ms": 400, "fault_kinds": "all", "fsync_max_us": 1000,
               "election_ms": 200, "restart_max_ms": 1000, "reconfig": False,
-              "leader_crash_gap_ms": 0}
+              "leader_crash_gap_ms": 0, "accept_to": "all"}
 
     def network(self, run: Run) -> NetworkConfig:
         fsync_max_ns = int(run.params["fsync_max_us"]) * 1000
@@ -403,6 +403,7 @@ class PaxosScenario(Scenario):
         snapshot_every = int(run.params["snapshot_every"])
         window = int(run.params["window"])
         election_ns = int(run.params["election_ms"]) * NS_PER_MS
+        accept_to = str(run.params["accept_to"])
 
         def build(boot: NodeBoot) -> Replica:
             config = PaxosConfig(node_id=boot.node_id, voters=voters, variant=variant,
@@ -411,7 +412,7 @@ class PaxosScenario(Scenario):
                                  max_drift_ppm=LEASE_DRIFT_PPM,
                                  election_timeout_ns=election_ns, lease_ns=election_ns * 3 // 4,
                                  heartbeat_interval_ns=election_ns // 5,
-                                 retry_ns=election_ns * 3 // 10)
+                                 retry_ns=election_ns * 3 // 10, accept_to=accept_to)
             return Replica(config, KvStateMachine(), boot.rng, boot.disk, boot.now)
 
         return build

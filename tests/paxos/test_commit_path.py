@@ -288,3 +288,47 @@ def test_commands_waiting_to_be_forwarded_are_refused_when_the_follower_stands()
     assert ready is not None and r.role == "candidate"
     refused = [n.data.client_id for n in ready.notifications if n.kind == "paxos.result"]
     assert refused == ["e", "f"] and not r.fwd_buffer  # a-d left; e and f are told to retry
+
+
+def accepts_to(sent: list[tuple[str, object]]) -> list[str]:
+    return sorted(dst for dst, msg in sent if isinstance(msg, Accept))
+
+
+def test_thrifty_accepts_go_to_a_majority_only() -> None:
+    r = lone_leader(accept_to="quorum")
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED)
+    sent = settle(r)
+    assert accepts_to(sent) == ["n2"]  # n1 itself and one follower: a majority of three
+    assert r.chosen_upto >= 2 and r.inflight == {}
+
+
+def test_thrifty_sends_an_unanswered_accept_to_the_other_voters_after_spread_ns() -> None:
+    r = lone_leader(accept_to="quorum")
+    settle(r)
+    r.heard_ns["n2"] = ELECTED.mono_ns - 1  # n2 answered last: it is asked first
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED)
+    sent = settle(r, acks_from=())  # n2 says nothing
+    assert accepts_to(sent) == ["n2"]
+    r.tick(ELECTED.after(r.cfg.spread_ns - 1))
+    assert accepts_to(settle(r, acks_from=())) == []
+    r.tick(ELECTED.after(r.cfg.spread_ns))
+    assert accepts_to(settle(r, acks_from=("n3",))) == ["n3"]
+    assert r.inflight == {} and r.chosen_upto >= 2  # n1 and n3 chose it
+    r.command(Propose(client_id="c", seq=2, payload=["put", "k", "w"]), ELECTED.after(10**7))
+    assert accepts_to(settle(r, acks_from=("n3",))) == ["n3"]  # the one that answered
+
+
+def test_thrifty_accepts_include_the_follower_whose_client_waits() -> None:
+    r = lone_leader(accept_to="quorum")
+    settle(r)
+    r.handle(NodeId("n3"), Forward(cmds=(put("c", 1),)), ELECTED)
+    assert accepts_to(settle(r, acks_from=("n3",))) == ["n3"]
+
+
+def test_an_unknown_accept_to_is_refused() -> None:
+    try:
+        PaxosConfig(node_id="n1", voters=("n1",), accept_to="some")
+    except ValueError as exc:
+        assert "accept_to" in str(exc)
+    else:
+        raise AssertionError("accept_to='some' was accepted")

@@ -68,6 +68,23 @@ def test_hunting_settings_are_safe_for_the_correct_protocol() -> None:
     assert not failures, "\n".join(failures)
 
 
+THRIFTY = {"accept_to": "quorum"}  # Accept to a majority only, as the mesh node does
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", range(200_001, 200_101, CHUNK))
+def test_thrifty_accepts_have_no_violation(start: int) -> None:
+    failures = _sweep(range(start, start + CHUNK), params=THRIFTY)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_thrifty_accepts_under_reconfiguration_and_hunting_settings() -> None:
+    failures = _sweep(range(1, 21), nodes=5, params={**THRIFTY, "reconfig": True})
+    failures += _sweep(range(1, 21), params={**THRIFTY, **HUNT})
+    assert not failures, "\n".join(failures)
+
+
 def test_same_seed_same_trace() -> None:
     first = run_scenario("paxos", seed=7)
     second = run_scenario("paxos", seed=7)
