@@ -1182,7 +1182,7 @@ class Replica:
         if self.cfg.accept_to != "quorum" or len(voter_sets) != 1 or self.node_id not in targets:
             return targets
         voters = sorted(targets)
-        chosen = {self.node_id}
+        chosen: set[str] = {self.node_id}
         for _slot, value in entries:
             for cmd in value.cmds:
                 forwarder = self.forwarded.get((cmd.client_id, cmd.seq))
