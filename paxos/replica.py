@@ -1378,6 +1378,10 @@ class Replica:
         self.out.notify(NOTE_READ, ReadResult(client_id=cmd.client_id, req_id=cmd.req_id, ok=True,
                                               value=value, via=via))
 
+    def accepted_top(self) -> int:
+        """The highest slot this replica holds a value for (chosen or only accepted)."""
+        return max(self.chosen_upto, max(self.log, default=0))
+
     def leader_info(self) -> LeaderInfo:
         is_leader = self.role == "leader"
         return LeaderInfo(

@@ -176,6 +176,9 @@ class MeshConfig:
     paxos_election_ns: int = 400 * NS_PER_MS
     paxos_lease_ns: int = 300 * NS_PER_MS
     paxos_variant: str = ""
+    # A follower that would answer NotFound while it holds accepted slots whose
+    # outcome it has not heard waits up to this long for them (see cmd_client_call).
+    stale_wait_ns: int = 50 * NS_PER_MS
 
 
 @attrs.frozen(kw_only=True)
@@ -412,6 +415,7 @@ class MeshNode:
         # query id -> (conn, request id, invocation id, peers not answered yet)
         self.queries: dict[int, tuple[str, str, str, set[str]]] = {}
         self.next_query = 0
+        self.stale_calls: dict[str, tuple[ClientCall, int]] = {}  # conn -> (call, slot)
         self.async_running: set[str] = set()  # async request ids this leader dispatched
         # (request id, attempts, status) -> our monotonic ns when we first saw it so
         self.async_seen: dict[tuple[str, int, str], int] = {}
@@ -645,7 +649,7 @@ class MeshNode:
 
     # --------------------------------------------------------------- clients
 
-    def cmd_client_call(self, call: ClientCall) -> None:
+    def cmd_client_call(self, call: ClientCall, *, recheck: bool = False) -> None:
         body = call.request.body
         if isinstance(body, proto.GetResult):
             self._get_result(call, body.invocation_id)
@@ -661,6 +665,9 @@ class MeshNode:
                                                   f"{self.node_id} is catching up with the log",
                                                   retryable=True))
                 return
+            if error is not None and error.kind in ("NotFound", "Unauthorized") \
+                    and not recheck and self._wait_if_stale(call):
+                return
             self._reply(call.conn, plan.response)
         elif isinstance(plan, faas_api.Propose):
             self._start_proposal(plan, call.conn)
@@ -668,6 +675,29 @@ class MeshNode:
             self._start_invoke(plan, call.conn)
         else:
             self._local(plan, call.conn)
+
+    def _wait_if_stale(self, call: ClientCall) -> bool:
+        """A follower learns that a slot it accepted is chosen from the next Accept or
+        a commit notice, up to ``notice_delay_ns`` after the leader acknowledged it:
+        a function deployed (or a key created) a moment ago may be in such a slot.
+        Rather than answer NotFound (or Unauthorized) then, wait until every slot
+        accepted here so far has an outcome (or ``stale_wait_ns``) and plan the
+        call again. True if it waits."""
+        top = self.paxos.accepted_top()
+        if self.paxos.leader_info().is_leader or top <= self.paxos.chosen_upto:
+            return False
+        self.stale_calls[call.conn] = (call, top)
+        self.deadlines.set(("stale", call.conn), self.now.mono_ns + self.cfg.stale_wait_ns)
+        return True
+
+    def _recheck_stale(self, conn: str | None = None) -> None:
+        """Plan again the waiting calls whose slots now have an outcome (or ``conn``'s)."""
+        due = sorted(c for c, (_call, top) in self.stale_calls.items()
+                     if c == conn or top <= self.paxos.chosen_upto)
+        for c in due:
+            call, _top = self.stale_calls.pop(c)
+            self.deadlines.cancel(("stale", c))
+            self.cmd_client_call(call, recheck=True)
 
     def caught_up(self) -> bool:
         """True when this replica has applied everything a leader told it is chosen."""
@@ -822,8 +852,11 @@ class MeshNode:
                                                       new_key_token=waiting.new_key_token))
 
     def _on_applied(self, applied: paxos_api.Applied) -> None:
-        """After the log moved: bootstrap the first key once, if we lead."""
+        """After the log moved: bootstrap the first key once, if we lead; plan again
+        the calls that waited for the log (``_wait_if_stale``)."""
         self._maybe_bootstrap_key()
+        if self.stale_calls:
+            self._recheck_stale()
 
     def _maybe_bootstrap_key(self) -> None:
         key = self.cfg.bootstrap_key
@@ -1378,6 +1411,8 @@ class MeshNode:
         elif kind == "meta":
             self._refresh_meta()
             self.deadlines.set(key, self.now.mono_ns + self.cfg.meta_refresh_ns)
+        elif kind == "stale":
+            self._recheck_stale(key[1])
         elif kind == "async":
             self._scan_async()
             self._maybe_bootstrap_key()
