@@ -1291,7 +1291,7 @@ class MeshNode:
             return
         wall = self.now.wall_ns
         open_records = self._open_async()
-        gone = self._gone_members()
+        gone = self._gone_members() if any(r.status == "running" for r in open_records) else set()
         for rec in open_records:
             if rec.status != "running" or rec.request_id in self.async_running:
                 continue

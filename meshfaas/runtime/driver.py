@@ -357,7 +357,14 @@ class Driver:
         except Exception:  # best effort while stopping: the core recovers from disk
             self.stats.inc("exit_flush_failed")
 
-    def _needs_sync(self) -> bool:
+    def _stage(self, batches: list[Ready]) -> bool:
+        """Write the batches' rows to the store; True if it then has something to
+        sync (a store that staged none of them for its sync, e.g. the node's result
+        rows, which have their own writer, says so: no sync then)."""
+        writes = [w for b in batches for w in b.persist]
+        if not writes:
+            return False
+        self.store.write(writes)
         has_staged = getattr(self.store, "has_staged", None)
         return has_staged is None or bool(has_staged())
 
@@ -373,14 +380,9 @@ class Driver:
         self._urgent = trio.Event()
         batches, self._pending = self._pending, []
         in_loop = self._in_loop(batches)
-        writes = [w for b in batches for w in b.persist]
         self._syncing = True
         try:
-            if writes:
-                self.store.write(writes)
-            # (a store that staged nothing of these writes for its sync, e.g. the
-            # node's result rows, which have their own writer, says so: no sync then)
-            if writes and self._needs_sync():
+            if self._stage(batches):
                 if in_loop:
                     self.store.sync()
                 else:
@@ -394,11 +396,8 @@ class Driver:
         """flush()'s sync, on the loop's thread, without the persister task. A
         persister woken meanwhile finds nothing pending (or the failure)."""
         batches, self._pending = self._pending, []
-        writes = [w for b in batches for w in b.persist]
         try:
-            if writes:
-                self.store.write(writes)
-            if writes and self._needs_sync():
+            if self._stage(batches):
                 self.store.sync()
                 self.stats.inc("syncs")
                 self.stats.inc("syncs_in_flush")
