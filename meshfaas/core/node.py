@@ -123,6 +123,8 @@ from paxos.replica import PaxosConfig, Replica
 
 RESULT_PAYLOAD_MAX_BYTES = 256 * 1024
 RESULT_LOOKUPS_MAX = 256  # result_lookup effects in flight; a peer's query beyond is dropped
+REFUSED_FULL = "full"  # InvokeRefused reasons: no room (the entry may try another node),
+REFUSED_RESTARTED = "restarted"  # or addressed to an earlier life of the target (unknown outcome)
 GOSSIP_TAGS = range(100, 200)
 PAXOS_TAGS = range(200, 300)
 MESH_TAGS = range(700, 750)
@@ -179,6 +181,9 @@ class MeshConfig:
     # A follower that would answer NotFound while it holds accepted slots whose
     # outcome it has not heard waits up to this long for them (see cmd_client_call).
     stale_wait_ns: int = 50 * NS_PER_MS
+    # After a lost disk, refuse every InvokeRequest stamped with an incarnation this
+    # long (gossip learns the earlier life's incarnations meanwhile; see MeshNode).
+    lost_disk_fence_ns: int = 5 * NS_PER_S
 
 
 @attrs.frozen(kw_only=True)
@@ -265,6 +270,10 @@ class InvokeRequest:
     config: FunctionConfig
     payload: bytes
     round: int = 0  # the entry's routing round: a node that refused an earlier one may run it
+    # The target's gossip incarnation as the entry knew it when it built the request
+    # (0: unknown, or run locally). A target whose current life started above it
+    # refuses (RESTARTED): the request was addressed to an earlier life, which may have run it.
+    incarnation: int = 0
 
 
 @message(701)
@@ -390,6 +399,17 @@ class MeshNode:
         self.gossip = Gossip(config.gossip, self.node_id, gossip_disk, rng, now,
                              seeds=[NodeId(s) for s in seeds], meta=self._meta())
         self.paxos = Replica(self._paxos_config(disk_lost), self.sm, rng, paxos_disk, now)
+        # The restart fence (see _for_earlier_life): every incarnation an earlier life
+        # of this node announced is below the one gossip starts this life with (it
+        # starts above its durable ceiling). After a lost disk gossip starts from 1
+        # and learns the earlier life's incarnations only from its peers: every
+        # stamped request is refused until ``lost_disk_fence_ns`` has passed, and the
+        # fence is then a new incarnation above them (_settle_fence; its row ``fenced``
+        # says so to the next boot, as a driver may report the lost disk again).
+        self.fence_incarnation = self.gossip.incarnation
+        self.fence_settled = not disk_lost or bool(own_disk.get("meta", {}).get("fenced"))
+        if not self.fence_settled:
+            self.deadlines.set(("fence",), now.mono_ns + config.lost_disk_fence_ns)
         boot = int(own_disk.get("meta", {}).get("boots", 0)) + 1
         self.out.persist("m.meta", "boots", boot)
         # The boot counter alone could repeat (a lost disk, or a crash before its write
@@ -907,15 +927,21 @@ class MeshNode:
         route.tried.add(decision.node)
         deadline = self.now.mono_ns + route.config.timeout_s * NS_PER_S + self.cfg.invoke_grace_ns
         self.deadlines.set(("invoke", route.invocation_id), deadline)
+        local = decision.node == self.node_id
         request_msg = InvokeRequest(invocation_id=route.invocation_id, function=route.function,
                                     version=route.version, code=route.code,
                                     config=route.config, payload=route.payload,
-                                    round=route.rounds)
-        if decision.node == self.node_id:
+                                    round=route.rounds,
+                                    incarnation=0 if local else self._incarnation_of(decision.node))
+        if local:
             self._run_here(request_msg, self.node_id)
-        else:
+        else:  # (resends repeat this request, stamp included: never restamped)
             route.request, route.sends, route.accepted = request_msg, 0, False
             self._send_request(route)
+
+    def _incarnation_of(self, node: str) -> int:
+        """The incarnation gossip holds for ``node`` (0 if it is not a member we know)."""
+        return next((i.incarnation for i in self.gossip.members() if i.node_id == node), 0)
 
     def _wait_for_room(self, route: _Routing) -> bool:
         """Every candidate was full: unless the rounds are used up, try them all again
@@ -966,7 +992,7 @@ class MeshNode:
             return
         if self._refused_before(req.invocation_id, req.round):
             self._count("refused_again")
-            self._deliver_refusal(entry, req.invocation_id, "full", req.round)
+            self._deliver_refusal(entry, req.invocation_id, REFUSED_FULL, req.round)
             return
         done = self.results.get(req.invocation_id)
         if done is not None and done[1].status == "succeeded" and done[1].node == self.node_id:
@@ -979,12 +1005,16 @@ class MeshNode:
             else:
                 self.out.send(NodeId(entry), answer)
             return
+        if self._for_earlier_life(req.incarnation):
+            self._count("refused_restarted")
+            self._deliver_refusal(entry, req.invocation_id, REFUSED_RESTARTED, req.round)
+            return
         if not self._has_room(req.function):
             self._count("refused_full")
             if entry != self.node_id:  # (re-inserted: the oldest stays first)
                 self.refused.pop(req.invocation_id, None)
                 self.refused[req.invocation_id] = (self.now.mono_ns, req.round)
-            self._deliver_refusal(entry, req.invocation_id, "full", req.round)
+            self._deliver_refusal(entry, req.invocation_id, REFUSED_FULL, req.round)
             return
         self.load += 1
         task = InvokeTask(invocation_id=req.invocation_id, function=req.function,
@@ -996,6 +1026,19 @@ class MeshNode:
         if entry != self.node_id:
             self.deadlines.set(("confirm", req.invocation_id),
                                self.now.mono_ns + self.cfg.invoke_confirm_delay_ns)
+
+    def _for_earlier_life(self, incarnation: int) -> bool:
+        """Whether a request stamped with our ``incarnation`` (as its entry knew it) was
+        addressed to an earlier life of this node, which may have run it and crashed
+        before answering: this life does not remember it, and must not run it again.
+        Below the fence it is an earlier life's; above our current incarnation too
+        (a life's incarnation only grows: only an earlier life, after a lost disk,
+        can have held it). 0 is no stamp (run locally, or unknown to the entry)."""
+        if incarnation == 0:
+            return False
+        if not self.fence_settled:
+            return True
+        return incarnation < self.fence_incarnation or incarnation > self.gossip.incarnation
 
     def _refused_before(self, invocation_id: str, round_: int) -> bool:
         """Whether we refused this invocation's routing round ``round_`` (or a later
@@ -1053,6 +1096,10 @@ class MeshNode:
         route = self.routing.get(msg.invocation_id)
         if route is None or msg.round != route.rounds:  # (a copy of an older round's)
             return
+        if msg.reason == REFUSED_RESTARTED:  # not rerouted: a copy may have run there
+            self._fail_unknown(route, f"node {route.target} restarted after the invocation was "
+                                      "sent to it: it may or may not have run")
+            return
         self.deadlines.cancel(("invoke", msg.invocation_id))
         self.deadlines.cancel(("accept", msg.invocation_id))
         route.target = ""
@@ -1087,12 +1134,18 @@ class MeshNode:
     def _fail_routed_to(self, node: str, text: str) -> None:
         for route in sorted(self.routing.values(), key=lambda r: r.invocation_id):
             if route.target == node:
-                record = _timeout_record(route, "failed", text, node)
-                self._store_result(record)
-                if route.async_attempt:
-                    self._finish_route(route, record, None, text)
-                else:
-                    self._finish_route(route, None, "Unavailable", text)
+                self._fail_unknown(route, text)
+
+    def _fail_unknown(self, route: _Routing, text: str) -> None:
+        """The target is gone (declared dead, or restarted) and the outcome is unknown: a
+        synchronous caller gets Unavailable, not retryable (it may have run); an async
+        attempt is recorded failed, and retried after the backoff."""
+        record = _timeout_record(route, "failed", text, route.target)
+        self._store_result(record)
+        if route.async_attempt:
+            self._finish_route(route, record, None, text)
+        else:
+            self._finish_route(route, None, "Unavailable", text)
 
     def _on_invoke_deadline(self, invocation_id: str) -> None:
         route = self.routing.get(invocation_id)
@@ -1408,6 +1461,8 @@ class MeshNode:
                 self._confirm(running.entry, key[1])
         elif kind == "query":
             self._on_query_deadline(key[1], key[2])
+        elif kind == "fence":
+            self._settle_fence()
         elif kind == "meta":
             self._refresh_meta()
             self.deadlines.set(key, self.now.mono_ns + self.cfg.meta_refresh_ns)
@@ -1420,6 +1475,17 @@ class MeshNode:
         elif kind == "results":
             self._expire_results()
             self.deadlines.set(key, self.now.mono_ns + 60 * NS_PER_S)
+
+    def _settle_fence(self) -> None:
+        """After a lost disk: gossip has had ``lost_disk_fence_ns`` to hear (and refute) the
+        earlier life's incarnations, so a new one is above them all: announce it (even
+        with unchanged metadata: that life may have held ours) and fence below it."""
+        if self.leaving:  # gossip takes no more updates: keep refusing stamped requests
+            return
+        self.last_meta = self._meta()
+        self.gossip.command(UpdateMeta(meta=self.last_meta), self.now)
+        self.fence_incarnation, self.fence_settled = self.gossip.incarnation, True
+        self.out.persist("m.meta", "fenced", True)
 
     def _refresh_meta(self) -> None:
         meta = self._meta()

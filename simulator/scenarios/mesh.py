@@ -55,7 +55,9 @@ The ``variant`` parameter builds deliberately broken nodes, by subclassing
 :class:`MeshNode` here, for the tests that prove the checkers bite:
 ``ack-async-early`` answers ``AsyncAccepted`` before the accept is chosen, and
 ``route-to-dead`` lets the router pick members gossip declared dead, and
-``hedge-async`` also sends every async attempt to a second peer.
+``hedge-async`` also sends every async attempt to a second peer, and
+``no-restart-fence`` runs a request addressed to an earlier life of the node
+(a resend to a node that ran it, crashed and restarted unnoticed).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ DEAD_ROUTE_BOUND_NS = 2 * NS_PER_S
 WORKLOAD_START_NS = 2 * NS_PER_S
 FUNCTIONS = ("alpha", "beta", "gamma", "delta")
 RETRYABLE = ("Unavailable", "Timeout")
-VARIANTS = ("correct", "ack-async-early", "route-to-dead", "hedge-async")
+VARIANTS = ("correct", "ack-async-early", "route-to-dead", "hedge-async", "no-restart-fence")
 
 
 def admin_key(seed: int) -> tuple[faas.PutApiKey, str]:
@@ -171,9 +173,18 @@ class HedgeAsyncNode(SimMeshNode):
                 payload=route.payload))
 
 
+class NoRestartFenceNode(SimMeshNode):
+    """Broken: runs a request addressed to an earlier life of this node (which may have
+    run it before crashing) instead of refusing it as ``restarted``."""
+
+    def _run_here(self, req: InvokeRequest, entry: str) -> None:
+        super()._run_here(attrs.evolve(req, incarnation=0), entry)
+
+
 _NODE_CLASSES: dict[str, type[SimMeshNode]] = {
     "correct": SimMeshNode, "ack-async-early": AckAsyncEarlyNode,
     "route-to-dead": RouteToDeadNode, "hedge-async": HedgeAsyncNode,
+    "no-restart-fence": NoRestartFenceNode,
 }
 
 

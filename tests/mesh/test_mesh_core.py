@@ -457,3 +457,153 @@ def test_a_key_created_a_moment_ago_is_not_refused_by_a_follower() -> None:
     assert len(mesh.core(follower).sm.list_keys()) == 1  # not applied there yet
     listed = mesh.request(follower, proto.ListFunctions(), token=created.value.api_key)
     assert listed.ok, listed.error
+
+
+# ---------------------------------------------------------------------------
+# A resend addressed to an earlier life of its target (restart fence)
+# ---------------------------------------------------------------------------
+
+
+def _runner_restarts_unnoticed(mesh: Mesh, entry: str, target: str, invocation_id: str) -> int:
+    """``target`` (the only node with room) runs ``invocation_id``, but neither its
+    confirmation nor its answer reaches ``entry``; it crashes and restarts from its
+    synced disk before gossip notices, while ``entry`` keeps resending. Returns the
+    incarnation its first life started with."""
+    mesh.wait_for(lambda: len(mesh.runs_of(invocation_id)) == 1, within_s=10,
+                  what=f"{target} to run it")
+    first_life = mesh.core(target).fence_incarnation
+    mesh.finish_all()  # it ran (and succeeded) on the first life
+    mesh.run_for(0.05)
+    mesh.world.crash(NodeId(target))
+    mesh.world.restart(NodeId(target))
+    mesh.world.heal()
+    assert mesh.core(target).fence_incarnation > first_life
+    assert mesh.core(entry).gossip.state_of(NodeId(target)) != "dead"  # nobody noticed
+    return first_life
+
+
+def test_a_resend_to_a_restarted_runner_is_refused_and_the_caller_told_it_may_have_run() -> None:
+    """n1 sends to n2 (the only node with room), n2 runs it and restarts before its
+    answer gets out: n1's resend is refused, not run, and the caller is told the
+    outcome is unknown (not retryable), not rerouted."""
+    mesh = started(capacity={"n1": 0, "n2": 1, "n3": 0}, auto=False)
+    mesh.deploy()
+    mesh.run_for(1)
+    mesh.world.block(NodeId("n2"), NodeId("n1"))  # n2's InvokeAccepted and InvokeDone are lost
+    conn = mesh.call("n1", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: mesh.runs != [], within_s=3, what="n2 to run it")
+    invocation_id = mesh.runs[0].task.invocation_id
+    _runner_restarts_unnoticed(mesh, "n1", "n2", invocation_id)
+    response = mesh.wait_reply(conn, within_s=6)  # the next resend reaches the new n2
+    assert len(mesh.runs_of(invocation_id)) == 1  # not run again
+    assert error_kind(response) == "Unavailable"
+    assert response.error is not None and not response.error.retryable
+    assert "n2 restarted" in response.error.message
+    assert "may or may not have run" in response.error.message
+    assert mesh.core("n2").counters.get("refused_restarted", 0) >= 1
+    assert mesh.core("n1").results[invocation_id][1].status == "failed"
+
+
+def test_an_async_attempt_refused_by_a_restarted_runner_is_failed_then_retried() -> None:
+    """The leader dispatches attempt 1 to n2, which runs it and restarts unnoticed: the
+    leader's resend is refused, attempt 1 is recorded failed (outcome unknown, not
+    rerouted), and attempt 2 runs after the backoff (a second run after a failure)."""
+    mesh = started(seed=3, capacity={"n1": 0, "n2": 1, "n3": 0}, auto=False,
+                   cfg={"async_retry_base_ns": 2 * NS_PER_S})
+    leader = mesh.leader()
+    assert leader is not None and leader != "n2", "this test needs n2 not to lead (seed)"
+    mesh.deploy()
+    mesh.run_for(1)
+    mesh.world.block(NodeId("n2"), NodeId(leader))
+    accepted = mesh.request("n3", proto.Invoke(name="hello", payload=b"{}",
+                                               invocation_type="Event"))
+    assert accepted.ok, accepted.error
+    invocation_id = accepted.value.invocation_id
+    _runner_restarts_unnoticed(mesh, leader, "n2", invocation_id)
+
+    def record() -> faas.AsyncRecord:
+        found = mesh.core(leader).sm.get_async(invocation_id)
+        assert found is not None
+        return found
+
+    mesh.wait_for(lambda: record().status == "pending" and record().attempts == 1,
+                  within_s=6, what="attempt 1 recorded failed")
+    assert len(mesh.runs_of(invocation_id)) == 1  # the resend did not run it again
+    assert "n2 restarted" in record().error_message
+    mesh.wait_for(lambda: len(mesh.runs_of(invocation_id)) == 2, within_s=10,
+                  what="attempt 2 to run after the backoff")
+    mesh.finish_all()
+    mesh.wait_for(lambda: record().status == "succeeded", within_s=5, what="attempt 2 to succeed")
+    assert record().attempts == 2
+
+
+def test_only_a_request_stamped_for_an_earlier_life_is_refused() -> None:
+    """n2 restarted: a request stamped with an incarnation of its first life is
+    refused; one stamped with the current life's (or unstamped: 0) runs."""
+    mesh = started(capacity=2, auto=False)
+    mesh.deploy()
+    first_life = mesh.core("n2").fence_incarnation
+    mesh.world.crash(NodeId("n2"))
+    mesh.world.restart(NodeId("n2"))
+    mesh.run_for(1)
+    n2 = mesh.core("n2")
+    assert n2.fence_incarnation > first_life
+    fn = n2.sm.get_function("hello")
+    assert fn is not None
+
+    def request(invocation_id: str, incarnation: int) -> InvokeRequest:
+        return InvokeRequest(invocation_id=invocation_id, function="hello", version=faas.LATEST,
+                             code=fn.code, config=fn.config, payload=b"{}",
+                             incarnation=incarnation)
+
+    sent, effects = _handle_now(mesh, "n2", "n1", request("n1~old", first_life))
+    assert sent == [InvokeRefused(invocation_id="n1~old", reason="restarted")]
+    assert "invoke" not in effects
+    sent, effects = _handle_now(mesh, "n2", "n1", request("n1~now", n2.gossip.incarnation))
+    assert effects == ["invoke"] and sent == []
+    sent, effects = _handle_now(mesh, "n2", "n1", request("n1~unstamped", 0))
+    assert effects == ["invoke"] and sent == []
+    above = request("n1~above", n2.gossip.incarnation + 1)  # never ours in this life
+    sent, effects = _handle_now(mesh, "n2", "n1", above)
+    assert sent == [InvokeRefused(invocation_id="n1~above", reason="restarted")]
+
+
+def test_after_a_lost_disk_stamped_requests_are_refused_until_gossip_refuted_the_past() -> None:
+    """A node that lost its disk starts gossip from incarnation 1 again, as its first
+    life did: it cannot tell that life's stamps from its own until gossip made it
+    refute them, so it refuses every stamped request for lost_disk_fence_ns."""
+    mesh = started(capacity={"n1": 0, "n2": 1, "n3": 0}, auto=False)
+    mesh.deploy()
+    mesh.run_for(1)
+    mesh.world.block(NodeId("n2"), NodeId("n1"))
+    conn = mesh.call("n1", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: mesh.runs != [], within_s=3, what="n2 to run it")
+    invocation_id = mesh.runs[0].task.invocation_id
+    stamp = mesh.core("n1")._incarnation_of("n2")
+    mesh.finish_all()
+    mesh.run_for(0.05)
+    mesh.world.crash(NodeId("n2"), lose_disk=True)
+    mesh.world.restart(NodeId("n2"))
+    mesh.world.heal()
+    assert not mesh.core("n2").fence_settled
+    assert mesh.core("n2").fence_incarnation <= stamp  # the first life's stamp looks current
+    response = mesh.wait_reply(conn, within_s=6)
+    assert len(mesh.runs_of(invocation_id)) == 1  # not run again
+    assert error_kind(response) == "Unavailable" and "n2 restarted" in response.error.message
+    mesh.run_for(5)
+    n2 = mesh.core("n2")
+    assert n2.fence_settled and n2.fence_incarnation > stamp
+    fn = n2.sm.get_function("hello")
+    assert fn is not None
+    old = InvokeRequest(invocation_id="n1~old", function="hello", version=faas.LATEST,
+                        code=fn.code, config=fn.config, payload=b"{}", incarnation=stamp)
+    sent, effects = _handle_now(mesh, "n2", "n1", old)
+    assert sent == [InvokeRefused(invocation_id="n1~old", reason="restarted")]
+    current = attrs.evolve(old, invocation_id="n1~now", incarnation=n2.gossip.incarnation)
+    sent, effects = _handle_now(mesh, "n2", "n1", current)
+    assert effects == ["invoke"] and sent == []
+    mesh.run_for(0.5)  # the settled mark synced
+    mesh.world.crash(NodeId("n2"))  # a plain crash: the world still reports the lost disk
+    mesh.world.restart(NodeId("n2"))
+    assert mesh.core("n2").fence_settled  # its gossip ceiling is on disk again
+    assert mesh.core("n2").fence_incarnation > n2.fence_incarnation
