@@ -47,6 +47,14 @@ confirms it (one message less each way for most invocations). The entry
 fails a pending invocation explicitly when its target is declared dead or
 when its deadline (the function timeout plus a grace) passes.
 
+*The restart fence.* The target's dedup memory dies with it, so a resend
+must not reach a later life of the target that ran it: each request carries
+the target's gossip incarnation as the entry knew it, and a life refuses one
+stamped below the incarnation it started with (every earlier life's is below:
+gossip starts above its durable ceiling) or above its current one. The entry
+treats that refusal (``restarted``) like the target's death: outcome unknown,
+not rerouted (:meth:`MeshNode._for_earlier_life`; a lost disk: ``_settle_fence``).
+
 *Asynchronous invocations* are accepted through the log (the client's ack
 means a majority has it). The Paxos leader runs them: it proposes
 ``StartAsyncAttempt`` (the log then says who runs attempt n, with a lease),
@@ -280,7 +288,7 @@ class InvokeRequest:
 @attrs.frozen(kw_only=True)
 class InvokeRefused:
     invocation_id: str
-    reason: str
+    reason: str  # REFUSED_FULL or REFUSED_RESTARTED
     round: int = 0  # of the request refused (a copy of an older round's refusal is stale)
 
 
