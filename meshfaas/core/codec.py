@@ -16,6 +16,17 @@ value typed ``Any``), is the CBOR tag ``MESSAGE_CBOR_TAG`` wrapping
 arrays and maps ordered by key, so equal messages give equal bytes whatever
 ``PYTHONHASHSEED`` is.
 
+Within one ``PROTOCOL_VERSION`` a message may only grow: a new field is
+appended at the end, with a default. So peers (and an SDK) one release apart
+understand each other: a decoder ignores trailing fields its class does not
+have (a newer peer's additions: cbor2 has parsed them, under the frame's size
+and nesting limits, but they are not checked or decoded), and fills each
+trailing field a body lacks (an older peer's) with the field's attrs default
+or a fresh value of its factory. A missing field without a default is a
+DecodeError. Removing, reordering, retyping or changing the meaning of a
+field takes a new ``PROTOCOL_VERSION`` or a new tag. Encoders always write
+every field.
+
 Decoding trusts nothing. The frame's size is checked before it is parsed;
 the version and cluster id must match; and every field is checked against its
 annotation by a converter compiled once per class (ints are ints, a
@@ -518,15 +529,20 @@ def _compile_message(cls: type) -> Callable[[Body, int], Any]:
     """A decoder for one message class, generated as straight-line code: each field
     is checked inline when it is an int, bool, str or bytes (or NewType of one), or
     such a scalar or None, or a fixed tuple of scalars, else by its compiled
-    converter; then the class is built (its validators run)."""
+    converter; then the class is built (its validators run). Only a body of
+    another length leaves the straight line: a longer one is cut to the class's
+    fields, a shorter one goes to :func:`_other_shape_decoder`."""
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
     n = len(fields)
     namespace: dict[str, Any] = {"_fail": _fail, "DecodeError": DecodeError, "_cls": cls,
                                  "_name": cls.__qualname__, "_MAX": MAX_NESTING}
+    namespace["_other_shape"] = _other_shape_decoder(cls, hints)
     lines = ["def decode(body, depth):",
-             f"    if len(body) != {n + 1}:",
-             f"        raise DecodeError(f'{{_name}}: expected {n} fields, got {{len(body) - 1}}')",
+             f"    if len(body) != {n + 1}:",  # another version's shape: the slow branch
+             f"        if len(body) < {n + 1}:",
+             "            return _other_shape(body, depth)",
+             f"        body = body[:{n + 1}]",  # a newer peer's trailing fields, ignored
              "    d = depth + 1"]
     for i, f in enumerate(fields):
         lines.append(f"    _f{i} = body[{i + 1}]")
@@ -534,6 +550,33 @@ def _compile_message(cls: type) -> Callable[[Body, int], Any]:
     lines += _build_lines(cls, fields, namespace)
     decode = _generate("decode", lines, namespace)
     _DECODERS[cls] = decode
+    return decode
+
+
+def _other_shape_decoder(cls: type, hints: dict[str, Any]) -> Callable[[Body, int], Any]:
+    """The decoder of a body with fewer fields than ``cls`` has (an older peer's):
+    the fields it has are checked by their converters, and each missing trailing
+    field takes its attrs default (a factory gives a fresh value) through
+    ``__init__``. A missing field without a default is a DecodeError."""
+    fields = attrs.fields(cls)
+    n = len(fields)
+    keys = [f.alias or f.name for f in fields]
+    convs = [_converter(hints.get(f.name, Any)) for f in fields]
+    shortest = n  # the fewest fields a body may have: every field after them has a default
+    while shortest > 0 and fields[shortest - 1].default is not attrs.NOTHING:
+        shortest -= 1
+    name = cls.__qualname__
+
+    def decode(body: Body, depth: int) -> Any:
+        m = len(body) - 1
+        if m < shortest:
+            raise DecodeError(f"{name}: expected {n} fields, got {m}")
+        kwargs = {keys[i]: convs[i](body[i + 1], depth + 1) for i in range(m)}
+        try:
+            return cls(**kwargs)
+        except Exception as exc:  # an attrs validator refused a value
+            raise DecodeError(f"{name}: {exc}") from None
+
     return decode
 
 

@@ -113,7 +113,7 @@ def _msg(tag, *fields):
         (_frame(9, "cluster-a", "a", "b", _msg(1, 1, "")), "other version"),
         (_frame(1, "cluster-a", "a", "b", _msg(9999, 1)), "unknown tag"),
         (_frame(1, "cluster-a", "a", "b", _msg(1, "one", "")), "wrong field type"),
-        (_frame(1, "cluster-a", "a", "b", _msg(1, 1)), "missing field"),
+        (_frame(1, "cluster-a", "a", "b", _msg(1)), "missing field without a default"),
         (_frame(1, "cluster-a", "a", "b", _msg(1, True, "")), "bool is not int"),
         (_frame(1, "cluster-a", "a", "b", _msg(3, -1)), "validator refuses"),
         (_frame(1, "cluster-a", 5, "b", _msg(1, 1, "")), "src not a string"),

@@ -1,6 +1,7 @@
 """The wire codec's decoding as it was before the generated decoders (commit 1dba947),
-kept as the reference the differential test compares the fast decoders against.
-Only the converters are here; the message registry is the live one."""
+kept as the reference the differential test compares the fast decoders against, with
+the growth rule of session 5 (a message body with more or fewer trailing fields than
+its class). Only the converters are here; the message registry is the live one."""
 
 # ruff: noqa
 from __future__ import annotations
@@ -107,15 +108,22 @@ def _decode_message(v: Any, depth: int, expect: type | None) -> Any:
 def _compile_message(cls: type) -> Callable[[list[Any], int], Any]:
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
-    names = [f.name for f in fields]
+    keys = [f.alias or f.name for f in fields]
     convs = [_converter(hints.get(f.name, Any)) for f in fields]
     n = len(fields)
     qualname = cls.__qualname__
 
+    has_default = [f.default is not attrs.NOTHING for f in fields]
+
     def decode(body: Any, depth: int) -> Any:
-        if len(body) != n + 1:
-            raise DecodeError(f"{qualname}: expected {n} fields, got {len(body) - 1}")
-        kwargs = {name: conv(body[i + 1], depth + 1) for i, (name, conv) in enumerate(zip(names, convs, strict=True))}
+        # The growth rule: extra trailing fields (a newer peer's) are ignored; missing
+        # trailing fields (an older peer's) take their defaults, if they all have one.
+        got = len(body) - 1
+        if got < n and not all(has_default[got:]):
+            raise DecodeError(f"{qualname}: expected {n} fields, got {got}")
+        kwargs = {}
+        for i in range(min(got, n)):
+            kwargs[keys[i]] = convs[i](body[i + 1], depth + 1)
         try:
             return cls(**kwargs)
         except Exception as exc:  # an attrs validator refused a value
