@@ -517,9 +517,12 @@ class MeshNode:
         self._pump()
 
     def next_deadline(self) -> int | None:
-        found = [d for d in (self.gossip.next_deadline(), self.paxos.next_deadline(),
-                             self.deadlines.next_deadline()) if d is not None]
-        return min(found) if found else None
+        # (once per driver pump: written out rather than a list and min())
+        first = self.deadlines.next_deadline()
+        for d in (self.gossip.next_deadline(), self.paxos.next_deadline()):
+            if d is not None and (first is None or d < first):
+                first = d
+        return first
 
     def take_ready(self) -> Ready | None:
         # Every input (and the constructor) already merged the sub-cores' output.
@@ -530,9 +533,13 @@ class MeshNode:
         return ready
 
     def on_persisted(self, seq: int) -> None:
-        for core, sub_seq in self.sub_batches.pop(seq, []):
-            core.on_persisted(sub_seq)
-        self._pump()
+        # A batch that wrote nothing of a sub-core's feeds none: every input
+        # already pumped the sub-cores dry, so there is nothing to merge then.
+        subs = self.sub_batches.pop(seq, None)
+        if subs:
+            for core, sub_seq in subs:
+                core.on_persisted(sub_seq)
+            self._pump()
 
     def on_result(self, result: EffectResult, now: Now) -> None:
         self.now = now
@@ -550,19 +557,25 @@ class MeshNode:
     # ----------------------------------------------------- merging sub-cores
 
     def _pump(self) -> None:
-        """Merge every ready sub-core batch into ours, reacting to its notifications."""
+        """Merge every ready sub-core batch into ours, reacting to its notifications.
+
+        Another round runs only if a merge fed a sub-core (see ``_merge``): a
+        core has nothing more to give until it gets an input, so a round whose
+        batches all wait for their writes and notify nothing ends the pump."""
         for _ in range(1_000):
-            progressed = False
+            fed = False
             for prefix, core in (("g.", self.gossip), ("p.", self.paxos)):
                 ready = core.take_ready()
-                if ready is not None:
-                    self._merge(prefix, core, ready)
-                    progressed = True
-            if not progressed:
+                if ready is not None and self._merge(prefix, core, ready):
+                    fed = True
+            if not fed:
                 return
         raise RuntimeError("sub-cores kept producing output: a feedback loop")
 
-    def _merge(self, prefix: str, core: Any, ready: Ready) -> None:
+    def _merge(self, prefix: str, core: Any, ready: Ready) -> bool:
+        """Take one sub-core batch into ours. True if that called into a sub-core:
+        ``on_persisted`` for a batch with nothing to write, or any notification's
+        handling (it may command gossip or Paxos)."""
         for w in ready.persist:
             self.out.persist(prefix + w.table, w.key, w.value)
         for o in ready.send_now:
@@ -575,6 +588,7 @@ class MeshNode:
             core.on_persisted(ready.seq)
         for note in ready.notifications:
             self._on_sub_note(note.kind, note.data)
+        return not ready.persist or bool(ready.notifications)
 
     def _on_sub_note(self, kind: str, data: Any) -> None:
         if kind.startswith("member_") or kind == "meta_changed":

@@ -256,8 +256,13 @@ class Deadlines:
             heapq.heappop(heap)
 
     def next_deadline(self) -> int | None:
-        self._drop_stale_head()
-        return self._heap[0][0] if self._heap else None
+        heap, at = self._heap, self._at
+        while heap:  # (_drop_stale_head written out: this runs after every input)
+            head_ns, key = heap[0]
+            if at.get(key) == head_ns:
+                return head_ns
+            heapq.heappop(heap)
+        return None
 
     def pop_due(self, now_ns: int) -> list[Hashable]:
         """Remove and return every key due at or before ``now_ns``, earliest first."""

@@ -67,7 +67,9 @@ The ticker task sleeps in one cancel scope whose ``deadline`` is the core's
 ``next_deadline()`` converted from the :class:`Clock` port's ``mono_ns`` to
 trio's clock (a pair of readings of both clocks, taken each time the ticker
 wakes); every pump that changes the core's next deadline moves the scope's
-deadline, earlier or later, which wakes nobody. When trio reaches that deadline
+deadline, earlier or later, which wakes nobody (within a burst, only the flush
+at its end does: no task runs before it, and the core's next deadline is read
+once per burst instead of once per input). When trio reaches that deadline
 the ticker wakes and calls ``tick`` if a deadline is due by the driver's clock
 (never early), then sleeps in a new scope. A deadline moved later or cancelled
 causes no wake-up at all.
@@ -210,14 +212,16 @@ class Driver:
         self.deliver(NodeId(env.src), env.msg)
 
     def deliver(self, src: NodeId, msg: Any) -> None:
-        self._require_running()
+        if self._nursery is None:
+            self._require_running()
         self.stats.inc("handled")
         self.core.handle(src, msg, self.clock.now())
         self._pump()
 
     def command(self, cmd: Any) -> Any:
         """Run a local command on the core; returns the core's answer."""
-        self._require_running()
+        if self._nursery is None:
+            self._require_running()
         result = self.core.command(cmd, self.clock.now())
         self._pump()
         return result
@@ -235,12 +239,12 @@ class Driver:
         persister. Never raises: a failed sync stops :meth:`run`."""
         self._holding = False
         urgent, self._held_urgent = self._held_urgent, False
-        if not self._pending or self._failure is not None:
-            return
-        if urgent and not self._syncing and self._in_loop(self._pending):
-            self._persist_here()
-        else:
+        if self._pending and self._failure is None:
+            if urgent and not self._syncing and self._in_loop(self._pending):
+                self._persist_here()  # its pump (or its failure) re-times the ticker
+                return
             self._wake_persister(urgent)
+        self._retime()
 
     def _require_running(self) -> None:
         if self._nursery is None:
@@ -284,6 +288,11 @@ class Driver:
                 self._dispatch(ready)
         finally:
             self._pumping = False
+        if not self._holding:  # a burst's flush re-times the ticker once, at its end
+            self._retime()
+
+    def _retime(self) -> None:
+        """Move the ticker's deadline to the core's next one, if it changed."""
         if self._tick_scope is not None:
             deadline = self.core.next_deadline()
             if deadline != self._tick_deadline:
@@ -317,6 +326,8 @@ class Driver:
     def _send(self, outbound: tuple[Outbound, ...]) -> None:
         """Send a batch's messages; one sent to several peers (an Accept, a
         heartbeat) is encoded once and framed per peer."""
+        if not outbound:
+            return
         bodies: dict[int, bytes] = {}
         for out in outbound:
             body = bodies.get(id(out.msg))
@@ -404,6 +415,7 @@ class Driver:
         except Exception as exc:  # the batches are lost: their sends never leave
             self._failure = exc
             self._wake_persister(urgent=True)
+            self._retime()
             return
         self._finish_all(batches)
 

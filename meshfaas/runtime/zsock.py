@@ -131,6 +131,10 @@ class ZSock:
         self._received_key = f"{name}.received"
         self._parked = False  # the owner waits on the fd with nothing queued
         self._closed = False
+        # A ROUTER's message is its sender's routing id then at least one part,
+        # so the RCVMORE check after the first part is skipped there.
+        self._router = receives and sock.type == zmq.ROUTER
+        self._readable = False  # _wait saw EVENTS & POLLIN: the next receive needs no check
 
     # -- callers ------------------------------------------------------------
 
@@ -214,7 +218,9 @@ class ZSock:
     def _receive_burst(self) -> tuple[int, bool]:
         sock = self.sock
         for n in range(self._batch):
-            if not int(sock.getsockopt(EVENTS)) & POLLIN:  # (cheaper than zmq.Again)
+            if self._readable:  # _wait just read EVENTS: a message is waiting
+                self._readable = False
+            elif not int(sock.getsockopt(EVENTS)) & POLLIN:  # (cheaper than zmq.Again)
                 return n, False
             try:
                 parts = self._recv_parts()
@@ -229,6 +235,8 @@ class ZSock:
         """One whole message (zmq delivers a message's parts atomically)."""
         sock = self.sock
         parts = [sock.recv(NOBLOCK)]
+        if self._router:  # the routing id: the message itself follows
+            parts.append(sock.recv(NOBLOCK))
         while sock.getsockopt(RCVMORE):
             parts.append(sock.recv(NOBLOCK))
         return parts
@@ -243,7 +251,10 @@ class ZSock:
         wait, and the fd is only ever closed by this task, after its loop)."""
         sock = self.sock
         try:
-            while not self._out and not int(sock.getsockopt(EVENTS)) & POLLIN:
+            while not self._out:
+                if int(sock.getsockopt(EVENTS)) & POLLIN:
+                    self._readable = True
+                    return
                 self._parked = True
                 try:
                     await trio.lowlevel.wait_readable(fd)

@@ -167,3 +167,18 @@ async def test_a_deadline_moved_later_fires_at_its_new_time_only(
         await wait_until(lambda: len(core.ticks) == 2, timeout_s=60)
         assert core.ticks[1] == again + 1 * NS_PER_S
         assert driver.counters()["ticks"] == 2
+
+
+async def test_a_deadline_set_inside_a_burst_is_timed_by_its_flush(
+        autojump_clock: trio.testing.MockClock) -> None:
+    log = Log()
+    store = GatedStore(log)
+    async with burst_driver(store, log) as (driver, core):
+        start = driver.clock.now().mono_ns
+        driver.hold()
+        driver.command(("deadline", 5 * NS_PER_S))
+        driver.command(("deadline", 2 * NS_PER_S))  # moved earlier, still in the burst
+        driver.flush()  # nothing to persist: the flush still moves the ticker's deadline
+        await wait_until(lambda: bool(core.ticks), timeout_s=60)
+        assert core.ticks == [start + 2 * NS_PER_S]
+        assert trio.current_time() * NS_PER_S - start == pytest.approx(2 * NS_PER_S, abs=10**7)

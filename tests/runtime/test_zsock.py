@@ -119,3 +119,27 @@ async def test_replies_sent_while_the_owner_is_parked_never_strand_a_message() -
         ctx.destroy(linger=0)
     assert pongs == list(range(rounds))
     assert counters.get("a.sent") == rounds and counters.get("b.received") == rounds
+
+
+async def test_a_router_owner_receives_whole_messages_of_any_length() -> None:
+    """A ROUTER's owner skips the RCVMORE check after the routing id (one always
+    follows it); every message still comes whole, whatever its number of parts."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    router_sock, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    port = router_sock.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    got: list[list[bytes]] = []
+    router = ZSock(router_sock, name="router", on_recv=got.append)
+    sent = [[b""], [b"a"], [b"a", b"b"], [b"a", b"b", b"c"], [b"x" * 100, b""]] * 20
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(router.run)
+            for parts in sent:
+                dealer.send_multipart(parts)
+            await wait_until(lambda: len(got) == len(sent), what="every message")
+            nursery.cancel_scope.cancel()
+    finally:
+        dealer.close(linger=0)
+        ctx.destroy(linger=0)
+    assert [parts[1:] for parts in got] == sent
+    assert len({parts[0] for parts in got}) == 1  # the one dealer's routing id
