@@ -203,6 +203,7 @@ NOTE_APPLIED = "paxos.applied"
 NOTE_CHOSEN = "paxos.chosen"
 NOTE_LEADER = "paxos.leader"
 NOTE_PROPOSED = "paxos.proposed"
+NOTE_SYNCED = "paxos.synced"  # data: the nonce a leader answered (Replica.sync_with_leader)
 
 
 @attrs.frozen(kw_only=True)

@@ -126,18 +126,26 @@ class Forward:
 @message(210)
 @attrs.frozen(kw_only=True)
 class CatchupRequest:
-    """Send me chosen slots from ``from_slot`` (or snapshot ``snap_index`` from ``offset``)."""
+    """Send me chosen slots from ``from_slot`` (or snapshot ``snap_index`` from ``offset``).
+
+    A ``nonce`` above 0 asks for an answer even when nothing is missing: a
+    follower syncing with the leader (:meth:`paxos.replica.Replica.sync_with_leader`)."""
 
     from_slot: int
     snap_index: int
     offset: int
+    nonce: int = 0
 
 
 @message(211)
 @attrs.frozen(kw_only=True)
 class CatchupEntries:
+    """Chosen slots, and the sender's chosen prefix; ``nonce`` echoes the request's
+    (0: an answer to a plain catch-up request, or entries the leader pushed)."""
+
     entries: tuple[tuple[int, Batch], ...]
     chosen_upto: int
+    nonce: int = 0
 
 
 @message(212)

@@ -22,6 +22,10 @@ its voters accepted it; the leader's own acceptance counts only once it is
 durable. Heartbeats carry the chosen prefix (``commit_upto``): a follower that
 accepted a slot under that very ballot knows its value is chosen; anything else
 it fetches (catch-up: chosen entries, or a chunked snapshot if truncated).
+With ``accept_to="quorum"`` a slot's Accept goes to a majority only, and the
+leader pushes the chosen slots to the voters left out. A follower about to
+answer from state that may be a moment old can sync with the leader first
+(:meth:`Replica.sync_with_leader`: one catch-up round trip with a nonce).
 
 Learner. Chosen slots are applied strictly in order to the application
 :class:`~paxos.api.StateMachine`, through the replicated session table
@@ -74,6 +78,7 @@ from paxos.api import (
     NOTE_PROPOSED,
     NOTE_READ,
     NOTE_RESULT,
+    NOTE_SYNCED,
     ZERO_BALLOT,
     Applied,
     AppliedCommand,
@@ -271,6 +276,11 @@ class Replica:
         self.recover_target: int | None = None
         self.applied_early: set[int] = set()  # only the apply_out_of_order variant uses it
         self.unmarked: dict[int, _Slot] = {}  # chosen here, chosen mark not yet written
+        self.sync_nonce = 0  # the last leader sync sent (sync_with_leader)
+        self.sync_sent_ns = 0
+        self.sync_answered = 0  # the highest sync nonce answered
+        self.sync_upto = 0  # the leader's chosen prefix in that answer
+        self.sync_again = False  # a sync was asked for while one was in flight
 
     def _init_role_state(self) -> None:
         self.role = "follower"
@@ -302,6 +312,7 @@ class Replica:
         self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
         self.told_upto: dict[str, int] = {}  # the chosen prefix last sent to each peer
         self.heard_ns: dict[str, int] = {}  # when each peer last accepted for us
+        self.deferred: dict[str, list[tuple[int, Batch]]] = {}  # chosen, not sent there (thrifty)
         # durability bookkeeping: replies wait until the writes they depend on are synced
         self.write_seq = 0
         self.persisted_seq = 0
@@ -756,7 +767,8 @@ class Replica:
         if msg.from_slot > self.truncated_upto:
             top = min(self.chosen_upto, msg.from_slot + self.cfg.catchup_max_entries - 1)
             entries = tuple((s, self.log[s].value) for s in range(msg.from_slot, top + 1))
-            self.out.send(src, CatchupEntries(entries=entries, chosen_upto=self.chosen_upto))
+            self.out.send(src, CatchupEntries(entries=entries, chosen_upto=self.chosen_upto,
+                                              nonce=msg.nonce))
             return
         if self.snap_index < msg.from_slot:
             return
@@ -772,6 +784,49 @@ class Replica:
         if self.chosen_upto < msg.chosen_upto and msg.entries:
             self.catchup_peer = src
             self._send_catchup_request()
+        if self.sync_answered < msg.nonce <= self.sync_nonce:
+            self._sync_answered(msg.nonce, msg.chosen_upto)
+
+    # ------------------------------------------------------------ leader sync
+
+    def sync_with_leader(self) -> int | None:
+        """Ask the leader for its chosen prefix and the chosen slots we miss, now.
+
+        For a follower about to answer from state that may be a moment old (say
+        "not found" for something created through another replica just before):
+        :meth:`synced` turns true once a sync sent at or after this call is
+        answered and everything the answer says is chosen is applied here (a
+        ``paxos.synced`` notification tells when an answer arrives). One sync is
+        in flight at a time; a call meanwhile gets the next one, sent when that
+        answer arrives (or at once, if it is older than ``retry_ns``: lost).
+        Returns the token for :meth:`synced`, or None when this replica leads or
+        knows no leader (nobody to ask)."""
+        leader = self.leader_hint
+        if self.role != "follower" or leader is None or leader == self.node_id:
+            return None
+        in_flight = self.sync_nonce > self.sync_answered
+        if in_flight and self.now_ns - self.sync_sent_ns < self.cfg.retry_ns:
+            self.sync_again = True
+            return self.sync_nonce + 1
+        self._send_sync(leader)
+        return self.sync_nonce
+
+    def synced(self, token: int) -> bool:
+        return self.sync_answered >= token and self.chosen_upto >= self.sync_upto
+
+    def _send_sync(self, leader: NodeId) -> None:
+        self.sync_nonce += 1
+        self.sync_sent_ns, self.sync_again = self.now_ns, False
+        rx = self.snap_rx
+        self.out.send(leader, CatchupRequest(from_slot=self.chosen_upto + 1, snap_index=rx.index,
+                                             offset=len(rx.data), nonce=self.sync_nonce))
+
+    def _sync_answered(self, nonce: int, chosen_upto: int) -> None:
+        self.sync_answered = nonce
+        self.sync_upto = max(self.sync_upto, chosen_upto)
+        if self.sync_again and self.leader_hint is not None and self.role == "follower":
+            self._send_sync(self.leader_hint)
+        self.out.notify(NOTE_SYNCED, nonce)
 
     def handle_snapshot_chunk(self, src: NodeId, msg: SnapshotChunk) -> None:
         if msg.index <= self.chosen_upto or msg.offset + len(msg.data) > msg.total:
@@ -961,7 +1016,7 @@ class Replica:
         self.inflight, self.to_send = {}, []
         self.lease_until_ns = 0
         self.hb_sent, self.notify_peers, self.told_upto = {}, set(), {}
-        self.heard_ns = {}
+        self.heard_ns, self.deferred = {}, {}
         self.deadlines.cancel(("heartbeat",))
         self.deadlines.cancel(("spread",))
         self.deadlines.cancel(("notice",))
@@ -1171,10 +1226,11 @@ class Replica:
         """Who gets these slots' Accept: every voter, or with ``accept_to="quorum"``
         ("thrifty") a majority: this leader, the followers that accepted for it most
         recently, and any follower whose forwarded command is in the batch (its client
-        waits there). The other voters learn the slots by catch-up once a notice or
-        heartbeat tells them the prefix; an Accept unanswered for ``spread_ns`` goes to
-        them too (``on_spread_timer``), so a slow or dead follower costs that delay,
-        not ``retry_ns``. Safety does not depend on who gets an Accept."""
+        waits there). The other voters get the slots once chosen, pushed with their
+        next commit notice or heartbeat (``_defer_for_unsent``: no catch-up round
+        trip); an Accept unanswered for ``spread_ns`` goes to them too
+        (``on_spread_timer``), so a slow or dead follower costs that delay, not
+        ``retry_ns``. Safety does not depend on who gets an Accept."""
         targets: set[str] = set()
         for slot, _value in entries:
             targets.update(quorum.voters_at(self.config, slot))
@@ -1257,12 +1313,37 @@ class Replica:
                 continue
             flight.acks.add(src)
             self.heard_ns[src] = self.now_ns
-            if quorum.is_quorum(quorum.voters_at(self.config, slot), flight.acks):
+            voters = quorum.voters_at(self.config, slot)
+            if quorum.is_quorum(voters, flight.acks):
+                self._defer_for_unsent(slot, flight, voters)
                 self.learn_chosen(slot, flight.value, self.ballot)
         if msg.chosen_upto > self.chosen_upto:
             self.request_catchup(src)
 
     # ------------------------------------------------------ heartbeats, leases
+
+    def _defer_for_unsent(self, slot: int, flight: _InFlight, voters: Iterable[str]) -> None:
+        """A slot chosen without its Accept going to every voter (thrifty): keep it for
+        the voters that did not get it, to push with their next notice or heartbeat
+        (:meth:`_push_deferred`), so they need no catch-up round trip. At most
+        ``catchup_max_entries`` wait per peer; past that the peer catches up itself."""
+        for peer in voters:
+            if peer in flight.sent_to or peer == self.node_id:
+                continue
+            waiting = self.deferred.setdefault(peer, [])
+            if len(waiting) < self.cfg.catchup_max_entries:
+                waiting.append((slot, flight.value))
+
+    def _push_deferred(self, peer: str) -> bool:
+        """Send ``peer`` the chosen slots it was not sent (as CatchupEntries, which also
+        tells it the prefix). True if anything was sent."""
+        waiting = self.deferred.pop(peer, None)
+        if not waiting:
+            return False
+        self.out.send(NodeId(peer), CatchupEntries(entries=tuple(sorted(waiting)),
+                                                   chosen_upto=self.chosen_upto))
+        self.told_upto[peer] = self.chosen_upto
+        return True
 
     def on_heartbeat_timer(self, now_ns: int) -> None:
         if self.role != "leader":
@@ -1301,7 +1382,7 @@ class Replica:
     def _send_notices(self, peers: Iterable[str]) -> None:
         msg = Heartbeat(ballot=self.ballot, commit_upto=self.chosen_upto, hb_id=COMMIT_NOTICE)
         for peer in sorted(peers):
-            if peer != self.node_id:
+            if peer != self.node_id and not self._push_deferred(peer):
                 self.out.send(NodeId(peer), msg)
                 self.told_upto[peer] = self.chosen_upto
 
@@ -1318,6 +1399,7 @@ class Replica:
         msg = Heartbeat(ballot=self.ballot, commit_upto=self.chosen_upto, hb_id=self.hb_id)
         for peer in sorted(self.known_nodes):  # learners and removed voters keep up too
             if peer != self.node_id:
+                self._push_deferred(peer)  # (first: the heartbeat's prefix needs them)
                 self.out.send(NodeId(peer), msg)
                 self.told_upto[peer] = self.chosen_upto
         self.deadlines.set(("heartbeat",), self.now_ns + self.cfg.heartbeat_interval_ns)
@@ -1377,10 +1459,6 @@ class Replica:
         value = self.sm.query(cmd.query)
         self.out.notify(NOTE_READ, ReadResult(client_id=cmd.client_id, req_id=cmd.req_id, ok=True,
                                               value=value, via=via))
-
-    def accepted_top(self) -> int:
-        """The highest slot this replica holds a value for (chosen or only accepted)."""
-        return max(self.chosen_upto, max(self.log, default=0))
 
     def leader_info(self) -> LeaderInfo:
         is_leader = self.role == "leader"

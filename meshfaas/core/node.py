@@ -186,8 +186,11 @@ class MeshConfig:
     paxos_election_ns: int = 400 * NS_PER_MS
     paxos_lease_ns: int = 300 * NS_PER_MS
     paxos_variant: str = ""
-    # A follower that would answer NotFound while it holds accepted slots whose
-    # outcome it has not heard waits up to this long for them (see cmd_client_call).
+    # Which voters get a slot's Accept: "quorum" (a majority; the others get the
+    # chosen slots pushed within notice_delay_ns) or "all" (paxos.PaxosConfig.accept_to).
+    paxos_accept_to: str = "quorum"
+    # A follower that would answer NotFound or Unauthorized first syncs with the
+    # leader, waiting up to this long for its answer (see cmd_client_call).
     stale_wait_ns: int = 50 * NS_PER_MS
     # After a lost disk, refuse every InvokeRequest stamped with an incarnation this
     # long (gossip learns the earlier life's incarnations meanwhile; see MeshNode).
@@ -443,7 +446,7 @@ class MeshNode:
         # query id -> (conn, request id, invocation id, peers not answered yet)
         self.queries: dict[int, tuple[str, str, str, set[str]]] = {}
         self.next_query = 0
-        self.stale_calls: dict[str, tuple[ClientCall, int]] = {}  # conn -> (call, slot)
+        self.stale_calls: dict[str, tuple[ClientCall, int]] = {}  # conn -> (call, sync token)
         self.async_running: set[str] = set()  # async request ids this leader dispatched
         # (request id, attempts, status) -> our monotonic ns when we first saw it so
         self.async_seen: dict[tuple[str, int, str], int] = {}
@@ -464,7 +467,8 @@ class MeshNode:
         return PaxosConfig(node_id=c.node_id, voters=tuple(sorted(c.voters)),
                            heartbeat_interval_ns=c.paxos_heartbeat_ns,
                            election_timeout_ns=c.paxos_election_ns, lease_ns=c.paxos_lease_ns,
-                           disk_lost=disk_lost, variant=c.paxos_variant)
+                           disk_lost=disk_lost, variant=c.paxos_variant,
+                           accept_to=c.paxos_accept_to)
 
     def _meta(self) -> NodeMeta:
         c = self.cfg
@@ -600,6 +604,8 @@ class MeshNode:
             self._on_applied(data)
         elif kind in (paxos_api.NOTE_CHOSEN, paxos_api.NOTE_LEADER):
             self.out.notify(kind, data)
+        elif kind == paxos_api.NOTE_SYNCED and self.stale_calls:
+            self._recheck_stale()
 
     # ------------------------------------------------------------ membership
 
@@ -700,15 +706,15 @@ class MeshNode:
                              wall_ns=self.now.wall_ns, random_bytes=self.rng.randbytes)
         if isinstance(plan, faas_api.Reply):
             error = plan.response.error
+            if error is not None and error.kind in ("NotFound", "Unauthorized") \
+                    and not recheck and self._wait_if_stale(call):
+                return
             if error is not None and error.kind == "Unauthorized" and not self.caught_up():
                 # A key this replica does not know yet may be in entries it has not
                 # applied: say "try elsewhere", not "unauthorized".
                 self._reply(call.conn, proto.fail(call.request.request_id, "Unavailable",
                                                   f"{self.node_id} is catching up with the log",
                                                   retryable=True))
-                return
-            if error is not None and error.kind in ("NotFound", "Unauthorized") \
-                    and not recheck and self._wait_if_stale(call):
                 return
             self._reply(call.conn, plan.response)
         elif isinstance(plan, faas_api.Propose):
@@ -719,25 +725,27 @@ class MeshNode:
             self._local(plan, call.conn)
 
     def _wait_if_stale(self, call: ClientCall) -> bool:
-        """A follower learns that a slot it accepted is chosen from the next Accept or
-        a commit notice, up to ``notice_delay_ns`` after the leader acknowledged it:
-        a function deployed (or a key created) a moment ago may be in such a slot.
-        Rather than answer NotFound (or Unauthorized) then, wait until every slot
-        accepted here so far has an outcome (or ``stale_wait_ns``) and plan the
-        call again. True if it waits."""
-        top = self.paxos.accepted_top()
-        if self.paxos.leader_info().is_leader or top <= self.paxos.chosen_upto:
+        """A follower learns of a commit from the next Accept, a commit notice or the
+        chosen slots the leader pushes, up to ``notice_delay_ns`` after the leader
+        acknowledged it (and with ``accept_to="quorum"`` it may not have had the
+        slot's Accept at all): a function deployed (or a key created) a moment ago
+        through another node may not be applied here yet. Rather than answer
+        NotFound (or Unauthorized) then, sync with the leader (one round trip:
+        its chosen prefix and the slots we miss) and plan the call again, or after
+        ``stale_wait_ns`` without an answer. True if it waits."""
+        token = self.paxos.sync_with_leader()
+        if token is None:  # we lead, or know no leader: answer from what we have
             return False
-        self.stale_calls[call.conn] = (call, top)
+        self.stale_calls[call.conn] = (call, token)
         self.deadlines.set(("stale", call.conn), self.now.mono_ns + self.cfg.stale_wait_ns)
         return True
 
     def _recheck_stale(self, conn: str | None = None) -> None:
-        """Plan again the waiting calls whose slots now have an outcome (or ``conn``'s)."""
-        due = sorted(c for c, (_call, top) in self.stale_calls.items()
-                     if c == conn or top <= self.paxos.chosen_upto)
+        """Plan again the waiting calls whose sync is done (or ``conn``'s, timed out)."""
+        due = sorted(c for c, (_call, token) in self.stale_calls.items()
+                     if c == conn or self.paxos.synced(token))
         for c in due:
-            call, _top = self.stale_calls.pop(c)
+            call, _token = self.stale_calls.pop(c)
             self.deadlines.cancel(("stale", c))
             self.cmd_client_call(call, recheck=True)
 
@@ -895,7 +903,7 @@ class MeshNode:
 
     def _on_applied(self, applied: paxos_api.Applied) -> None:
         """After the log moved: bootstrap the first key once, if we lead; plan again
-        the calls that waited for the log (``_wait_if_stale``)."""
+        the calls that waited for a leader sync (``_wait_if_stale``) now done."""
         self._maybe_bootstrap_key()
         if self.stale_calls:
             self._recheck_stale()

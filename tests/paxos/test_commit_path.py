@@ -16,6 +16,7 @@ from paxos.messages import (
     Accepted,
     Batch,
     CatchupEntries,
+    CatchupRequest,
     Command,
     Forward,
     Heartbeat,
@@ -330,3 +331,69 @@ def test_thrifty_accepts_include_the_follower_whose_client_waits() -> None:
 def test_an_unknown_accept_to_is_refused() -> None:
     with pytest.raises(ValueError, match="accept_to"):
         PaxosConfig(node_id="n1", voters=("n1",), accept_to="some")
+
+
+def test_thrifty_pushes_the_chosen_slots_to_the_voter_left_out_with_its_notice() -> None:
+    r = lone_leader(accept_to="quorum")
+    settle(r)
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED)
+    assert accepts_to(settle(r)) == ["n2"]
+    chosen = [(s, r.log[s].value) for s in range(1, r.chosen_upto + 1)]
+    r.tick(ELECTED.after(r.cfg.notice_delay_ns))
+    sent = settle(r)
+    pushed = [msg for dst, msg in sent if dst == "n3" and isinstance(msg, CatchupEntries)]
+    assert pushed == [CatchupEntries(entries=tuple(chosen), chosen_upto=r.chosen_upto)]
+    assert notices(sent) == ["n2"]  # n3's push tells it the prefix: no notice besides
+    assert r.deferred == {}
+
+
+def test_a_pushed_slot_is_applied_by_the_voter_that_had_no_accept() -> None:
+    r = follower()
+    value = Batch(ballot=B2, cmds=(put("c", 1),))
+    r.handle(NodeId("n2"), CatchupEntries(entries=((1, value),), chosen_upto=1), LATER)
+    assert r.chosen_upto == 1 and r.sm.query(["get", "k"]) == "c1"
+    ready = r.take_ready()
+    assert ready is not None and log_rows(ready) == [(1, True)]
+    assert not ready.send_now and not ready.send_after_persist  # no answer, no catch-up
+
+
+def test_a_follower_syncs_with_the_leader_before_trusting_what_it_lacks() -> None:
+    r = follower()
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=0, hb_id=1), LATER)
+    r.take_ready()
+    token = r.sync_with_leader()
+    assert token is not None and not r.synced(token)
+    ready = r.take_ready()
+    assert ready is not None
+    (request,) = [o.msg for o in ready.send_now]
+    assert request == CatchupRequest(from_slot=1, snap_index=0, offset=0, nonce=token)
+    second = r.sync_with_leader()  # one in flight: the next one waits for its answer
+    assert second == token + 1 and r.take_ready() is None
+    value = Batch(ballot=B2, cmds=(put("c", 1),))
+    r.handle(NodeId("n2"), CatchupEntries(entries=((1, value),), chosen_upto=1, nonce=token), LATER)
+    assert r.synced(token) and not r.synced(second) and r.chosen_upto == 1
+    ready = r.take_ready()
+    assert ready is not None
+    assert [o.msg.nonce for o in ready.send_now if isinstance(o.msg, CatchupRequest)] == [second]
+    assert [n.data for n in ready.notifications if n.kind == "paxos.synced"] == [token]
+    r.handle(NodeId("n2"), CatchupEntries(entries=(), chosen_upto=1, nonce=token), LATER)
+    assert not r.synced(second)  # a copy of the first answer is not the second's
+    r.handle(NodeId("n2"), CatchupEntries(entries=(), chosen_upto=1, nonce=second), LATER)
+    assert r.synced(second)
+
+
+def test_a_lost_sync_is_sent_again_by_the_next_caller_after_retry_ns() -> None:
+    r = follower()
+    r.handle(NodeId("n2"), Heartbeat(ballot=B2, commit_upto=0, hb_id=1), LATER)
+    first = r.sync_with_leader()
+    r.take_ready()
+    r.tick(LATER.after(r.cfg.retry_ns))
+    again = r.sync_with_leader()
+    ready = r.take_ready()
+    assert first is not None and again == first + 1 and ready is not None
+    assert [o.msg.nonce for o in ready.send_now if isinstance(o.msg, CatchupRequest)] == [again]
+
+
+def test_the_leader_and_a_follower_without_a_leader_do_not_sync() -> None:
+    assert follower().sync_with_leader() is None  # no leader known: nobody to ask
+    assert lone_leader().sync_with_leader() is None
