@@ -138,17 +138,18 @@ def test_hedged_async_attempts_are_caught() -> None:
 
 
 # A busy mesh whose crashed nodes come back within 0.5 s, before gossip declares them
-# dead. Seed 1001 (found by a sweep of the broken variant; 1010 is another): n1 runs
-# an async attempt for n2, its answer is lost, n1 crashes and restarts unnoticed, and
-# n2's resend of the request reaches the new n1, which must not run it again.
+# dead: a node runs an async attempt for the leader, its answer is lost, it crashes and
+# restarts unnoticed, and the leader's resend reaches the new life, which must not run
+# it again. Seed 1036 (found by a sweep of the broken variant over seeds 1000-1199 with
+# thrifty Accepts, which changed the timing of seed 1001 found before; 1082 is another).
 QUICK_RESTARTS = {"rate": 20.0, "restart_max_ms": 500}
 
 
 def test_running_a_resend_addressed_to_an_earlier_life_is_caught() -> None:
-    result = broken("no-restart-fence", 1001, **QUICK_RESTARTS)
+    result = broken("no-restart-fence", 1036, **QUICK_RESTARTS)
     assert any(v.startswith("no-duplicate-completion") for v in result.violations), \
         result.violations
-    assert_clean(run_scenario("mesh", seed=1001, params={**FAST, **QUICK_RESTARTS,
+    assert_clean(run_scenario("mesh", seed=1036, params={**FAST, **QUICK_RESTARTS,
                                                          "liveness_s": 30.0}))
 
 
