@@ -149,7 +149,9 @@ class PaxosConfig:
     mark_delay_ns: int = 100 * NS_PER_MS  # a deferred chosen mark is written within this
     notice_delay_ns: int = 5 * NS_PER_MS  # a commit notice waits this long for an Accept to carry it
     accept_to: str = "all"  # or "quorum": see Replica._accept_targets
-    spread_ns: int = 5 * NS_PER_MS  # "quorum": an unanswered Accept goes to every voter after this
+    # "quorum": an Accept unanswered for this long, or for 4 times the usual answer
+    # time when that is longer (at most retry_ns), goes to every voter
+    spread_ns: int = 5 * NS_PER_MS
     variant: str = ""
 
     def __attrs_post_init__(self) -> None:
@@ -182,6 +184,7 @@ class _InFlight:
     acks: set[str]
     sent_ns: int
     sent_to: set[str] = attrs.Factory(set)  # peers sent this slot's Accept
+    spread: bool = False  # sent to more voters after it went unanswered (on_spread_timer)
 
 
 @attrs.define
@@ -312,6 +315,7 @@ class Replica:
         self.notify_peers: set[str] = set()  # peers whose forwarded commands were applied
         self.told_upto: dict[str, int] = {}  # the chosen prefix last sent to each peer
         self.heard_ns: dict[str, int] = {}  # when each peer last accepted for us
+        self.answer_ewma_ns = 0  # how long a follower's Accepted takes (smoothed, thrifty)
         self.deferred: dict[str, list[tuple[int, Batch]]] = {}  # chosen, not sent there (thrifty)
         # durability bookkeeping: replies wait until the writes they depend on are synced
         self.write_seq = 0
@@ -1228,9 +1232,9 @@ class Replica:
         recently, and any follower whose forwarded command is in the batch (its client
         waits there). The other voters get the slots once chosen, pushed with their
         next commit notice or heartbeat (``_defer_for_unsent``: no catch-up round
-        trip); an Accept unanswered for ``spread_ns`` goes to them too
-        (``on_spread_timer``), so a slow or dead follower costs that delay, not
-        ``retry_ns``. Safety does not depend on who gets an Accept."""
+        trip); an Accept unanswered for ``spread_ns`` (longer when answers are slow:
+        ``_spread_after_ns``) goes to them too (``on_spread_timer``), so a slow or dead
+        follower costs that delay, not ``retry_ns``. Safety does not depend on who gets an Accept."""
         targets: set[str] = set()
         for slot, _value in entries:
             targets.update(quorum.voters_at(self.config, slot))
@@ -1249,30 +1253,40 @@ class Replica:
         need = quorum.majority(len(voters)) - len(chosen)
         chosen.update(by_recency[:max(0, need)])
         if chosen != targets and ("spread",) not in self.deadlines:
-            self.deadlines.set(("spread",), self.now_ns + self.cfg.spread_ns)
+            self.deadlines.set(("spread",), self.now_ns + self._spread_after_ns())
         return chosen
 
+    def _spread_after_ns(self) -> int:
+        """How long a thrifty Accept waits for its answer before it goes to every voter:
+        ``spread_ns``, or 4 times the usual answer time when the machine or network is
+        slow (so that load alone does not undo the saving), at most ``retry_ns``. Slots
+        sent again this way are not sampled (their answers include the wait)."""
+        return min(self.cfg.retry_ns, max(self.cfg.spread_ns, 4 * self.answer_ewma_ns))
+
     def on_spread_timer(self, now_ns: int) -> None:
-        """Send the Accept of every slot unanswered for ``spread_ns`` to the voters
-        that have not had it yet."""
+        """Send the Accept of every slot unanswered for ``_spread_after_ns`` to the
+        voters that have not had it yet."""
         if self.role != "leader":
             return
         by_peer: dict[str, list[tuple[int, Batch]]] = {}
-        waiting = False
+        next_ns: int | None = None  # when the next slot still waiting is due
+        after_ns = self._spread_after_ns()
         for slot, flight in sorted(self.inflight.items()):
             missing = [p for p in quorum.voters_at(self.config, slot) if p not in flight.sent_to]
             if not missing:
                 continue
-            if now_ns - flight.sent_ns < self.cfg.spread_ns:
-                waiting = True
+            if now_ns - flight.sent_ns < after_ns:
+                due_ns = flight.sent_ns + after_ns
+                next_ns = due_ns if next_ns is None else min(next_ns, due_ns)
                 continue
+            flight.spread = True
             for peer in missing:
                 by_peer.setdefault(peer, []).append((slot, flight.value))
                 flight.sent_to.add(peer)
         for peer, entries in sorted(by_peer.items()):
             self._send_accepts(tuple(entries), [peer])
-        if waiting:
-            self.deadlines.set(("spread",), now_ns + self.cfg.spread_ns)
+        if next_ns is not None:
+            self.deadlines.set(("spread",), next_ns)
 
     def _send_accepts(self, entries: tuple[tuple[int, Batch], ...], targets: Iterable[str]) -> None:
         msg = Accept(ballot=self.ballot, entries=entries, commit_upto=self.chosen_upto)
@@ -1313,6 +1327,8 @@ class Replica:
                 continue
             flight.acks.add(src)
             self.heard_ns[src] = self.now_ns
+            if src != self.node_id and not flight.spread:
+                self.answer_ewma_ns += (self.now_ns - flight.sent_ns - self.answer_ewma_ns) // 8
             voters = quorum.voters_at(self.config, slot)
             if quorum.is_quorum(voters, flight.acks):
                 self._defer_for_unsent(slot, flight, voters)

@@ -397,3 +397,27 @@ def test_a_lost_sync_is_sent_again_by_the_next_caller_after_retry_ns() -> None:
 def test_the_leader_and_a_follower_without_a_leader_do_not_sync() -> None:
     assert follower().sync_with_leader() is None  # no leader known: nobody to ask
     assert lone_leader().sync_with_leader() is None
+
+
+def test_thrifty_waits_longer_before_spreading_when_answers_are_slow() -> None:
+    """Under load every answer is slow: spreading after spread_ns would send every slot
+    to every voter (the saving undone). The wait follows 4x the usual answer time."""
+    r = lone_leader(accept_to="quorum")
+    settle(r)
+    t = ELECTED
+    for seq in range(1, 31):  # n2 answers each Accept 3 ms after the proposal
+        r.command(Propose(client_id="c", seq=seq, payload=["put", "k", str(seq)]), t)
+        sent = settle(r, acks_from=())
+        (slot,) = {s for _dst, msg in sent if isinstance(msg, Accept) for s, _v in msg.entries}
+        t = t.after(3 * 10**6)
+        r.handle(NodeId("n2"), Accepted(ballot=r.ballot, slots=(slot,), ok=True, promised=r.ballot,
+                                        chosen_upto=0), t)
+        settle(r, acks_from=())
+    wait_ns = r._spread_after_ns()
+    assert 4 * 2 * 10**6 < wait_ns <= 4 * 3 * 10**6  # about 4 x 3 ms, not spread_ns (5 ms)
+    r.command(Propose(client_id="c", seq=99, payload=["put", "k", "last"]), t)
+    assert accepts_to(settle(r, acks_from=())) == ["n2"]
+    r.tick(t.after(r.cfg.spread_ns))
+    assert accepts_to(settle(r, acks_from=())) == []  # not yet: answers usually take 3 ms
+    r.tick(t.after(wait_ns))
+    assert accepts_to(settle(r, acks_from=())) == ["n3"]
