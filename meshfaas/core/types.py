@@ -189,8 +189,8 @@ class Outbox:
 
     def take(self) -> Ready | None:
         """Hand back everything accumulated as one :class:`Ready`, or None."""
-        if not self.has_output():
-            return None
+        if not (self._persist or self._after or self._now or self._effects or self._notes):
+            return None  # (has_output written out: every pump of every core asks)
         self._seq += 1
         after: tuple[Outbound, ...] = tuple(self._after)
         now: tuple[Outbound, ...] = tuple(self._now)

@@ -33,6 +33,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -92,12 +93,15 @@ def decode_key(raw: bytes) -> Hashable:
     return key  # type: ignore[no-any-return]
 
 
+_LENGTH = struct.Struct(">Q").pack
+
+
 def checksum(table: str, key: bytes, value: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for part in (table.encode(), key, value):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.digest()
+    """BLAKE2b-128 of each part's 8-byte big-endian length then the part, for
+    (table, key, value): hashed in one call (the same digest as part by part)."""
+    name = table.encode()
+    return hashlib.blake2b(b"".join((_LENGTH(len(name)), name, _LENGTH(len(key)), key,
+                                     _LENGTH(len(value)), value)), digest_size=16).digest()
 
 
 # ---------------------------------------------------------------------------
