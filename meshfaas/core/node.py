@@ -242,7 +242,7 @@ class InvokeTask:
     code: CodeRef
     config: FunctionConfig
     payload: bytes
-    peers: tuple[str, ...]
+    peers: tuple[str, ...]  # to fetch the code blob from, if it is not here (_blob_sources)
 
 
 @attrs.frozen(kw_only=True)
@@ -691,6 +691,18 @@ class MeshNode:
             self._reserved_at = index
         return self._reserved
 
+    def _blob_sources(self) -> tuple[str, ...]:
+        """The peers an invocation may fetch its code blob from: the live ones, or, when
+        gossip holds none alive (just started, or it declared the others dead before
+        they came up and has not heard them refute it yet), every peer known by
+        gossip or from an earlier life: one of them has the blob (a deploy is chosen
+        only once a majority stores it), and asking one that is down costs a timeout."""
+        live = self.live_peers()
+        if live:
+            return tuple(live)
+        known = {i.node_id for i in self.gossip.members() if i.state != "left"}
+        return tuple(sorted((known | set(self.peer_addrs)) - {self.node_id}))
+
     def live_peers(self) -> list[str]:
         return sorted(i.node_id for i in self.gossip.members()
                       if i.node_id != self.node_id and i.state in ("alive", "suspect"))
@@ -1049,7 +1061,7 @@ class MeshNode:
         self.load += 1
         task = InvokeTask(invocation_id=req.invocation_id, function=req.function,
                           version=req.version, code=req.code, config=req.config,
-                          payload=req.payload, peers=tuple(self.live_peers()))
+                          payload=req.payload, peers=self._blob_sources())
         effect_id = self._effect("invoke", task, req.invocation_id)
         self.running[req.invocation_id] = _Running(entry=entry, effect_id=effect_id,
                                                    function=req.function)

@@ -611,3 +611,21 @@ def test_after_a_lost_disk_stamped_requests_are_refused_until_gossip_refuted_the
     mesh.world.restart(NodeId("n2"))
     assert mesh.core("n2").fence_settled  # its gossip ceiling is on disk again
     assert mesh.core("n2").fence_incarnation > n2.fence_incarnation
+
+
+def test_a_node_that_holds_every_peer_dead_still_knows_whom_to_ask_for_code() -> None:
+    """A node whose gossip holds no peer alive (here cut off until it declared both
+    dead; on a real mesh, one that declared its peers dead before they came up) runs
+    an invocation itself: the task must still name peers to fetch the code blob
+    from, not none ("no peer of 0 had blob")."""
+    mesh = started()
+    mesh.deploy("n1")
+    mesh.world.partition([[NodeId("n1"), NodeId("n2")], [NodeId("n3")]])
+    mesh.wait_for(lambda: not mesh.core("n3").live_peers(), within_s=30,
+                  what="n3 to hold n1 and n2 dead")
+    assert mesh.core("n3").sm.get_function("hello") is not None
+    mesh.call("n3", proto.Invoke(name="hello", payload=b"{}"))
+    mesh.wait_for(lambda: any(r.node == "n3" for r in mesh.runs), within_s=3,
+                  what="n3 to run it")
+    (run,) = [r for r in mesh.runs if r.node == "n3"]
+    assert run.task.peers == ("n1", "n2")
