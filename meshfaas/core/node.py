@@ -1178,28 +1178,26 @@ class MeshNode:
             if route.target == node:
                 self._fail_unknown(route, text)
 
-    def _fail_unknown(self, route: _Routing, text: str) -> None:
-        """The target is gone (declared dead, or restarted) and the outcome is unknown: a
-        synchronous caller gets Unavailable, not retryable (it may have run); an async
-        attempt is recorded failed, and retried after the backoff."""
-        record = _timeout_record(route, "failed", text, route.target)
+    def _fail_unknown(self, route: _Routing, text: str, *,
+                      status: proto.InvocationStatus = "failed",
+                      kind: proto.ErrorKind = "Unavailable") -> None:
+        """The target is gone (declared dead, or restarted) or silent past the function
+        timeout, and the outcome is unknown: a synchronous caller gets ``kind``, not
+        retryable (it may have run); an async attempt is recorded with ``status``, and
+        retried after the backoff."""
+        record = _timeout_record(route, status, text, route.target)
         self._store_result(record)
         if route.async_attempt:
             self._finish_route(route, record, None, text)
         else:
-            self._finish_route(route, None, "Unavailable", text)
+            self._finish_route(route, None, kind, text)
 
     def _on_invoke_deadline(self, invocation_id: str) -> None:
         route = self.routing.get(invocation_id)
         if route is None:
             return
-        text = f"no answer from {route.target} within the function timeout"
-        record = _timeout_record(route, "timeout", text, route.target)
-        self._store_result(record)
-        if route.async_attempt:
-            self._finish_route(route, record, None, text)
-        else:
-            self._finish_route(route, None, "Timeout", text)
+        self._fail_unknown(route, f"no answer from {route.target} within the function timeout",
+                           status="timeout", kind="Timeout")
 
     # ------------------------------------------------------ mesh messages in
 
