@@ -140,16 +140,22 @@ def test_hedged_async_attempts_are_caught() -> None:
 # A busy mesh whose crashed nodes come back within 0.5 s, before gossip declares them
 # dead: a node runs an async attempt for the leader, its answer is lost, it crashes and
 # restarts unnoticed, and the leader's resend reaches the new life, which must not run
-# it again. Seed 1036 (found by a sweep of the broken variant over seeds 1000-1199 with
-# thrifty Accepts, which changed the timing of seed 1001 found before; 1082 is another).
+# it again. Which seeds show it moves with every timing change (1001 and 1010 at first,
+# then 1036 and 1082, then 1008 and 1010): the test sweeps from 1000 and asks for one
+# within FENCE_SEEDS, about 1 in 70 so far.
 QUICK_RESTARTS = {"rate": 20.0, "restart_max_ms": 500}
+FENCE_SEEDS = 300
 
 
+@pytest.mark.slow
 def test_running_a_resend_addressed_to_an_earlier_life_is_caught() -> None:
-    result = broken("no-restart-fence", 1036, **QUICK_RESTARTS)
-    assert any(v.startswith("no-duplicate-completion") for v in result.violations), \
-        result.violations
-    assert_clean(run_scenario("mesh", seed=1036, params={**FAST, **QUICK_RESTARTS,
+    for seed in range(1000, 1000 + FENCE_SEEDS):
+        result = broken("no-restart-fence", seed, **QUICK_RESTARTS)
+        if any(v.startswith("no-duplicate-completion") for v in result.violations):
+            break
+    else:
+        raise AssertionError(f"no seed of {FENCE_SEEDS} ran a resend twice without the fence")
+    assert_clean(run_scenario("mesh", seed=seed, params={**FAST, **QUICK_RESTARTS,
                                                          "liveness_s": 30.0}))
 
 
@@ -193,6 +199,11 @@ def test_a_long_busy_run_snapshots_and_installs_snapshots(monkeypatch: pytest.Mo
         install(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Replica, "install_snapshot", counting_install)
-    result = run_scenario("mesh", seed=2, duration_s=30, params={**FAST, "rate": 20.0})
+    # One node down for 20 of the 30 s (a random plan left it to chance: seed 2 had
+    # one install, and none after a change of commit-notice timing): it misses far
+    # more than snapshot_every + log_keep slots, so it must install a snapshot.
+    outage = FaultPlan((Fault(at_ms=2_000, kind="crash", nodes=(2,), amount=20_000),))
+    result = run_scenario("mesh", seed=2, duration_s=30, plan=outage,
+                          params={**FAST, "rate": 20.0})
     assert installs, "no replica installed a snapshot: this run no longer tests that"
     assert_clean(result)
