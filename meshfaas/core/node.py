@@ -31,7 +31,9 @@ majority), invoked, or handed to the driver as a ``client_local`` effect
 (blob uploads, recent logs). Proposals travel in *lanes*: Paxos sessions
 ``node/boot/lane``, each with at most one command in flight, retried with the
 same sequence number until answered (the session table makes a retry apply
-once).
+once). A follower that would answer NotFound or Unauthorized first syncs
+with the leader (``_wait_if_stale``): what was created through another node
+a moment ago may not be applied here yet.
 
 *Invocations.* The entry node routes (:func:`meshfaas.core.router.pick`:
 live peers with the runtime, warm preferred, itself against one random other
