@@ -180,9 +180,6 @@ class Outbox:
     def notify(self, kind: str, data: Any = None) -> None:
         self._notes.append(Notification(kind=kind, data=data))
 
-    def has_output(self) -> bool:
-        return bool(self._persist or self._after or self._now or self._effects or self._notes)
-
     @property
     def last_seq(self) -> int:
         return self._seq
@@ -190,7 +187,7 @@ class Outbox:
     def take(self) -> Ready | None:
         """Hand back everything accumulated as one :class:`Ready`, or None."""
         if not (self._persist or self._after or self._now or self._effects or self._notes):
-            return None  # (has_output written out: every pump of every core asks)
+            return None  # (every pump of every core asks: no helper call here)
         self._seq += 1
         after: tuple[Outbound, ...] = tuple(self._after)
         now: tuple[Outbound, ...] = tuple(self._now)
@@ -250,14 +247,11 @@ class Deadlines:
     def __len__(self) -> int:
         return len(self._at)
 
-    def _drop_stale_head(self) -> None:
-        heap = self._heap
-        while heap and self._at.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)
-
     def next_deadline(self) -> int | None:
+        """The earliest live deadline (stale heap heads, of keys set again or
+        cancelled, are dropped on the way; this runs after every input)."""
         heap, at = self._heap, self._at
-        while heap:  # (_drop_stale_head written out: this runs after every input)
+        while heap:
             head_ns, key = heap[0]
             if at.get(key) == head_ns:
                 return head_ns
@@ -268,8 +262,8 @@ class Deadlines:
         """Remove and return every key due at or before ``now_ns``, earliest first."""
         due: list[Hashable] = []
         while True:
-            self._drop_stale_head()
-            if not self._heap or self._heap[0][0] > now_ns:
+            head_ns = self.next_deadline()
+            if head_ns is None or head_ns > now_ns:
                 return due
             _, key = heapq.heappop(self._heap)
             del self._at[key]
