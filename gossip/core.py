@@ -403,6 +403,13 @@ class Gossip:
         member = self._members.get(node_id)
         return None if member is None else member.state
 
+    def incarnation_of(self, node_id: NodeId) -> int | None:
+        """The incarnation we hold for ``node_id`` (None: not a member we know)."""
+        if node_id == self.node_id:
+            return self._incarnation
+        member = self._members.get(node_id)
+        return None if member is None else member.incarnation
+
     def live_count(self) -> int:
         """Members alive or suspect in our view, ourselves included."""
         return len(self._live) + 1

@@ -990,7 +990,7 @@ class MeshNode:
 
     def _incarnation_of(self, node: str) -> int:
         """The incarnation gossip holds for ``node`` (0 if it is not a member we know)."""
-        return next((i.incarnation for i in self.gossip.members() if i.node_id == node), 0)
+        return self.gossip.incarnation_of(NodeId(node)) or 0
 
     def _wait_for_room(self, route: _Routing) -> bool:
         """Every candidate was full: unless the rounds are used up, try them all again

@@ -119,6 +119,16 @@ def test_unknown_nodes_are_learned_only_from_alive() -> None:
     assert g.state_of(X) == "alive"
 
 
+def test_incarnation_of_a_member_ourselves_and_a_stranger() -> None:
+    g = make()
+    assert g.incarnation_of(X) is None
+    feed(g, alive(X, 3))
+    assert g.incarnation_of(X) == 3
+    feed(g, alive(X, 5))
+    assert g.incarnation_of(X) == 5
+    assert g.incarnation_of(ME) == g.incarnation
+
+
 # ----------------------------------------------------------- about ourselves
 
 
