@@ -52,7 +52,6 @@ nothing, so a retried proposal can never complete an invocation twice.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -514,25 +513,33 @@ def _check_range(what: str, value: int, low: int, high: int) -> str | None:
 
 
 def check_config(config: FunctionConfig) -> str | None:
-    """The first thing wrong with ``config``, or None."""
-    checks: list[Callable[[], str | None]] = [
-        lambda: None if _HANDLER_RE.fullmatch(config.handler)
-        else f"handler {config.handler!r} must look like module.function",
-        lambda: None if _RUNTIME_RE.fullmatch(config.runtime)
-        else f"runtime {config.runtime!r} must look like python3.11",
-        lambda: _check_range("memory_mb", config.memory_mb, MEMORY_MB_MIN, MEMORY_MB_MAX),
-        lambda: _check_range("timeout_s", config.timeout_s, TIMEOUT_S_MIN, TIMEOUT_S_MAX),
-        lambda: check_env(config.env),
-        lambda: None if config.reserved_concurrency is None else _check_range(
-            "reserved_concurrency", config.reserved_concurrency, 0, RESERVED_CONCURRENCY_MAX),
-        lambda: check_requirements(config.requirements),
-        lambda: None if len(config.description) <= DESCRIPTION_MAX_CHARS
-        else f"description over {DESCRIPTION_MAX_CHARS} characters",
-    ]
-    for check in checks:
-        problem = check()
+    """The first thing wrong with ``config``, or None.
+
+    (Every replica runs this on every configuration change it applies: written
+    out as one test after another, without a list of closures per call.)"""
+    if not _HANDLER_RE.fullmatch(config.handler):
+        return f"handler {config.handler!r} must look like module.function"
+    if not _RUNTIME_RE.fullmatch(config.runtime):
+        return f"runtime {config.runtime!r} must look like python3.11"
+    problem = (_check_range("memory_mb", config.memory_mb, MEMORY_MB_MIN, MEMORY_MB_MAX)
+               or _check_range("timeout_s", config.timeout_s, TIMEOUT_S_MIN, TIMEOUT_S_MAX))
+    if problem is not None:
+        return problem
+    if config.env:  # (an empty environment has nothing to check)
+        problem = check_env(config.env)
         if problem is not None:
             return problem
+    if config.reserved_concurrency is not None:
+        problem = _check_range("reserved_concurrency", config.reserved_concurrency, 0,
+                               RESERVED_CONCURRENCY_MAX)
+        if problem is not None:
+            return problem
+    if config.requirements:
+        problem = check_requirements(config.requirements)
+        if problem is not None:
+            return problem
+    if len(config.description) > DESCRIPTION_MAX_CHARS:
+        return f"description over {DESCRIPTION_MAX_CHARS} characters"
     return None
 
 
@@ -543,18 +550,28 @@ def check_code(code: CodeRef) -> str | None:
 
 
 def apply_patch(config: FunctionConfig, patch: ConfigPatch) -> FunctionConfig:
-    """``config`` with the fields ``patch`` sets replaced."""
-    changes: dict[str, Any] = {}
-    for field in ("handler", "runtime", "memory_mb", "timeout_s", "env",
-                  "requirements", "description"):
-        value = getattr(patch, field)
-        if value is not None:
-            changes[field] = value
+    """``config`` with the fields ``patch`` sets replaced.
+
+    (Built field by field rather than through ``attrs.evolve``: every replica
+    runs this for every configuration change. A test checks it against the
+    ``evolve`` form for every field, so a field added to ``FunctionConfig``
+    without a line here fails it.)"""
     if patch.clear_reserved_concurrency:
-        changes["reserved_concurrency"] = None
+        reserved = None
     elif patch.reserved_concurrency is not None:
-        changes["reserved_concurrency"] = patch.reserved_concurrency
-    return attrs.evolve(config, **changes)
+        reserved = patch.reserved_concurrency
+    else:
+        reserved = config.reserved_concurrency
+    return FunctionConfig(
+        handler=config.handler if patch.handler is None else patch.handler,
+        runtime=config.runtime if patch.runtime is None else patch.runtime,
+        memory_mb=config.memory_mb if patch.memory_mb is None else patch.memory_mb,
+        timeout_s=config.timeout_s if patch.timeout_s is None else patch.timeout_s,
+        env=config.env if patch.env is None else patch.env,
+        reserved_concurrency=reserved,
+        requirements=config.requirements if patch.requirements is None else patch.requirements,
+        description=config.description if patch.description is None else patch.description,
+    )
 
 
 def version_number(version: str) -> int | None:
@@ -710,9 +727,16 @@ class FaasStateMachine:
                 f"function {name} is at revision {record.revision}, not {expected_revision}")
         return record
 
-    def _changed(self, record: FunctionRecord, wall_ns: int, **changes: Any) -> FunctionRecord:
-        updated = attrs.evolve(
-            record, revision=record.revision + 1, modified_wall_ns=wall_ns, **changes)
+    def _changed(self, record: FunctionRecord, wall_ns: int, *, config: FunctionConfig | None = None,
+                 code: CodeRef | None = None) -> FunctionRecord:
+        """``record``'s next revision, with ``config`` and/or ``code`` replaced, stored.
+        (Built directly, not through ``attrs.evolve``: the configuration update of
+        every replica runs it; a test compares it with the ``evolve`` form.)"""
+        updated = FunctionRecord(
+            name=record.name, config=record.config if config is None else config,
+            code=record.code if code is None else code, revision=record.revision + 1,
+            created_wall_ns=record.created_wall_ns, modified_wall_ns=wall_ns,
+            last_version=record.last_version)
         self.functions[record.name] = updated
         return updated
 

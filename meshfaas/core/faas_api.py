@@ -132,24 +132,29 @@ def _read(sm: FaasStateMachine, body: Any) -> proto.ClientResponse | None:
 
 
 def _command(body: Any, wall_ns: int) -> Any:
-    simple: dict[type, Callable[[Any], Any]] = {
-        proto.Deploy: lambda b: faas.DeployFunction(
-            name=b.name, code=b.code, wall_ns=wall_ns, publish=b.publish,
-            description=b.description, config=config_of(b)),
-        proto.DeleteFunctionRequest: lambda b: faas.DeleteFunction(name=b.name, wall_ns=wall_ns),
-        proto.UpdateConfig: lambda b: faas.UpdateFunctionConfig(
-            name=b.name, patch=b.patch, wall_ns=wall_ns),
-        proto.PublishVersionRequest: lambda b: faas.PublishVersion(
-            name=b.name, description=b.description, wall_ns=wall_ns),
-        proto.PutAlias: lambda b: (faas.CreateAlias if b.create else faas.UpdateAlias)(
-            name=b.name, alias=b.alias, version=b.version, extra_version=b.extra_version,
-            extra_weight_bp=b.extra_weight_bp, description=b.description, wall_ns=wall_ns),
-        proto.DeleteAliasRequest: lambda b: faas.DeleteAlias(
-            name=b.name, alias=b.alias, wall_ns=wall_ns),
-        proto.RevokeKey: lambda b: faas.RevokeApiKey(key_id=b.key_id, wall_ns=wall_ns),
-    }
-    make = simple.get(type(body))
-    return None if make is None else make(body)
+    make = _COMMANDS.get(type(body))
+    return None if make is None else make(body, wall_ns)
+
+
+# Body type -> the command it proposes, from the body and the proposer's wall time
+# (one table for the module: plan runs for every request).
+_COMMANDS: dict[type, Callable[[Any, int], Any]] = {
+    proto.Deploy: lambda b, wall_ns: faas.DeployFunction(
+        name=b.name, code=b.code, wall_ns=wall_ns, publish=b.publish,
+        description=b.description, config=config_of(b)),
+    proto.DeleteFunctionRequest: lambda b, wall_ns: faas.DeleteFunction(
+        name=b.name, wall_ns=wall_ns),
+    proto.UpdateConfig: lambda b, wall_ns: faas.UpdateFunctionConfig(
+        name=b.name, patch=b.patch, wall_ns=wall_ns),
+    proto.PublishVersionRequest: lambda b, wall_ns: faas.PublishVersion(
+        name=b.name, description=b.description, wall_ns=wall_ns),
+    proto.PutAlias: lambda b, wall_ns: (faas.CreateAlias if b.create else faas.UpdateAlias)(
+        name=b.name, alias=b.alias, version=b.version, extra_version=b.extra_version,
+        extra_weight_bp=b.extra_weight_bp, description=b.description, wall_ns=wall_ns),
+    proto.DeleteAliasRequest: lambda b, wall_ns: faas.DeleteAlias(
+        name=b.name, alias=b.alias, wall_ns=wall_ns),
+    proto.RevokeKey: lambda b, wall_ns: faas.RevokeApiKey(key_id=b.key_id, wall_ns=wall_ns),
+}
 
 
 def config_of(deploy: proto.Deploy) -> FunctionConfig:

@@ -111,6 +111,96 @@ def test_check_config_table(changes: dict[str, Any], problem: str | None) -> Non
         assert result is not None and problem in result
 
 
+def _check_config_as_list(config: FunctionConfig) -> str | None:
+    """check_config as it was written before it became a straight sequence of tests."""
+    checks = [
+        None if faas._HANDLER_RE.fullmatch(config.handler)
+        else f"handler {config.handler!r} must look like module.function",
+        None if faas._RUNTIME_RE.fullmatch(config.runtime)
+        else f"runtime {config.runtime!r} must look like python3.11",
+        faas._check_range("memory_mb", config.memory_mb, faas.MEMORY_MB_MIN, faas.MEMORY_MB_MAX),
+        faas._check_range("timeout_s", config.timeout_s, faas.TIMEOUT_S_MIN, faas.TIMEOUT_S_MAX),
+        faas.check_env(config.env),
+        None if config.reserved_concurrency is None else faas._check_range(
+            "reserved_concurrency", config.reserved_concurrency, 0, faas.RESERVED_CONCURRENCY_MAX),
+        faas.check_requirements(config.requirements),
+        None if len(config.description) <= faas.DESCRIPTION_MAX_CHARS
+        else f"description over {faas.DESCRIPTION_MAX_CHARS} characters",
+    ]
+    return next((c for c in checks if c is not None), None)
+
+
+def _patched_by_evolve(config: FunctionConfig, patch: ConfigPatch) -> FunctionConfig:
+    """apply_patch through attrs.evolve, over every field of ConfigPatch."""
+    changes: dict[str, Any] = {}
+    for field in attrs.fields(ConfigPatch):
+        value = getattr(patch, field.name)
+        if field.name == "clear_reserved_concurrency":
+            continue
+        if field.name == "reserved_concurrency" and patch.clear_reserved_concurrency:
+            changes["reserved_concurrency"] = None
+        elif value is not None:
+            changes[field.name] = value
+    return attrs.evolve(config, **changes)
+
+
+_texts = st.sampled_from(["", "app.handler", "pkg.mod.fn", "app", "python3.11", "node18",
+                          "d" * 257, "x"])
+_ints = st.sampled_from([-1, 0, 1, 3, 127, 128, 900, 901, 10_240, 10_241, 100_001])
+configs = st.builds(
+    FunctionConfig, handler=_texts, runtime=_texts, memory_mb=_ints, timeout_s=_ints,
+    env=st.sampled_from([{}, {"GOOD": "x"}, {"1BAD": "x"}, {"AWS_X": "y"}, {"BIG": "x" * 4096}]),
+    reserved_concurrency=st.none() | _ints,
+    requirements=st.sampled_from([(), ("requests==2.31",), ("",), tuple(f"p{i}" for i in range(101))]),
+    description=_texts)
+patches = st.builds(
+    ConfigPatch, handler=st.none() | _texts, runtime=st.none() | _texts,
+    memory_mb=st.none() | _ints, timeout_s=st.none() | _ints,
+    env=st.none() | st.sampled_from([{}, {"A": "b"}]), reserved_concurrency=st.none() | _ints,
+    clear_reserved_concurrency=st.booleans(),
+    requirements=st.none() | st.sampled_from([(), ("x",)]), description=st.none() | _texts)
+
+
+@given(configs, patches)
+def test_apply_patch_and_check_config_match_their_generic_forms(
+        config: FunctionConfig, patch: ConfigPatch) -> None:
+    """apply_patch and check_config are written out field by field for speed; they
+    must answer what the generic forms (attrs.evolve, a list of checks) answer."""
+    assert faas.check_config(config) == _check_config_as_list(config)
+    patched = faas.apply_patch(config, patch)
+    assert patched == _patched_by_evolve(config, patch)
+    assert faas.check_config(patched) == _check_config_as_list(patched)
+
+
+def test_apply_patch_knows_every_field() -> None:
+    """A field added to FunctionConfig or ConfigPatch needs its line in apply_patch."""
+    config = FunctionConfig(handler="a.b", runtime="python3.12", memory_mb=256, timeout_s=9,
+                            env={"A": "1"}, reserved_concurrency=4, requirements=("r",),
+                            description="d")
+    assert {f.name for f in attrs.fields(FunctionConfig)} == {
+        f.name for f in attrs.fields(ConfigPatch)} - {"clear_reserved_concurrency"}
+    for field in attrs.fields(ConfigPatch):
+        if field.name == "clear_reserved_concurrency":
+            continue
+        value = {"handler": "c.d", "runtime": "python3.13", "memory_mb": 512, "timeout_s": 10,
+                 "env": {"B": "2"}, "reserved_concurrency": 5, "requirements": ("s",),
+                 "description": "e"}[field.name]
+        patched = faas.apply_patch(config, ConfigPatch(**{field.name: value}))
+        assert patched == attrs.evolve(config, **{field.name: value})
+
+
+def test_a_changed_record_keeps_every_other_field() -> None:
+    """_changed builds the next revision directly: it must equal the evolve form."""
+    sm = FaasStateMachine()
+    record = faas.FunctionRecord(name="f", config=CONFIG, code=CODE_A, revision=4,
+                                 created_wall_ns=10, modified_wall_ns=20, last_version=3)
+    other = attrs.evolve(CONFIG, memory_mb=256)
+    for changes in ({"config": other}, {"code": CODE_B}, {"config": other, "code": CODE_B}):
+        updated = sm._changed(record, 30, **changes)
+        assert updated == attrs.evolve(record, revision=5, modified_wall_ns=30, **changes)
+        assert sm.functions["f"] is updated
+
+
 @pytest.mark.parametrize(
     ("name", "ok"),
     [("f", True), ("my-func_2", True), ("x" * 64, True), ("x" * 65, False), ("", False), ("f\n", False),
