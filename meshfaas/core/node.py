@@ -573,12 +573,13 @@ class MeshNode:
         Another round runs only if a merge fed a sub-core (see ``_merge``): a
         core has nothing more to give until it gets an input, so a round whose
         batches all wait for their writes and notify nothing ends the pump."""
+        gossip, paxos = self.gossip, self.paxos  # (every input pumps: written out)
         for _ in range(1_000):
-            fed = False
-            for prefix, core in (("g.", self.gossip), ("p.", self.paxos)):
-                ready = core.take_ready()
-                if ready is not None and self._merge(prefix, core, ready):
-                    fed = True
+            ready = gossip.take_ready()
+            fed = ready is not None and self._merge("g.", gossip, ready)
+            ready = paxos.take_ready()
+            if ready is not None and self._merge("p.", paxos, ready):
+                fed = True
             if not fed:
                 return
         raise RuntimeError("sub-cores kept producing output: a feedback loop")
@@ -602,15 +603,16 @@ class MeshNode:
         return not ready.persist or bool(ready.notifications)
 
     def _on_sub_note(self, kind: str, data: Any) -> None:
-        if kind.startswith("member_") or kind == "meta_changed":
-            self._on_member(kind, data)
-        elif kind == paxos_api.NOTE_RESULT:
+        # (Paxos' notes first: every commit brings a result, an applied and a chosen.)
+        if kind == paxos_api.NOTE_RESULT:
             self._on_paxos_result(data)
         elif kind == paxos_api.NOTE_APPLIED:
             self.out.notify(kind, data)
             self._on_applied(data)
-        elif kind in (paxos_api.NOTE_CHOSEN, paxos_api.NOTE_LEADER):
+        elif kind == paxos_api.NOTE_CHOSEN or kind == paxos_api.NOTE_LEADER:
             self.out.notify(kind, data)
+        elif kind.startswith("member_") or kind == "meta_changed":
+            self._on_member(kind, data)
         elif kind == paxos_api.NOTE_SYNCED and self.stale_calls:
             self._recheck_stale()
 

@@ -490,6 +490,8 @@ class Driver:
     def _notify(self, note: Notification) -> None:
         for observer in self._observers:
             observer(note)
+        if not self._subscribers:  # (the mesh node has none: no copy of the list)
+            return
         for kinds, send in list(self._subscribers):
             if kinds is not None and note.kind not in kinds:
                 continue
