@@ -10,14 +10,20 @@ the other:
   (request encoding, request id check, failover and liveness logic, decoding);
 * ``AsyncClient.ping()`` / ``AsyncClient.invoke()`` under trio, one caller;
 * ``AsyncClient.invoke() xC``: C concurrent ``AsyncClient`` s in one trio loop
-  (the shape of bench/mesh_bench.py's load generators).
+  (the shape of bench/mesh_bench.py's load generators);
+* ``put`` / ``aput``: ``update_config`` (the put of bench/paxos_bench.py), answered
+  with a ``FunctionRecord`` like a real node's.
+
+``--delay-ms D`` makes the server wait D ms before each answer (a commit takes
+about 2 ms), so the client waits on its socket and runs the reply's code after
+an idle gap, as it does against a real mesh.
 
 For each: p50 and p99 latency, calls per second, and this process's CPU time
 per call (``time.process_time``: every thread, so libzmq's I/O thread counts;
 the server is another process and does not).
 
 Usage: .venv/bin/python bench/sdk_roundtrip.py [--n 5000] [--curve] [--concurrency 16]
-       [--modes bare,ping,invoke,aping,ainvoke,aconc]
+       [--modes bare,ping,invoke,aping,ainvoke,aconc,put,aput] [--delay-ms 2]
 Compare two trees by running this script with PYTHONPATH pointing at each.
 
 ``--data-dir DIR`` measures against a real mesh instead of the canned server:
@@ -47,11 +53,30 @@ from _machine import describe
 
 from meshfaas import client as sdk
 from meshfaas.core import client_proto as proto
+from meshfaas.core.faas import CodeRef, FunctionConfig, FunctionRecord
 
 PAYLOAD = {"name": "bench"}
 
 
-def serve(endpoint_queue: Any, curve: tuple[bytes, bytes] | None) -> None:
+def _record(description: str) -> FunctionRecord:
+    """What a node answers an ``update_config`` of bench/_meshfaas.py's function."""
+    return FunctionRecord(
+        name="kv", config=FunctionConfig(handler="app.handler", description=description),
+        code=CodeRef(sha256="5e" * 32, size_bytes=1187), revision=1234,
+        created_wall_ns=1_764_000_000_000_000_000, modified_wall_ns=1_764_000_100_000_000_000,
+        last_version=0)
+
+
+def _answer(body: Any) -> Any:
+    if isinstance(body, proto.Invoke):
+        return proto.InvokeResult(invocation_id="n1~x", payload=body.payload,
+                                  executed_version="$LATEST", node="n1")
+    if isinstance(body, proto.UpdateConfig):
+        return _record(body.patch.description or "")
+    return proto.Pong(node="n1")
+
+
+def serve(endpoint_queue: Any, curve: tuple[bytes, bytes] | None, delay_s: float) -> None:
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -63,12 +88,10 @@ def serve(endpoint_queue: Any, curve: tuple[bytes, bytes] | None) -> None:
     while True:
         ident, frame = sock.recv_multipart()
         request = proto.decode_request(frame)
-        if isinstance(request.body, proto.Invoke):
-            value: Any = proto.InvokeResult(invocation_id="n1~x", payload=request.body.payload,
-                                            executed_version="$LATEST", node="n1")
-        else:
-            value = proto.Pong(node="n1")
-        sock.send_multipart([ident, proto.encode(proto.ok(request.request_id, value))])
+        if delay_s:
+            time.sleep(delay_s)
+        reply = proto.ok(request.request_id, _answer(request.body))
+        sock.send_multipart([ident, proto.encode(reply)])
 
 
 class Sample:
@@ -141,11 +164,16 @@ class Target:
         return sdk.AsyncClient(self.endpoint, api_key="k", server_public_key=self.server_key)
 
 
-async def async_calls(target: Target, n: int, invoke: bool) -> Sample:
+PUT_DESCRIPTION = (b"k1=" + b"v" * 64).hex()  # bench/_meshfaas.py's put, as big
+
+
+async def async_calls(target: Target, n: int, what: str) -> Sample:
     async with target.async_client() as c:
         async def once() -> None:
-            if invoke:
+            if what == "invoke":
                 await c.invoke(target.function, PAYLOAD)
+            elif what == "put":
+                await c.update_config("kv", description=PUT_DESCRIPTION)
             else:
                 await c.ping()
 
@@ -195,10 +223,15 @@ def run_modes(target: Target, ctx: zmq.Context[Any], modes: set[str], n: int,
         if "invoke" in modes:
             fn = target.function
             print(timed(lambda: c.invoke(fn, PAYLOAD), n).line("Client.invoke() (echo)"))
+        if "put" in modes:
+            put = lambda: c.update_config("kv", description=PUT_DESCRIPTION)  # noqa: E731
+            print(timed(put, n).line("Client.update_config()"))
     if "aping" in modes:
-        print(trio.run(async_calls, target, n, False).line("AsyncClient.ping()"))
+        print(trio.run(async_calls, target, n, "ping").line("AsyncClient.ping()"))
     if "ainvoke" in modes:
-        print(trio.run(async_calls, target, n, True).line("AsyncClient.invoke()"))
+        print(trio.run(async_calls, target, n, "invoke").line("AsyncClient.invoke()"))
+    if "aput" in modes:
+        print(trio.run(async_calls, target, n, "put").line("AsyncClient.update_config()"))
     if "aconc" in modes:
         sample = trio.run(concurrent_invokes, target, n, concurrency)
         print(sample.line(f"AsyncClient.invoke() x{concurrency}"))
@@ -212,6 +245,8 @@ def main() -> None:
     parser.add_argument("--modes", default="bare,ping,invoke,aping,ainvoke,aconc")
     parser.add_argument("--data-dir", default="", help="a mesh started by meshfaas up")
     parser.add_argument("--function", default="echo", help="(with --data-dir)")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="the canned server waits this long before each answer")
     args = parser.parse_args()
     modes = set(args.modes.split(","))
     ctx: zmq.Context[Any] = zmq.Context()
@@ -227,11 +262,12 @@ def main() -> None:
         return
     curve = zmq.curve_keypair() if args.curve else None
     endpoints: Any = mp.Queue()
-    server = mp.Process(target=serve, args=(endpoints, curve), daemon=True)
+    server = mp.Process(target=serve, args=(endpoints, curve, args.delay_ms / 1000),
+                        daemon=True)
     server.start()
     endpoint = endpoints.get(timeout=30)
     print(f"# {describe()}, zmq {zmq.zmq_version()}, curve={bool(curve)}, n={args.n}, "
-          f"load average {load}")
+          f"delay {args.delay_ms:g} ms, load average {load}")
     try:
         if "bare" in modes:
             print(bare(ctx, endpoint, args.n, curve).line("bare pyzmq DEALER/ROUTER"))

@@ -46,7 +46,7 @@ import zmq
 
 from meshfaas.core import client_proto as proto
 from meshfaas.core.auth import Role
-from meshfaas.core.codec import DecodeError, from_cbor
+from meshfaas.core.codec import DecodeError
 from meshfaas.core.faas import CodeRef, ConfigPatch, Deployed, FunctionRecord, VersionRecord
 from meshfaas.core.faas_package import Entry, Package, PackageError, build_zip, normalize_zip
 
@@ -368,6 +368,7 @@ class _Endpoints:
         if not key:
             raise ValueError("an API key is needed (api_key= or MESHFAAS_API_KEY)")
         self.api_key = key
+        self._encoder = proto.RequestEncoder(key)
         self.server_key = _as_bytes(server_public_key)
         public, secret = _as_bytes(client_public_key), _as_bytes(client_secret_key)
         if self.server_key is not None and (public is None or secret is None):
@@ -380,8 +381,7 @@ class _Endpoints:
 
     def ping_frame(self, awaiting: str) -> bytes:
         """The watch's ping while waiting for request ``awaiting``."""
-        return proto.encode(proto.ClientRequest(request_id=self.ping_id, api_key=self.api_key,
-                                                body=proto.Ping(awaiting=awaiting)))
+        return self._encoder.encode(self.ping_id, proto.Ping(awaiting=awaiting))
 
     def configure(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -404,31 +404,14 @@ class _Endpoints:
     def request(self, call: _Call) -> tuple[str, bytes]:
         self._next_id += 1
         request_id = f"{self._id_prefix}{self._next_id:x}"
-        frame = proto.encode(proto.ClientRequest(
-            request_id=request_id, api_key=self.api_key, body=call.body,
-            timeout_ms=int(call.timeout_s * 1000)))
-        return request_id, frame
+        return request_id, self._encoder.encode(request_id, call.body, int(call.timeout_s * 1000))
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def _decode_response(frame: bytes) -> proto.ClientResponse:
-    """``proto.decode_response`` without compiling a ``tuple[int, Any]`` checker per frame.
-
-    Decoding as plain data still checks every message inside with its typed
-    converter; the envelope's shape is checked here.
-    """
-    if len(frame) > proto.MAX_FRAME_BYTES:
-        raise DecodeError(f"frame of {len(frame)} bytes over the limit")
-    decoded = from_cbor(frame)
-    if (type(decoded) is not list or len(decoded) != 2
-            or decoded[0] != proto.CLIENT_PROTOCOL_VERSION
-            or type(decoded[1]) is not proto.ClientResponse):
-        raise DecodeError("not a client response of this protocol version")
-    response: proto.ClientResponse = decoded[1]
-    return response
+_decode_response = proto.decode_response  # (one name for the tests of both paths)
 
 
 def _forgot(value: Any, request_id: str) -> bool:
@@ -682,21 +665,24 @@ class Client(_Operations):
                 return _Attempt.LOST, None, watch.why
 
     def _drain(self, sock: zmq.Socket[Any], request_id: str,
-               watch: _Watch) -> proto.ClientResponse | None:
-        """Read every frame waiting; the matching reply, if one came."""
+               watch: _Watch | None) -> proto.ClientResponse | None:
+        """Read every frame waiting; the matching reply, if one came (else the last
+        read said EAGAIN). ``watch`` is None before the first wait: no ping was sent."""
         while True:
             try:
                 frame = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return None
-            watch.heard()
+            if watch is not None:
+                watch.heard()
             try:
                 response = _decode_response(frame)
             except DecodeError:
                 continue
             if response.request_id == request_id:
                 return response
-            if response.request_id == self._ep.ping_id and _forgot(response.value, request_id):
+            if watch is not None and response.request_id == self._ep.ping_id \
+                    and _forgot(response.value, request_id):
                 watch.forgot()
 
     # -- the API ------------------------------------------------------------
@@ -900,12 +886,22 @@ class AsyncClient(Client):
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def _arun(self, op: Op[T]) -> T:
-        lock = self._lock
+    async def _acquire(self) -> None:
         try:
-            lock.acquire_nowait()  # uncontended: no scheduler round trip for the lock
+            self._lock.acquire_nowait()  # uncontended: no scheduler round trip for the lock
         except trio.WouldBlock:
-            await lock.acquire()
+            await self._lock.acquire()
+
+    async def _simple_call(self, body: Any) -> Any:
+        """One request, without an operation generator (most of the API)."""
+        await self._acquire()
+        try:
+            return await self._aroundtrip(self._call(body))
+        finally:
+            self._lock.release()
+
+    async def _arun(self, op: Op[T]) -> T:
+        await self._acquire()
         try:
             call = next(op)
             while True:
@@ -918,14 +914,14 @@ class AsyncClient(Client):
         except StopIteration as stop:
             return cast(T, stop.value)
         finally:
-            lock.release()
+            self._lock.release()
 
     async def _aroundtrip(self, call: _Call) -> Any:
         last = ""
         for _ in range(len(self._ep.endpoints)):
             endpoint = self.endpoint
             outcome, response, why = await self._aattempt(call)
-            if response is not None and not _try_elsewhere(call, response):
+            if response is not None and (response.ok or not _try_elsewhere(call, response)):
                 return _value(response)
             last = self._next_endpoint(call, endpoint, outcome, response, why)
         raise Unavailable(f"no endpoint could serve the request (last: {last})")
@@ -949,31 +945,53 @@ class AsyncClient(Client):
                       ) -> tuple[str, proto.ClientResponse | None, str]:
         """Wait for the matching reply on the DEALER's edge-triggered FD, watching the node.
 
-        One cancel scope per wait, with the earlier of the call's deadline and
-        the watch's next tick; no task, no nursery.
+        EVENTS is read right after the send (and after each tick of the watch,
+        whose reads and ping may take the FD's edge): a reply already there is
+        read without a cancel scope or a watch. Otherwise one cancel scope
+        covers every wait until the earlier of the call's deadline and the
+        watch's next tick (no task, no nursery), and a wake reads at once (it
+        is most likely the reply). Waiting on the FD needs EVENTS read, or a
+        read that said EAGAIN, since the last frame came (either leaves libzmq's
+        mailbox drained, so the next change signals the FD): :meth:`_drain`
+        returns None only after an EAGAIN.
         """
-        watch = _Watch(trio.current_time, self.liveness_interval_s, self.liveness_timeout_s)
-        deadline = watch.last_heard + timeout_s
-        fd = self._fd
+        watch: _Watch | None = None
+        deadline = 0.0
         while True:
             if _events(sock) & _POLLIN:
                 response = self._drain(sock, request_id, watch)
                 if response is not None:
                     return "ok", response, ""
-                continue  # reading may have consumed the FD's edge: look again
+            if watch is None:
+                watch = _Watch(trio.current_time, self.liveness_interval_s,
+                               self.liveness_timeout_s)
+                deadline = watch.last_heard + timeout_s
             with trio.CancelScope(deadline=min(deadline, watch.next_tick)):
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            now = trio.current_time()
+                response = await self._await_reply_frames(sock, request_id, watch)
+                if response is not None:
+                    return "ok", response, ""
+            now = trio.current_time()  # the deadline or the tick came, or the node forgot
             if now >= deadline:
                 return _Attempt.TIMEOUT, None, ""
             if not _ping(sock, watch, now, lambda: self._ep.ping_frame(request_id)):
                 return _Attempt.LOST, None, watch.why
 
+    async def _await_reply_frames(self, sock: zmq.Socket[Any], request_id: str,
+                                  watch: _Watch) -> proto.ClientResponse | None:
+        """Wait on the FD and read what comes until the reply (the caller's scope
+        ends the wait at the deadline or tick), or None when the node says it
+        forgot the request (the watch then says GONE at once)."""
+        fd = self._fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            response = self._drain(sock, request_id, watch)
+            if response is not None or watch.forgotten:
+                return response
+
     # -- the API (awaitable versions of Client's) ---------------------------
 
     async def ping(self) -> str:  # type: ignore[override]
-        pong: proto.Pong = await self._arun(self._simple(proto.Ping()))
+        pong: proto.Pong = await self._simple_call(proto.Ping())
         return pong.node
 
     async def deploy(self, name: str, code: str | os.PathLike[str] | bytes, *,  # type: ignore[override]
@@ -1002,9 +1020,6 @@ class AsyncClient(Client):
                            qualifier: str | None = None, *,
                            idempotency_key: str | None = None) -> str:
         return await self._arun(self._invoke_async(name, payload, qualifier, idempotency_key))
-
-    async def _simple_call(self, body: Any) -> Any:
-        return await self._arun(self._simple(body))
 
     async def result(self, invocation_id: str) -> proto.InvocationRecord:  # type: ignore[override]
         return cast(proto.InvocationRecord, await self._simple_call(proto.GetResult(invocation_id=invocation_id)))

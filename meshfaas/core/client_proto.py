@@ -38,7 +38,15 @@ from typing import Any, Literal
 import attrs
 
 from meshfaas.core.auth import Operation, Role
-from meshfaas.core.codec import DecodeError, EncodeError, from_cbor, message, to_cbor
+from meshfaas.core.codec import (
+    DecodeError,
+    EncodeError,
+    from_cbor,
+    message,
+    message_decoder,
+    parse_cbor,
+    to_cbor,
+)
 from meshfaas.core.faas import (
     AliasRecord,
     CodeRef,
@@ -463,8 +471,50 @@ def decode_request(frame: bytes) -> ClientRequest:
 
 
 def decode_response(frame: bytes) -> ClientResponse:
-    response: ClientResponse = _decode(frame, ClientResponse)
-    return response
+    """A response frame, on the SDK's path for every call: the envelope is checked
+    here and its message decoded straight as a :class:`ClientResponse` (typed, every
+    field checked as :func:`_decode` does), without the generic walk of the array."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise DecodeError(f"frame of {len(frame)} bytes over the {MAX_FRAME_BYTES}-byte limit")
+    raw = parse_cbor(frame)
+    if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int:
+        raise DecodeError("a client frame is an array of 2: version, message")
+    if raw[0] != CLIENT_PROTOCOL_VERSION:
+        raise DecodeError(f"client protocol version {raw[0]}, expected {CLIENT_PROTOCOL_VERSION}")
+    return _RESPONSE(raw[1], 2)  # the depth the generic walk gives it: array, then tag
+
+
+_RESPONSE = message_decoder(ClientResponse)
+
+
+class RequestEncoder:
+    """Request frames for one API key: the bytes of ``encode(ClientRequest(...))``
+    without building the request (the frame's head and the key are encoded once)."""
+
+    def __init__(self, api_key: str) -> None:
+        self._head = _REQUEST_HEAD
+        self._key = to_cbor(api_key)
+
+    def encode(self, request_id: str, body: Any, timeout_ms: int = 0) -> bytes:
+        """One request frame; raises EncodeError over ``MAX_FRAME_BYTES``."""
+        frame = b"".join((self._head, to_cbor(request_id), self._key, to_cbor(body),
+                          to_cbor(timeout_ms)))
+        if len(frame) > MAX_FRAME_BYTES:
+            raise EncodeError(f"frame of {len(frame)} bytes over the {MAX_FRAME_BYTES}-byte limit")
+        return frame
+
+
+def _request_head() -> bytes:
+    """``[version, ClientRequest(...)]`` up to its first field: a request of empty
+    strings, null and 0 without its last four bytes (those four fields)."""
+    probe = encode(ClientRequest(request_id="", api_key="", body=None, timeout_ms=0))
+    fields = b"\x60\x60\xf6\x00"  # "", "", null, 0
+    if not probe.endswith(fields) or len(attrs.fields(ClientRequest)) != 4:
+        raise RuntimeError("ClientRequest changed shape: update RequestEncoder")
+    return probe[: -len(fields)]
+
+
+_REQUEST_HEAD = _request_head()
 
 
 def decode_event(frame: bytes) -> Any:

@@ -385,6 +385,20 @@ def from_cbor(data: bytes, expect: Any = Any) -> Any:
     return _converter(expect)(raw, 0)
 
 
+def parse_cbor(data: bytes) -> Any:
+    """``data`` as plain CBOR values, not yet checked: exactly one item (no trailing
+    bytes), else a DecodeError. For a wrapper that checks its own shape and hands
+    each message inside to :func:`message_decoder`."""
+    return _loads_exact(data)
+
+
+def message_decoder(cls: type[T]) -> Callable[[Any, int], T]:
+    """The typed decoder of a message of class ``cls`` in a value from :func:`parse_cbor`
+    (at nesting ``depth``): what :func:`from_cbor` checks, compiled once; anything
+    else (another class, a malformed body, a field of the wrong type) is a DecodeError."""
+    return _converter(cls)
+
+
 def _loads_exact(data: bytes) -> Any:
     try:
         stream = io.BytesIO(data)

@@ -1,0 +1,184 @@
+"""The SDK's fast paths give what the generic ones give.
+
+* :class:`proto.RequestEncoder` writes exactly the bytes of
+  ``proto.encode(ClientRequest(...))`` for any request id, key, body and timeout.
+* :func:`proto.decode_response` (the envelope checked by hand, the message decoded
+  straight as a ClientResponse) agrees with the generic ``proto._decode``: the same
+  value for a good frame, a DecodeError for a bad one, and nothing else, whatever
+  the bytes (frames cut, bytes flipped, fields of the wrong type, other messages).
+* The trio client's wait reads a wake at once and skips what is not its reply:
+  stale replies, garbage and pongs arriving before the real reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import zmq
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshfaas import client as sdk
+from meshfaas.core import client_proto as proto
+from meshfaas.core.codec import DecodeError, EncodeError, to_cbor
+from meshfaas.core.faas import CodeRef, ConfigPatch, FunctionConfig, FunctionRecord
+
+TEXT = st.text(max_size=40)
+INTS = st.integers(min_value=-(2**64), max_value=2**64 - 1)
+PATCHES = st.builds(ConfigPatch, description=st.none() | TEXT, memory_mb=st.none() | INTS,
+                    env=st.none() | st.dictionaries(TEXT, TEXT, max_size=3))
+BODIES = (st.builds(proto.UpdateConfig, name=TEXT, patch=PATCHES)
+          | st.builds(proto.Ping, awaiting=TEXT)
+          | st.builds(proto.Invoke, name=TEXT, payload=st.binary(max_size=300))
+          | st.builds(proto.ListFunctions) | st.none() | INTS | TEXT)
+RECORDS = st.builds(
+    FunctionRecord, name=TEXT,
+    config=st.builds(FunctionConfig, handler=TEXT, description=TEXT,
+                     env=st.dictionaries(TEXT, TEXT, max_size=3),
+                     reserved_concurrency=st.none() | INTS,
+                     requirements=st.lists(TEXT, max_size=3).map(tuple)),
+    code=st.builds(CodeRef, sha256=TEXT, size_bytes=INTS), revision=INTS,
+    created_wall_ns=INTS, modified_wall_ns=INTS, last_version=INTS)
+ERRORS = st.builds(proto.ClientError, kind=st.sampled_from(["NotFound", "Unavailable"]),
+                   message=TEXT, retryable=st.booleans())
+VALUES = RECORDS | st.builds(proto.Pong, node=TEXT) | st.none() | INTS | TEXT | st.lists(RECORDS,
+                                                                                         max_size=2)
+RESPONSES = st.builds(proto.ClientResponse, request_id=TEXT, ok=st.booleans(), value=VALUES,
+                      error=st.none() | ERRORS)
+
+
+@given(request_id=TEXT, api_key=TEXT, body=BODIES, timeout_ms=INTS)
+def test_the_request_encoder_writes_the_bytes_of_encode(request_id: str, api_key: str,
+                                                        body: Any, timeout_ms: int) -> None:
+    expected = proto.encode(proto.ClientRequest(request_id=request_id, api_key=api_key,
+                                                body=body, timeout_ms=timeout_ms))
+    assert proto.RequestEncoder(api_key).encode(request_id, body, timeout_ms) == expected
+    assert proto.decode_request(expected).body == body
+
+
+def test_the_request_encoder_refuses_an_oversized_frame() -> None:
+    body = proto.Invoke(name="f", payload=b"x" * proto.MAX_FRAME_BYTES)
+    with pytest.raises(EncodeError):
+        proto.RequestEncoder("k").encode("r1", body)
+
+
+def generic(frame: bytes) -> Any:
+    """The generic decode, or the DecodeError it raises (as a value to compare)."""
+    try:
+        return proto._decode(frame, proto.ClientResponse)
+    except DecodeError:
+        return DecodeError
+
+
+def fast(frame: bytes) -> Any:
+    try:
+        return proto.decode_response(frame)
+    except DecodeError:
+        return DecodeError
+
+
+@given(RESPONSES)
+def test_a_good_response_decodes_as_the_generic_decoder_does(response: proto.ClientResponse
+                                                             ) -> None:
+    frame = proto.encode(response)
+    assert proto.decode_response(frame) == generic(frame) == response
+    assert sdk._decode_response(frame) == response
+
+
+@given(RESPONSES, st.data())
+def test_a_damaged_response_is_what_the_generic_decoder_makes_of_it(
+        response: proto.ClientResponse, data: st.DataObject) -> None:
+    frame = bytearray(proto.encode(response))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(frame) - 1))
+        frame[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    damaged = bytes(frame[:cut] if data.draw(st.booleans()) else frame)
+    assert fast(damaged) == generic(damaged)
+
+
+WRONG_ENVELOPES = [
+    to_cbor(proto.ok("r", 1)),  # no envelope
+    to_cbor([proto.CLIENT_PROTOCOL_VERSION]),
+    to_cbor([proto.CLIENT_PROTOCOL_VERSION, proto.ok("r", 1), 3]),
+    to_cbor([2, proto.ok("r", 1)]),  # another version
+    to_cbor([True, proto.ok("r", 1)]),
+    to_cbor(["1", proto.ok("r", 1)]),
+    to_cbor([1, proto.Pong(node="n1")]),  # another message
+    to_cbor([1, proto.ClientRequest(request_id="r", api_key="k", body=None)]),
+    to_cbor([1, [401, "r", True, None, None]]),  # a body without its tag
+    to_cbor([1, proto.ok("r", 1)]) + b"\x00",  # trailing bytes
+    to_cbor({1: proto.ok("r", 1)}),
+    b"",
+    b"\xff",
+]
+
+
+@pytest.mark.parametrize("frame", WRONG_ENVELOPES)
+def test_a_wrong_envelope_is_a_decode_error(frame: bytes) -> None:
+    with pytest.raises(DecodeError):
+        proto.decode_response(frame)
+    assert generic(frame) is DecodeError
+
+
+def test_a_wrongly_typed_field_deep_inside_is_a_decode_error() -> None:
+    record = FunctionRecord(name="f", config=FunctionConfig(handler="h"),
+                            code=CodeRef(sha256="s", size_bytes=1), revision=1,
+                            created_wall_ns=0, modified_wall_ns=0, last_version=0)
+    for bad in (attrs.evolve(record, revision="1"),
+                attrs.evolve(record, code=CodeRef(sha256=b"s", size_bytes=1)),
+                attrs.evolve(record, config=FunctionConfig(handler="h", env={"a": 1}))):
+        with pytest.raises(DecodeError):
+            proto.decode_response(proto.encode(proto.ok("r", bad)))
+
+
+def test_an_oversized_frame_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(DecodeError, match="limit"):
+        proto.decode_response(b"\x00" * (proto.MAX_FRAME_BYTES + 1))
+
+
+# ---------------------------------------------------------------------------
+# The wait: what comes before the reply is read and skipped
+# ---------------------------------------------------------------------------
+
+
+async def serve_with_noise(router: zmq.Socket[Any], requests: int) -> None:
+    """Answer each request with garbage, a stale reply and a pong first, the reply
+    itself a little later (so the client has waited and woken on the noise)."""
+    for _ in range(requests):
+        while True:
+            try:
+                identity, frame = router.recv_multipart(zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                await trio.sleep(0.001)
+        request = proto.decode_request(frame)
+        await trio.sleep(0.01)
+        for noise in (b"\x00garbage", proto.encode(proto.ok("stale", 0)),
+                      proto.encode(proto.ok(request.request_id + "x", 1)),
+                      proto.encode(proto.ok("ping", proto.Pong(node="n1", awaiting="other")))):
+            router.send_multipart([identity, noise])
+        await trio.sleep(0.01)
+        router.send_multipart([identity, proto.encode(proto.ok(request.request_id,
+                                                                proto.Pong(node="real")))])
+
+
+async def test_the_reply_after_noise_is_the_one_returned() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:*")
+    endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_with_noise, router, 5)
+            with trio.fail_after(5):  # a wait on a taken edge would hang
+                async with sdk.AsyncClient(endpoint, api_key="k", context=ctx,  # no watch tick
+                                           liveness_interval_s=30, liveness_timeout_s=90) as c:
+                    assert [await c.ping() for _ in range(5)] == ["real"] * 5
+    finally:
+        router.close(linger=0)
+        ctx.destroy(linger=0)
