@@ -83,6 +83,7 @@ from meshfaas.core.results import LOOKUP_KIND, ResultLookup
 from meshfaas.core.types import Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import SystemClock
 from meshfaas.runtime.driver import Driver
+from meshfaas.runtime.journal import JournaledStore
 from meshfaas.runtime.messages import MemberRow, NodeStatus, NodeStatusRequest
 from meshfaas.runtime.node import (
     NodeStartError,
@@ -93,7 +94,7 @@ from meshfaas.runtime.node import (
     serve_until_signalled,
 )
 from meshfaas.runtime.results import ResultStore, SplitStore, move_legacy_results
-from meshfaas.runtime.store import BlobStore, SqliteStore, set_aside
+from meshfaas.runtime.store import BlobStore, set_aside
 from meshfaas.runtime.transport import (
     ClientMessage,
     ClientRouter,
@@ -332,7 +333,7 @@ class MeshProcessConfig:
     seed: int | None = None
 
 
-def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]], bool]:
+def _open_store(data_dir: Path) -> tuple[JournaledStore, dict[str, dict[Any, Any]], bool]:
     """The node's store and its records; True when a damaged store was set aside.
 
     A damaged store (a record failing its checksum, an unreadable file) is moved
@@ -341,7 +342,7 @@ def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]],
     acts on promises it no longer remembers.
     """
     path = data_dir / "node.db"
-    store = SqliteStore(path)
+    store = JournaledStore(path)
     loaded = store.load_checked()
     if loaded.ok:
         return store, loaded.tables, False
@@ -351,7 +352,7 @@ def _open_store(data_dir: Path) -> tuple[SqliteStore, dict[str, dict[Any, Any]],
     log.error("the store in %s is damaged (%s); set aside as node.db.damaged-%s. This node "
               "rejoins as a replica that lost its disk: it votes again once caught up.",
               data_dir, loaded.error or damaged, stamp)
-    store = SqliteStore(path)
+    store = JournaledStore(path)
     return store, store.load_checked().tables, True
 
 

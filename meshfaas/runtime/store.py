@@ -130,10 +130,11 @@ class LoadResult:
 
 
 def set_aside(path: Path) -> str:
-    """Rename a damaged SQLite file (with its ``-wal`` and ``-shm``) to
+    """Rename a damaged SQLite file (with its ``-wal``, ``-shm`` and the journal
+    ``.journal`` of :class:`meshfaas.runtime.journal.JournaledStore`) to
     ``<name>.damaged-<time>``, out of the way of a new one; returns the time stamp."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".journal"):
         old = path.with_name(path.name + suffix)
         if old.exists():
             old.rename(path.with_name(f"{path.name}{suffix}.damaged-{stamp}"))

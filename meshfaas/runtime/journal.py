@@ -1,0 +1,348 @@
+"""A write-ahead journal in front of the SQLite store: one write and one fdatasync per sync.
+
+Theory of operation
+-------------------
+A Paxos acceptor syncs a few small records before every reply (its accepted
+value and its promise). Committed through SQLite, such a sync is a transaction:
+the changed B-tree pages go to SQLite's WAL as whole page frames, then the WAL is
+fsynced. On this project's machines that cost 300-480 us of wall time and ~200 us
+of CPU per sync, against 190-310 us and ~120 us for one ``pwrite`` and
+``fdatasync`` of the same bytes into a preallocated file (bench/store_bench.py).
+On a follower that sync is on every commit's path, so :class:`JournaledStore`
+puts a journal file in front of :class:`~meshfaas.runtime.store.SqliteStore`:
+
+- ``write`` is SqliteStore's: each record becomes a row (table, key, value,
+  checksum) staged in memory.
+- ``sync`` appends one journal entry holding every row staged since the last sync
+  and ``fdatasync``s the journal. The rows are also kept in memory (the latest
+  row of each key) until the next checkpoint.
+- A checkpoint, when the next entry would not fit in the journal, commits those
+  rows to SQLite in one transaction (``synchronous=FULL``), then starts a new
+  *generation* of the journal: the other of the two header slots is written with
+  the generation number plus one and synced, and entries start again at the
+  front. Entries of an older generation left behind are ignored from then on.
+  An entry too big for an empty journal (a snapshot) goes straight to SQLite, in
+  the checkpoint's transaction.
+- The journal file is created at its full size, filled with zeros and synced,
+  and its directory synced, before it is used: an ``fdatasync`` then never has a
+  file size or a block allocation to write, and the file cannot vanish in a crash.
+
+Each entry is ``[magic, generation, sequence number, body length, BLAKE2b-128 of
+those and the body]`` then the body (the rows as CBOR). Loading reads SQLite's
+rows (each checked against its checksum, as SqliteStore does), then replays the
+current generation's entries in order until the first that does not verify
+(wrong magic, generation or sequence number, a bad checksum, or the file's end).
+That is normally the entry a crash interrupted: its sync never returned, so
+nothing depended on it. But if a later entry of the same generation, with a
+higher sequence number, does verify, an entry that was acknowledged has been
+damaged: :meth:`JournaledStore.load_checked` reports a corrupt record, and the
+node starts as a replica that lost its disk (it does not vote until caught up).
+The replayed rows stay pending for the next checkpoint; new entries continue
+after the last good one.
+
+A crash between a checkpoint's SQLite commit and its new header leaves the old
+generation current, and its entries are replayed over a SQLite that already has
+them. That is harmless: replaying a sequence of writes over a state that already
+ends with that sequence gives the same state (every key it touches ends with its
+last write in the sequence either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import cbor2
+
+from meshfaas.core.codec import DecodeError
+from meshfaas.runtime.store import CorruptRecord, LoadResult, SqliteStore, StoreError, decode_key
+
+JOURNAL_SUFFIX = ".journal"
+DEFAULT_JOURNAL_BYTES = 2 * 1024 * 1024
+
+_HEADER = struct.Struct(">8sQ16s16s")  # magic, generation, store id, BLAKE2b-128 of those
+_HEADER_MAGIC = b"MFJHDR01"
+_SLOT_BYTES = 512  # two header slots, then the entries
+_DATA_START = 2 * _SLOT_BYTES
+_ENTRY = struct.Struct(">4sQQI16s")  # magic, generation, seq, body length, digest
+_ENTRY_MAGIC = b"MFJE"
+_ZEROS = bytes(1 << 20)
+
+Row = tuple[str, bytes, bytes | None, bytes | None]
+
+
+def _digest(*parts: bytes) -> bytes:
+    return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
+
+
+def _header(generation: int, store_id: bytes) -> bytes:
+    gen = generation.to_bytes(8, "big")
+    return _HEADER.pack(_HEADER_MAGIC, generation, store_id,
+                        _digest(_HEADER_MAGIC, gen, store_id))
+
+
+def _read_header(raw: bytes) -> tuple[int, bytes] | None:
+    """A header slot's generation and store id, or None if the slot does not verify."""
+    if len(raw) < _HEADER.size:
+        return None
+    magic, generation, store_id, digest = _HEADER.unpack_from(raw)
+    if magic != _HEADER_MAGIC or digest != _digest(magic, generation.to_bytes(8, "big"), store_id):
+        return None
+    return int(generation), bytes(store_id)
+
+
+def _entry(generation: int, seq: int, body: bytes) -> bytes:
+    fixed = struct.pack(">QQI", generation, seq, len(body))
+    return _ENTRY.pack(_ENTRY_MAGIC, generation, seq, len(body), _digest(fixed, body)) + body
+
+
+def _read_entry(data: bytes, offset: int, generation: int, seq: int) -> bytes | None:
+    """The body of entry ``seq`` of ``generation`` at ``offset``, or None if there is none."""
+    if offset + _ENTRY.size > len(data):
+        return None
+    magic, gen, got_seq, length, digest = _ENTRY.unpack_from(data, offset)
+    if magic != _ENTRY_MAGIC or gen != generation or got_seq != seq:
+        return None
+    start = offset + _ENTRY.size
+    body = data[start:start + length]
+    if len(body) != length or digest != _digest(struct.pack(">QQI", gen, got_seq, length), body):
+        return None
+    return body
+
+
+def _rows(body: bytes) -> list[Row]:
+    """An entry's rows; ValueError if the (verified) body is not rows."""
+    try:
+        rows = cbor2.loads(body)
+    except Exception as exc:
+        raise ValueError(f"undecodable entry: {exc}") from None
+    if type(rows) is not list:
+        raise ValueError("an entry's body is not a list of rows")
+    out: list[Row] = []
+    for row in rows:
+        if (type(row) is not list or len(row) != 4 or type(row[0]) is not str
+                or type(row[1]) is not bytes
+                or (row[2] is None) != (row[3] is None)
+                or (row[2] is not None and (type(row[2]) is not bytes or type(row[3]) is not bytes))):
+            raise ValueError("an entry holds a malformed row")
+        out.append((row[0], row[1], row[2], row[3]))
+    return out
+
+
+class JournaledStore(SqliteStore):
+    """SqliteStore with its syncs going to a journal first; see the module docstring."""
+
+    def __init__(self, path: Path | str, *, journal_bytes: int = DEFAULT_JOURNAL_BYTES) -> None:
+        super().__init__(path)
+        if journal_bytes < _DATA_START + 4096:
+            raise ValueError(f"a journal needs at least {_DATA_START + 4096} bytes")
+        self.journal_path = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
+        self.journal_bytes = journal_bytes
+        self.checkpoints = 0
+        self._pending: dict[tuple[str, bytes], Row] = {}  # journaled, not yet in SQLite
+        self._generation = 0
+        self._slot = 0  # the header slot holding the current generation
+        self._seq = 0  # the last entry's sequence number
+        self._tail = _DATA_START  # where the next entry goes
+        self._fd = -1
+        self._damage = ""  # why the journal may not be written to, once a load found damage
+        self._id = b""  # the store id SQLite and the journal share
+
+    # -- opening and loading ------------------------------------------------------
+
+    def load_checked(self) -> LoadResult:
+        """SQLite's rows, then the journal's (see the module docstring); this also
+        opens (or creates) the journal for the syncs that follow."""
+        base = super().load_checked()
+        if base.error:
+            return base
+        with self._lock:
+            try:
+                replayed, corrupt = self._open_journal()
+            except OSError as exc:
+                return LoadResult(tables={}, error=f"cannot open {self.journal_path}: {exc}")
+        if corrupt is not None:
+            return LoadResult(tables=base.tables, corrupt=(*base.corrupt, corrupt))
+        tables = base.tables
+        bad = list(base.corrupt)
+        for table, key, value, check in replayed:
+            if value is None or check is None:
+                with contextlib.suppress(DecodeError, TypeError):  # no table can hold it
+                    tables.get(table, {}).pop(decode_key(key), None)
+                continue
+            reason = self._verify(table, key, value, check, tables)
+            if reason:
+                bad.append(CorruptRecord(table=table, key=key, reason=f"journal: {reason}"))
+        return LoadResult(tables=tables, corrupt=tuple(bad))
+
+    def _open_journal(self) -> tuple[list[Row], CorruptRecord | None]:
+        """Open the journal (creating it if there is none); the current
+        generation's rows in order, or what is damaged. Needs ``_lock``.
+
+        SQLite and the journal share a random store id (in SQLite's ``journal_id``
+        table and in each journal header), so a journal is never replayed into
+        another store's database, and a database that had a journal is never
+        opened without it (the rows synced since its last checkpoint are there)."""
+        store_id = self._store_id()
+        if self._fd < 0:
+            if not self.journal_path.exists():
+                if store_id is not None:
+                    return self._damaged(f"{self.journal_path.name} is missing")
+                store_id = self._create_journal()
+            self._fd = os.open(self.journal_path, os.O_RDWR)
+        data = os.pread(self._fd, self.journal_bytes, 0)
+        slots = [(_read_header(data[i * _SLOT_BYTES:(i + 1) * _SLOT_BYTES]), i) for i in (0, 1)]
+        valid = [(head[0], i) for head, i in slots if head is not None and head[1] == store_id]
+        if not valid:
+            if any(head is not None for head, _ in slots):
+                return self._damaged("the journal belongs to another database")
+            return self._damaged("no valid journal header")
+        self._generation, self._slot = max(valid)
+        self._id = store_id or b""
+        replayed, corrupt = self._replay(data)
+        if corrupt is not None:
+            self._damage = corrupt.reason
+        return replayed, corrupt
+
+    def _damaged(self, reason: str) -> tuple[list[Row], CorruptRecord]:
+        self._damage = reason
+        return [], CorruptRecord(table="journal", key=b"", reason=reason)
+
+    def _store_id(self) -> bytes | None:
+        self._conn.execute("CREATE TABLE IF NOT EXISTS journal_id (id BLOB NOT NULL)")
+        row = self._conn.execute("SELECT id FROM journal_id").fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def _replay(self, data: bytes) -> tuple[list[Row], CorruptRecord | None]:
+        rows: list[Row] = []
+        self._pending = {}
+        offset, seq = _DATA_START, 1
+        while (body := _read_entry(data, offset, self._generation, seq)) is not None:
+            try:
+                entry_rows = _rows(body)
+            except ValueError as exc:
+                return [], CorruptRecord(table="journal", key=b"", reason=str(exc))
+            rows.extend(entry_rows)
+            offset += _ENTRY.size + len(body)
+            seq += 1
+        if self._later_entry(data, offset, seq):
+            return [], CorruptRecord(table="journal", key=b"",
+                                     reason=f"entry {seq} of generation {self._generation} is "
+                                            "damaged and later entries are not")
+        self._seq, self._tail = seq - 1, offset
+        for row in rows:
+            self._pending[(row[0], row[1])] = row
+        return rows, None
+
+    def _later_entry(self, data: bytes, offset: int, seq: int) -> bool:
+        """Whether an entry of this generation numbered above ``seq`` verifies past ``offset``."""
+        at = data.find(_ENTRY_MAGIC, offset)
+        while at >= 0:
+            if at + _ENTRY.size <= len(data):
+                _magic, gen, later, _length, _check = _ENTRY.unpack_from(data, at)
+                if gen == self._generation and later > seq \
+                        and _read_entry(data, at, gen, later) is not None:
+                    return True
+            at = data.find(_ENTRY_MAGIC, at + 1)
+        return False
+
+    def _create_journal(self) -> bytes:
+        """A new journal of ``journal_bytes`` zeros with generation 1 and a new
+        store id, synced with its directory after the id is committed to SQLite."""
+        store_id = os.urandom(16)
+        tmp = self.journal_path.with_name(self.journal_path.name + ".new")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            left = self.journal_bytes
+            while left > 0:
+                left -= os.write(fd, _ZEROS[:min(left, len(_ZEROS))])
+            os.pwrite(fd, _header(1, store_id), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._conn.execute("INSERT INTO journal_id VALUES (?)", (store_id,))  # (autocommit, FULL)
+        os.replace(tmp, self.journal_path)
+        dir_fd = os.open(self.journal_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return store_id
+
+    # -- syncing ------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make everything staged durable: one journal entry, or a checkpoint."""
+        with self._lock:
+            with self._staging:
+                rows, self._staged = self._staged, []
+            if not rows:
+                return
+            if self._fd < 0:  # synced before any load (a new store): open it now
+                self._open_journal()
+            if self._damage:
+                raise StoreError(f"{self.journal_path} is damaged ({self._damage}): "
+                                 "set it aside before writing")
+            try:
+                self._append(cast(list[Row], rows))
+            except OSError as exc:
+                raise StoreError(f"sync of {len(rows)} records to {self.journal_path} "
+                                 f"failed: {exc}") from exc
+            self.syncs += 1
+
+    def _append(self, rows: Sequence[Row]) -> None:
+        body = cbor2.dumps([list(r) for r in rows])
+        entry = _entry(self._generation, self._seq + 1, body)
+        if self._tail + len(entry) > self.journal_bytes:
+            self._checkpoint(rows)
+            return
+        os.pwrite(self._fd, entry, self._tail)
+        os.fdatasync(self._fd)
+        self._seq += 1
+        self._tail += len(entry)
+        for row in rows:
+            self._pending[(row[0], row[1])] = row
+
+    def _checkpoint(self, rows: Sequence[Row]) -> None:
+        """Commit the journaled rows and ``rows`` to SQLite, then start a new generation."""
+        for row in rows:
+            self._pending[(row[0], row[1])] = row
+        try:
+            self._commit(list(self._pending.values()))
+        except Exception as exc:
+            raise StoreError(f"checkpoint of {len(self._pending)} records to {self.path} "
+                             f"failed: {exc}") from exc
+        self._pending = {}
+        slot = 1 - self._slot
+        os.pwrite(self._fd, _header(self._generation + 1, self._id), slot * _SLOT_BYTES)
+        os.fdatasync(self._fd)
+        self._generation += 1
+        self._slot = slot
+        self._seq, self._tail = 0, _DATA_START
+        self.checkpoints += 1
+
+    def checkpoint(self) -> None:
+        """Commit every journaled row to SQLite now and start a new generation, so
+        ``node.db`` alone holds everything synced (done at :meth:`close` too)."""
+        with self._lock:
+            if self._fd >= 0 and self._pending:
+                try:
+                    self._checkpoint(())
+                except OSError as exc:
+                    raise StoreError(f"checkpoint to {self.journal_path} failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Checkpoint (best effort: what fails stays in the journal, replayed at the
+        next open), then close the journal and SQLite."""
+        with contextlib.suppress(StoreError):
+            self.checkpoint()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        super().close()
