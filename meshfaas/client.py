@@ -878,7 +878,8 @@ class AsyncClient(Client):
     def __init__(self, endpoints: str | Sequence[str], api_key: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(endpoints, api_key, **kwargs)
-        self._lock = trio.Lock()
+        self._busy = False  # an operation holds the client (the lock, taken without a trio call)
+        self._waiters = trio.lowlevel.ParkingLot()  # operations waiting for it, in order
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -887,10 +888,19 @@ class AsyncClient(Client):
         self.close()
 
     async def _acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()  # uncontended: no scheduler round trip for the lock
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        """Take the client for one operation: a flag when it is free, else a place
+        in line (no checkpoint either way once it is ours, so a cancellation
+        cannot come between taking it and the caller's ``try``)."""
+        if self._busy:
+            await self._waiters.park()  # woken by _release, which hands the client over
+        else:
+            self._busy = True
+
+    def _release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()  # the longest waiter has it now: still busy
+        else:
+            self._busy = False
 
     async def _simple_call(self, body: Any) -> Any:
         """One request, without an operation generator (most of the API)."""
@@ -898,7 +908,7 @@ class AsyncClient(Client):
         try:
             return await self._aroundtrip(self._call(body))
         finally:
-            self._lock.release()
+            self._release()
 
     async def _arun(self, op: Op[T]) -> T:
         await self._acquire()
@@ -914,7 +924,7 @@ class AsyncClient(Client):
         except StopIteration as stop:
             return cast(T, stop.value)
         finally:
-            self._lock.release()
+            self._release()
 
     async def _aroundtrip(self, call: _Call) -> Any:
         last = ""

@@ -182,3 +182,69 @@ async def test_the_reply_after_noise_is_the_one_returned() -> None:
     finally:
         router.close(linger=0)
         ctx.destroy(linger=0)
+
+
+# ---------------------------------------------------------------------------
+# One operation at a time per AsyncClient
+# ---------------------------------------------------------------------------
+
+
+class CountingServer:
+    """Answers each request after ``delay_s``; records the most requests it ever held at once."""
+
+    def __init__(self, ctx: zmq.Context[Any], delay_s: float) -> None:
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.delay_s = delay_s
+        self.held = self.most_held = self.answered = 0
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    identity, frame = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    await trio.sleep(0.001)
+                    continue
+                self.held += 1
+                self.most_held = max(self.most_held, self.held)
+                nursery.start_soon(self.answer, identity, proto.decode_request(frame))
+
+    async def answer(self, identity: bytes, request: proto.ClientRequest) -> None:
+        await trio.sleep(self.delay_s)
+        self.held -= 1
+        self.answered += 1
+        reply = proto.ok(request.request_id, proto.Pong(node="n1"))
+        self.router.send_multipart([identity, proto.encode(reply)])
+
+
+async def test_callers_sharing_a_client_take_turns_and_a_cancelled_one_leaves_the_line() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = CountingServer(ctx, delay_s=0.02)
+    results: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve)
+            with trio.fail_after(10):
+                async with sdk.AsyncClient(server.endpoint, api_key="k", context=ctx) as c:
+
+                    async def call(patience_s: float = 10.0) -> None:
+                        with trio.move_on_after(patience_s):
+                            results.append(await c.ping())
+
+                    async with trio.open_nursery() as callers:
+                        for _ in range(5):
+                            callers.start_soon(call)
+                        while not server.held:  # one holds the client, four wait in line
+                            await trio.sleep(0.001)
+                        callers.start_soon(call, 0.03)  # last in line, out of patience first
+                    assert await c.ping() == "n1"  # usable afterwards
+            nursery.cancel_scope.cancel()
+    finally:
+        server.router.close(linger=0)
+        ctx.destroy(linger=0)
+    assert server.most_held == 1  # never two requests of one client at once
+    assert results == ["n1"] * 5  # the caller out of patience gave up its place
+    assert server.answered == 6
