@@ -5,24 +5,27 @@ Theory of operation
 A Paxos acceptor syncs a few small records before every reply (its accepted
 value and its promise). Committed through SQLite, such a sync is a transaction:
 the changed B-tree pages go to SQLite's WAL as whole page frames, then the WAL is
-fsynced. On this project's machines that cost 300-480 us of wall time and ~200 us
-of CPU per sync, against 190-310 us and ~120 us for one ``pwrite`` and
-``fdatasync`` of the same bytes into a preallocated file (bench/store_bench.py).
-On a follower that sync is on every commit's path, so :class:`JournaledStore`
-puts a journal file in front of :class:`~meshfaas.runtime.store.SqliteStore`:
+fsynced. On this project's machines that cost about 410 us of wall time and
+220 us of CPU per sync of one record, against 265 us and 140 us for one
+``pwrite`` and ``fdatasync`` of the same bytes into a preallocated file
+(bench/store_bench.py). On a follower that sync is on every commit's path, so
+:class:`JournaledStore` puts a journal file in front of
+:class:`~meshfaas.runtime.store.SqliteStore`:
 
 - ``write`` is SqliteStore's: each record becomes a row (table, key, value,
   checksum) staged in memory.
-- ``sync`` appends one journal entry holding every row staged since the last sync
-  and ``fdatasync``s the journal. The rows are also kept in memory (the latest
-  row of each key) until the next checkpoint.
-- A checkpoint, when the next entry would not fit in the journal, commits those
-  rows to SQLite in one transaction (``synchronous=FULL``), then starts a new
-  *generation* of the journal: the other of the two header slots is written with
-  the generation number plus one and synced, and entries start again at the
-  front. Entries of an older generation left behind are ignored from then on.
-  An entry too big for an empty journal (a snapshot) goes straight to SQLite, in
-  the checkpoint's transaction.
+- ``sync`` of a small batch (under ``direct_bytes``) appends one journal entry
+  holding every row staged since the last sync and ``fdatasync``s the journal.
+  The rows are also kept in memory (the latest row of each key) until the next
+  checkpoint.
+- A checkpoint commits those rows to SQLite in one transaction
+  (``synchronous=FULL``), together with the journal's next *generation* number
+  (SQLite's ``journal_meta`` table); entries then start again at the front of the
+  file, numbered from 1 in the new generation. It runs when the next entry would
+  not fit, and on a big batch: a sync of ``direct_bytes`` or more gains little
+  from the journal and would be written twice, so it goes to SQLite in the
+  checkpoint's transaction (with no journaled rows pending, it is a plain SQLite
+  commit and the generation stays).
 - The journal file is created at its full size, filled with zeros and synced,
   and its directory synced, before it is used: an ``fdatasync`` then never has a
   file size or a block allocation to write, and the file cannot vanish in a crash.
@@ -30,7 +33,7 @@ puts a journal file in front of :class:`~meshfaas.runtime.store.SqliteStore`:
 Each entry is ``[magic, generation, sequence number, body length, BLAKE2b-128 of
 those and the body]`` then the body (the rows as CBOR). Loading reads SQLite's
 rows (each checked against its checksum, as SqliteStore does), then replays the
-current generation's entries in order until the first that does not verify
+entries of SQLite's generation in order until the first that does not verify
 (wrong magic, generation or sequence number, a bad checksum, or the file's end).
 That is normally the entry a crash interrupted: its sync never returned, so
 nothing depended on it. But if a later entry of the same generation, with a
@@ -40,11 +43,13 @@ node starts as a replica that lost its disk (it does not vote until caught up).
 The replayed rows stay pending for the next checkpoint; new entries continue
 after the last good one.
 
-A crash between a checkpoint's SQLite commit and its new header leaves the old
-generation current, and its entries are replayed over a SQLite that already has
-them. That is harmless: replaying a sequence of writes over a state that already
-ends with that sequence gives the same state (every key it touches ends with its
-last write in the sequence either way).
+Because the generation moves in the same SQLite transaction as the rows, a
+crash can never replay an entry over a newer value: before that commit, SQLite
+holds nothing the journal's entries did not come after; after it, those entries
+belong to an older generation and are ignored. SQLite and the journal also share
+a random store id (in ``journal_meta`` and the journal's header), so a journal
+is never replayed into another store's database, and a database that had a
+journal is never opened without it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sqlite3
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,14 +70,15 @@ from meshfaas.runtime.store import CorruptRecord, LoadResult, SqliteStore, Store
 
 JOURNAL_SUFFIX = ".journal"
 DEFAULT_JOURNAL_BYTES = 2 * 1024 * 1024
+DEFAULT_DIRECT_BYTES = 16 * 1024
 
-_HEADER = struct.Struct(">8sQ16s16s")  # magic, generation, store id, BLAKE2b-128 of those
-_HEADER_MAGIC = b"MFJHDR01"
-_SLOT_BYTES = 512  # two header slots, then the entries
-_DATA_START = 2 * _SLOT_BYTES
+_HEADER = struct.Struct(">8s16s16s")  # magic, store id, BLAKE2b-128 of the two
+_HEADER_MAGIC = b"MFJHDR02"
+_DATA_START = 512
 _ENTRY = struct.Struct(">4sQQI16s")  # magic, generation, seq, body length, digest
 _ENTRY_MAGIC = b"MFJE"
 _ZEROS = bytes(1 << 20)
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS journal_meta (id BLOB NOT NULL, generation INTEGER NOT NULL)"
 
 Row = tuple[str, bytes, bytes | None, bytes | None]
 
@@ -80,20 +87,18 @@ def _digest(*parts: bytes) -> bytes:
     return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
 
 
-def _header(generation: int, store_id: bytes) -> bytes:
-    gen = generation.to_bytes(8, "big")
-    return _HEADER.pack(_HEADER_MAGIC, generation, store_id,
-                        _digest(_HEADER_MAGIC, gen, store_id))
+def _header(store_id: bytes) -> bytes:
+    return _HEADER.pack(_HEADER_MAGIC, store_id, _digest(_HEADER_MAGIC, store_id))
 
 
-def _read_header(raw: bytes) -> tuple[int, bytes] | None:
-    """A header slot's generation and store id, or None if the slot does not verify."""
+def _read_header(raw: bytes) -> bytes | None:
+    """The store id in a journal's header, or None if the header does not verify."""
     if len(raw) < _HEADER.size:
         return None
-    magic, generation, store_id, digest = _HEADER.unpack_from(raw)
-    if magic != _HEADER_MAGIC or digest != _digest(magic, generation.to_bytes(8, "big"), store_id):
+    magic, store_id, digest = _HEADER.unpack_from(raw)
+    if magic != _HEADER_MAGIC or digest != _digest(magic, store_id):
         return None
-    return int(generation), bytes(store_id)
+    return bytes(store_id)
 
 
 def _entry(generation: int, seq: int, body: bytes) -> bytes:
@@ -135,23 +140,23 @@ def _rows(body: bytes) -> list[Row]:
 
 
 class JournaledStore(SqliteStore):
-    """SqliteStore with its syncs going to a journal first; see the module docstring."""
+    """SqliteStore with its small syncs going to a journal first; see the module docstring."""
 
-    def __init__(self, path: Path | str, *, journal_bytes: int = DEFAULT_JOURNAL_BYTES) -> None:
+    def __init__(self, path: Path | str, *, journal_bytes: int = DEFAULT_JOURNAL_BYTES,
+                 direct_bytes: int = DEFAULT_DIRECT_BYTES) -> None:
         super().__init__(path)
         if journal_bytes < _DATA_START + 4096:
             raise ValueError(f"a journal needs at least {_DATA_START + 4096} bytes")
         self.journal_path = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
         self.journal_bytes = journal_bytes
+        self.direct_bytes = direct_bytes
         self.checkpoints = 0
         self._pending: dict[tuple[str, bytes], Row] = {}  # journaled, not yet in SQLite
-        self._generation = 0
-        self._slot = 0  # the header slot holding the current generation
+        self._generation = 0  # the journal's current generation (SQLite's journal_meta)
         self._seq = 0  # the last entry's sequence number
         self._tail = _DATA_START  # where the next entry goes
         self._fd = -1
         self._damage = ""  # why the journal may not be written to, once a load found damage
-        self._id = b""  # the store id SQLite and the journal share
 
     # -- opening and loading ------------------------------------------------------
 
@@ -164,7 +169,7 @@ class JournaledStore(SqliteStore):
         with self._lock:
             try:
                 replayed, corrupt = self._open_journal()
-            except OSError as exc:
+            except (OSError, sqlite3.Error) as exc:
                 return LoadResult(tables={}, error=f"cannot open {self.journal_path}: {exc}")
         if corrupt is not None:
             return LoadResult(tables=base.tables, corrupt=(*base.corrupt, corrupt))
@@ -182,28 +187,22 @@ class JournaledStore(SqliteStore):
 
     def _open_journal(self) -> tuple[list[Row], CorruptRecord | None]:
         """Open the journal (creating it if there is none); the current
-        generation's rows in order, or what is damaged. Needs ``_lock``.
-
-        SQLite and the journal share a random store id (in SQLite's ``journal_id``
-        table and in each journal header), so a journal is never replayed into
-        another store's database, and a database that had a journal is never
-        opened without it (the rows synced since its last checkpoint are there)."""
-        store_id = self._store_id()
+        generation's rows in order, or what is damaged. Needs ``_lock``."""
+        self._conn.execute(_META_SCHEMA)
+        meta = self._conn.execute("SELECT id, generation FROM journal_meta").fetchone()
         if self._fd < 0:
             if not self.journal_path.exists():
-                if store_id is not None:
+                if meta is not None:
                     return self._damaged(f"{self.journal_path.name} is missing")
-                store_id = self._create_journal()
+                meta = self._create_journal()
             self._fd = os.open(self.journal_path, os.O_RDWR)
         data = os.pread(self._fd, self.journal_bytes, 0)
-        slots = [(_read_header(data[i * _SLOT_BYTES:(i + 1) * _SLOT_BYTES]), i) for i in (0, 1)]
-        valid = [(head[0], i) for head, i in slots if head is not None and head[1] == store_id]
-        if not valid:
-            if any(head is not None for head, _ in slots):
-                return self._damaged("the journal belongs to another database")
+        store_id = _read_header(data)
+        if store_id is None:
             return self._damaged("no valid journal header")
-        self._generation, self._slot = max(valid)
-        self._id = store_id or b""
+        if meta is None or store_id != bytes(meta[0]):
+            return self._damaged("the journal belongs to another database")
+        self._generation = int(meta[1])
         replayed, corrupt = self._replay(data)
         if corrupt is not None:
             self._damage = corrupt.reason
@@ -212,11 +211,6 @@ class JournaledStore(SqliteStore):
     def _damaged(self, reason: str) -> tuple[list[Row], CorruptRecord]:
         self._damage = reason
         return [], CorruptRecord(table="journal", key=b"", reason=reason)
-
-    def _store_id(self) -> bytes | None:
-        self._conn.execute("CREATE TABLE IF NOT EXISTS journal_id (id BLOB NOT NULL)")
-        row = self._conn.execute("SELECT id FROM journal_id").fetchone()
-        return bytes(row[0]) if row is not None else None
 
     def _replay(self, data: bytes) -> tuple[list[Row], CorruptRecord | None]:
         rows: list[Row] = []
@@ -251,9 +245,9 @@ class JournaledStore(SqliteStore):
             at = data.find(_ENTRY_MAGIC, at + 1)
         return False
 
-    def _create_journal(self) -> bytes:
-        """A new journal of ``journal_bytes`` zeros with generation 1 and a new
-        store id, synced with its directory after the id is committed to SQLite."""
+    def _create_journal(self) -> tuple[bytes, int]:
+        """A new journal of ``journal_bytes`` zeros under a new store id, synced
+        with its directory, the id committed to SQLite first."""
         store_id = os.urandom(16)
         tmp = self.journal_path.with_name(self.journal_path.name + ".new")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -261,23 +255,23 @@ class JournaledStore(SqliteStore):
             left = self.journal_bytes
             while left > 0:
                 left -= os.write(fd, _ZEROS[:min(left, len(_ZEROS))])
-            os.pwrite(fd, _header(1, store_id), 0)
+            os.pwrite(fd, _header(store_id), 0)
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._conn.execute("INSERT INTO journal_id VALUES (?)", (store_id,))  # (autocommit, FULL)
+        self._conn.execute("INSERT INTO journal_meta VALUES (?, 1)", (store_id,))  # (autocommit)
         os.replace(tmp, self.journal_path)
         dir_fd = os.open(self.journal_path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return store_id
+        return store_id, 1
 
     # -- syncing ------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Make everything staged durable: one journal entry, or a checkpoint."""
+        """Make everything staged durable: one journal entry, or a SQLite commit."""
         with self._lock:
             with self._staging:
                 rows, self._staged = self._staged, []
@@ -297,10 +291,11 @@ class JournaledStore(SqliteStore):
 
     def _append(self, rows: Sequence[Row]) -> None:
         body = cbor2.dumps([list(r) for r in rows])
-        entry = _entry(self._generation, self._seq + 1, body)
-        if self._tail + len(entry) > self.journal_bytes:
+        if len(body) >= self.direct_bytes \
+                or self._tail + _ENTRY.size + len(body) > self.journal_bytes:
             self._checkpoint(rows)
             return
+        entry = _entry(self._generation, self._seq + 1, body)
         os.pwrite(self._fd, entry, self._tail)
         os.fdatasync(self._fd)
         self._seq += 1
@@ -309,32 +304,29 @@ class JournaledStore(SqliteStore):
             self._pending[(row[0], row[1])] = row
 
     def _checkpoint(self, rows: Sequence[Row]) -> None:
-        """Commit the journaled rows and ``rows`` to SQLite, then start a new generation."""
-        for row in rows:
-            self._pending[(row[0], row[1])] = row
+        """Commit the journaled rows, then ``rows``, to SQLite in one transaction,
+        with the next generation if any were journaled (see the module docstring)."""
+        journaled = list(self._pending.values())
+        generation = self._generation + 1 if journaled else self._generation
         try:
-            self._commit(list(self._pending.values()))
-        except Exception as exc:
-            raise StoreError(f"checkpoint of {len(self._pending)} records to {self.path} "
-                             f"failed: {exc}") from exc
-        self._pending = {}
-        slot = 1 - self._slot
-        os.pwrite(self._fd, _header(self._generation + 1, self._id), slot * _SLOT_BYTES)
-        os.fdatasync(self._fd)
-        self._generation += 1
-        self._slot = slot
-        self._seq, self._tail = 0, _DATA_START
-        self.checkpoints += 1
+            self._commit([*journaled, *rows],
+                         *([("UPDATE journal_meta SET generation=?", (generation,))]
+                           if journaled else []))
+        except sqlite3.Error as exc:
+            raise StoreError(f"checkpoint of {len(journaled) + len(rows)} records to "
+                             f"{self.path} failed: {exc}") from exc
+        if journaled:
+            self._pending = {}
+            self._generation = generation
+            self._seq, self._tail = 0, _DATA_START
+            self.checkpoints += 1
 
     def checkpoint(self) -> None:
-        """Commit every journaled row to SQLite now and start a new generation, so
-        ``node.db`` alone holds everything synced (done at :meth:`close` too)."""
+        """Commit every journaled row to SQLite now, so ``node.db`` alone holds
+        everything synced (done at :meth:`close` too)."""
         with self._lock:
-            if self._fd >= 0 and self._pending:
-                try:
-                    self._checkpoint(())
-                except OSError as exc:
-                    raise StoreError(f"checkpoint to {self.journal_path} failed: {exc}") from exc
+            if self._fd >= 0 and self._pending and not self._damage:
+                self._checkpoint(())
 
     def close(self) -> None:
         """Checkpoint (best effort: what fails stays in the journal, replayed at the

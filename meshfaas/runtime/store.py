@@ -189,7 +189,8 @@ class SqliteStore:
                 raise StoreError(f"sync of {len(rows)} records to {self.path} failed: {exc}") from exc
             self.syncs += 1
 
-    def _commit(self, rows: list[Any]) -> None:
+    def _commit(self, rows: Sequence[Any], *then: tuple[str, tuple[Any, ...]]) -> None:
+        """One transaction: the rows in order, then the statements ``then``."""
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -199,6 +200,8 @@ class SqliteStore:
                 else:
                     cur.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
                                 (table, key, value, check))
+            for statement, params in then:
+                cur.execute(statement, params)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")

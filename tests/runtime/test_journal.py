@@ -4,6 +4,7 @@ reopens, checkpoints, torn tails and crashes mid-checkpoint; damage is reported.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from meshfaas.runtime.store import SqliteStore, StoreError
 SMALL = 8 * 1024  # a journal this small checkpoints every few syncs
 
 
-def reopen(path: Path, journal_bytes: int = SMALL) -> tuple[JournaledStore, dict[str, Any]]:
-    store = JournaledStore(path, journal_bytes=journal_bytes)
+def reopen(path: Path, journal_bytes: int = SMALL,
+           direct_bytes: int = journal.DEFAULT_DIRECT_BYTES) -> tuple[JournaledStore, dict[str, Any]]:
+    store = JournaledStore(path, journal_bytes=journal_bytes, direct_bytes=direct_bytes)
     result = store.load_checked()
     assert result.ok, (result.error, result.corrupt)
     return store, result.tables
@@ -184,30 +186,50 @@ def test_a_store_from_before_the_journal_gets_one(tmp_path: Path) -> None:
     assert tables == {"log": {1: "old", 2: "new"}}
 
 
-@pytest.mark.parametrize("header", ["not written", "torn"])
-def test_a_crash_inside_a_checkpoint_loses_nothing(tmp_path: Path, header: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpoint committed to SQLite, then the crash hit before (or while) the
-    new generation's header was written: the old generation is replayed again."""
+@pytest.mark.parametrize("crash_at", ["before the commit", "after the commit"])
+def test_a_crash_in_a_checkpoint_loses_nothing_and_replays_nothing_stale(
+        tmp_path: Path, crash_at: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journaled rows, then a batch too big for the journal that rewrites one of
+    them: the checkpoint commits both (and the next generation) in one transaction."""
     store, _ = reopen(tmp_path / "node.db")
-    for i in range(5):
+    for i in range(3):
         store.write([Write(table="log", key=i, value=i), Write(table="meta", key="top", value=i)])
         store.sync()
-    store.write([Write(table="log", key=1, value=None)])
+    big = b"\x02" * (2 * SMALL)
+    store.write([Write(table="meta", key="top", value=99), Write(table="snap", key="s", value=big)])
+    if crash_at == "before the commit":
+        def stopped(*args: object) -> None:
+            raise sqlite3.OperationalError("the machine stopped")
+
+        monkeypatch.setattr(store, "_commit", stopped)
+        with pytest.raises(StoreError):
+            store.sync()
+        expected = {"log": {0: 0, 1: 1, 2: 2}, "meta": {"top": 2}}
+    else:
+        store.sync()
+        assert store.checkpoints == 1
+        expected = {"log": {0: 0, 1: 1, 2: 2}, "meta": {"top": 99}, "snap": {"s": big}}
+    crash(store)
+    store, tables = reopen(tmp_path / "node.db")
+    assert tables == expected
+    store.write([Write(table="meta", key="top", value=100)])
     store.sync()
-    torn = journal._header(store._generation + 1, store._id)[:10] + b"\x00" * 46
-    monkeypatch.setattr(journal, "_header", lambda gen, store_id: torn if header == "torn" else b"")
-
-    def interrupted(fd: int) -> None:
-        raise OSError("the machine stopped")
-
-    monkeypatch.setattr(journal.os, "fdatasync", interrupted)
-    with pytest.raises(StoreError):
-        store.checkpoint()
-    monkeypatch.undo()
     crash(store)
     _, tables = reopen(tmp_path / "node.db")
-    assert tables == {"log": {0: 0, 2: 2, 3: 3, 4: 4}, "meta": {"top": 4}}
+    assert tables == {**expected, "meta": {"top": 100}}
+
+
+def test_a_big_batch_with_nothing_journaled_is_a_plain_commit(tmp_path: Path) -> None:
+    store, _ = reopen(tmp_path / "node.db")
+    store.write([Write(table="snap", key="s", value=b"\x03" * (2 * SMALL))])
+    store.sync()
+    assert (store.checkpoints, store._generation, store._seq) == (0, 1, 0)
+    store.write([Write(table="log", key=1, value=1)])
+    store.sync()
+    assert store._seq == 1
+    crash(store)
+    _, tables = reopen(tmp_path / "node.db")
+    assert tables == {"snap": {"s": b"\x03" * (2 * SMALL)}, "log": {1: 1}}
 
 
 ops = st.lists(st.one_of(
@@ -223,7 +245,7 @@ def test_whatever_happens_the_synced_state_is_what_loads(tmp_path_factory: pytes
     path = tmp_path_factory.mktemp("j") / "node.db"
     durable: dict[int, bytes] = {}
     staged: list[tuple[int, bytes | None]] = []
-    store, _ = reopen(path, 4096 + journal._DATA_START)
+    store, _ = reopen(path, 4096 + journal._DATA_START, 1024)
     for op in script:
         if op[0] == "write":
             store.write([Write(table="t", key=op[1], value=op[2])])
@@ -241,8 +263,8 @@ def test_whatever_happens_the_synced_state_is_what_loads(tmp_path_factory: pytes
         else:
             crash(store) if op[0] == "crash" else store.close()
             staged = []
-            store, tables = reopen(path, 4096 + journal._DATA_START)
+            store, tables = reopen(path, 4096 + journal._DATA_START, 1024)
             assert tables.get("t", {}) == durable
     crash(store)
-    _, tables = reopen(path, 4096 + journal._DATA_START)
+    _, tables = reopen(path, 4096 + journal._DATA_START, 1024)
     assert tables.get("t", {}) == durable
