@@ -33,7 +33,8 @@ frames ``[topic, canonical CBOR [version, event]]``; see :func:`log_topic`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -56,6 +57,7 @@ from meshfaas.core.faas import (
     VersionRecord,
 )
 
+T = TypeVar("T")
 CLIENT_PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -465,25 +467,30 @@ def _decode(frame: bytes, expect: type) -> Any:
     return msg
 
 
-def decode_request(frame: bytes) -> ClientRequest:
-    request: ClientRequest = _decode(frame, ClientRequest)
-    return request
-
-
-def decode_response(frame: bytes) -> ClientResponse:
-    """A response frame, on the SDK's path for every call: the envelope is checked
-    here and its message decoded straight as a :class:`ClientResponse` (typed, every
-    field checked as :func:`_decode` does), without the generic walk of the array."""
+def _decode_typed(frame: bytes, decode: Callable[[Any, int], T]) -> T:
+    """A frame of one message class, on the path of every request (the node's) and
+    every response (the SDK's): the envelope is checked here and the message
+    decoded straight by its class's typed decoder (every field checked, the values
+    and DecodeErrors of :func:`_decode`), without the generic walk of the array."""
     if len(frame) > MAX_FRAME_BYTES:
         raise DecodeError(f"frame of {len(frame)} bytes over the {MAX_FRAME_BYTES}-byte limit")
-    raw = parse_cbor(frame)
+    raw = parse_cbor(bytes(frame))
     if type(raw) is not list or len(raw) != 2 or type(raw[0]) is not int:
         raise DecodeError("a client frame is an array of 2: version, message")
     if raw[0] != CLIENT_PROTOCOL_VERSION:
         raise DecodeError(f"client protocol version {raw[0]}, expected {CLIENT_PROTOCOL_VERSION}")
-    return _RESPONSE(raw[1], 2)  # the depth the generic walk gives it: array, then tag
+    return decode(raw[1], 2)  # the depth the generic walk gives it: array, then tag
 
 
+def decode_request(frame: bytes) -> ClientRequest:
+    return _decode_typed(frame, _REQUEST)
+
+
+def decode_response(frame: bytes) -> ClientResponse:
+    return _decode_typed(frame, _RESPONSE)
+
+
+_REQUEST = message_decoder(ClientRequest)
 _RESPONSE = message_decoder(ClientResponse)
 
 

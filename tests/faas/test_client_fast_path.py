@@ -2,10 +2,11 @@
 
 * :class:`proto.RequestEncoder` writes exactly the bytes of
   ``proto.encode(ClientRequest(...))`` for any request id, key, body and timeout.
-* :func:`proto.decode_response` (the envelope checked by hand, the message decoded
-  straight as a ClientResponse) agrees with the generic ``proto._decode``: the same
-  value for a good frame, a DecodeError for a bad one, and nothing else, whatever
-  the bytes (frames cut, bytes flipped, fields of the wrong type, other messages).
+* :func:`proto.decode_response` and :func:`proto.decode_request` (the envelope
+  checked by hand, the message decoded straight as its class) agree with the
+  generic ``proto._decode``: the same value for a good frame, a DecodeError for a
+  bad one, and nothing else, whatever the bytes (frames cut, bytes flipped,
+  fields of the wrong type, other messages).
 * The trio client's wait reads a wake at once and skips what is not its reply:
   stale replies, garbage and pongs arriving before the real reply.
 """
@@ -65,19 +66,29 @@ def test_the_request_encoder_refuses_an_oversized_frame() -> None:
         proto.RequestEncoder("k").encode("r1", body)
 
 
-def generic(frame: bytes) -> Any:
+def generic(frame: bytes, cls: type = proto.ClientResponse) -> Any:
     """The generic decode, or the DecodeError it raises (as a value to compare)."""
     try:
-        return proto._decode(frame, proto.ClientResponse)
+        return proto._decode(frame, cls)
     except DecodeError:
         return DecodeError
 
 
-def fast(frame: bytes) -> Any:
+def fast(frame: bytes, decode: Any = proto.decode_response) -> Any:
     try:
-        return proto.decode_response(frame)
+        return decode(frame)
     except DecodeError:
         return DecodeError
+
+
+def damage(frame: bytes, data: st.DataObject) -> bytes:
+    """``frame`` with one to three bytes changed, and perhaps cut short."""
+    damaged = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 3))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        return bytes(damaged[:data.draw(st.integers(0, len(damaged)))])
+    return bytes(damaged)
 
 
 @given(RESPONSES)
@@ -91,13 +102,21 @@ def test_a_good_response_decodes_as_the_generic_decoder_does(response: proto.Cli
 @given(RESPONSES, st.data())
 def test_a_damaged_response_is_what_the_generic_decoder_makes_of_it(
         response: proto.ClientResponse, data: st.DataObject) -> None:
-    frame = bytearray(proto.encode(response))
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(0, len(frame) - 1))
-        frame[at] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(frame)))
-    damaged = bytes(frame[:cut] if data.draw(st.booleans()) else frame)
+    damaged = damage(proto.encode(response), data)
     assert fast(damaged) == generic(damaged)
+
+
+REQUESTS = st.builds(proto.ClientRequest, request_id=TEXT, api_key=TEXT, body=BODIES,
+                     timeout_ms=INTS)
+
+
+@given(REQUESTS, st.data())
+def test_a_request_good_or_damaged_decodes_as_the_generic_decoder_does(
+        request: proto.ClientRequest, data: st.DataObject) -> None:
+    frame = proto.encode(request)
+    assert proto.decode_request(frame) == generic(frame, proto.ClientRequest) == request
+    damaged = damage(frame, data)
+    assert fast(damaged, proto.decode_request) == generic(damaged, proto.ClientRequest)
 
 
 WRONG_ENVELOPES = [
@@ -122,6 +141,11 @@ def test_a_wrong_envelope_is_a_decode_error(frame: bytes) -> None:
     with pytest.raises(DecodeError):
         proto.decode_response(frame)
     assert generic(frame) is DecodeError
+    request_frame = frame.replace(to_cbor(proto.ok("r", 1)), to_cbor(
+        proto.ClientRequest(request_id="r", api_key="k", body=1)))
+    assert fast(request_frame, proto.decode_request) == generic(request_frame, proto.ClientRequest)
+    if request_frame != frame:  # the same wrong envelope around a request
+        assert fast(request_frame, proto.decode_request) is DecodeError
 
 
 def test_a_wrongly_typed_field_deep_inside_is_a_decode_error() -> None:
