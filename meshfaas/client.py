@@ -32,7 +32,9 @@ its requests with a lock (open several clients for parallel calls).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
+import math
 import os
 import stat
 import time
@@ -868,6 +870,80 @@ async def _race(sock: zmq.Socket[Any], i: int, winner: list[int],
     scope.cancel()
 
 
+class _Alarm:
+    """One wait's alarm: the FD whose waiter it wakes, and whether it still may."""
+
+    __slots__ = ("active", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.active = True
+
+
+class _Alarms:
+    """Ends AsyncClient waits at their deadlines, without a cancel scope per wait.
+
+    A trio cancel scope costs a waiting call about as much CPU as decoding its
+    reply (tens of microseconds after an idle gap), and a call that waits needs
+    a time limit (the call's deadline, or the liveness watch's next tick). So
+    one system task per trio run keeps the alarms: a wait sets one (a heap push)
+    and clears it when it ends, however it ends; the task sleeps until the
+    earliest alarm still set and wakes that alarm's waiter with
+    ``trio.lowlevel.notify_closing(fd)``, which raises ClosedResourceError in
+    the waiter's ``wait_readable`` (the FD is not closed: the next wait
+    registers it again). Only the client's own task waits on its DEALER's FD,
+    and an alarm is only set while it does, so nothing else is woken. Cleared
+    alarms are dropped when they reach the head of the heap; the task wakes
+    about once per liveness tick (a quarter interval) while calls wait, else
+    never.
+    """
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, _Alarm]] = []  # (deadline, order, alarm)
+        self.count = 0
+        self.scope = trio.CancelScope()  # the sleeping task's: its deadline is the next alarm
+        self.wake_at = math.inf  # that deadline (reading it from the scope costs more)
+
+    def set(self, deadline: float, fd: int) -> _Alarm:
+        """An alarm for the task about to wait on ``fd``; clear it when the wait ends."""
+        alarm = _Alarm(fd)
+        self.count += 1
+        heapq.heappush(self.heap, (deadline, self.count, alarm))
+        if deadline < self.wake_at:  # rare: a shorter limit than the alarms set before
+            self.wake_at = self.scope.deadline = deadline
+        return alarm
+
+    async def run(self) -> None:
+        heap = self.heap
+        while True:
+            while heap and not heap[0][2].active:
+                heapq.heappop(heap)  # a wait that ended: nothing to wake (most alarms)
+            self.scope = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+            self.wake_at = self.scope.deadline
+            with self.scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                alarm = heapq.heappop(heap)[2]
+                if alarm.active:
+                    alarm.active = False
+                    trio.lowlevel.notify_closing(alarm.fd)
+
+
+_ALARMS: trio.lowlevel.RunVar[_Alarms] = trio.lowlevel.RunVar("meshfaas_sdk_alarms")
+
+
+def _alarms() -> _Alarms:
+    """This trio run's alarms (their task starts with the first wait of the run)."""
+    try:
+        return _ALARMS.get()
+    except LookupError:
+        alarms = _Alarms()
+        _ALARMS.set(alarms)
+        trio.lowlevel.spawn_system_task(alarms.run, name="meshfaas SDK alarms")
+        return alarms
+
+
 class AsyncClient(Client):
     """The trio client: the same API as :class:`Client`, every call awaited.
 
@@ -880,12 +956,18 @@ class AsyncClient(Client):
         super().__init__(endpoints, api_key, **kwargs)
         self._busy = False  # an operation holds the client (the lock, taken without a trio call)
         self._waiters = trio.lowlevel.ParkingLot()  # operations waiting for it, in order
+        self._alarm = _Alarm(-1)  # the waiting call's (see _Alarms)
+        self._alarm.active = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        self._alarm.active = False  # its FD is about to go (and its number may be reused)
+        super().close()
 
     async def _acquire(self) -> None:
         """Take the client for one operation: a flag when it is free, else a place
@@ -957,9 +1039,9 @@ class AsyncClient(Client):
 
         EVENTS is read right after the send (and after each tick of the watch,
         whose reads and ping may take the FD's edge): a reply already there is
-        read without a cancel scope or a watch. Otherwise one cancel scope
-        covers every wait until the earlier of the call's deadline and the
-        watch's next tick (no task, no nursery), and a wake reads at once (it
+        read without an alarm or a watch. Otherwise one alarm (:class:`_Alarms`;
+        no cancel scope, task or nursery) ends the waits at the earlier of the
+        call's deadline and the watch's next tick, and a wake reads at once (it
         is most likely the reply). Waiting on the FD needs EVENTS read, or a
         read that said EAGAIN, since the last frame came (either leaves libzmq's
         mailbox drained, so the next change signals the FD): :meth:`_drain`
@@ -976,10 +1058,13 @@ class AsyncClient(Client):
                 watch = _Watch(trio.current_time, self.liveness_interval_s,
                                self.liveness_timeout_s)
                 deadline = watch.last_heard + timeout_s
-            with trio.CancelScope(deadline=min(deadline, watch.next_tick)):
+            self._alarm = _alarms().set(min(deadline, watch.next_tick), self._fd)
+            try:
                 response = await self._await_reply_frames(sock, request_id, watch)
-                if response is not None:
-                    return "ok", response, ""
+            finally:
+                self._alarm.active = False
+            if response is not None:
+                return "ok", response, ""
             now = trio.current_time()  # the deadline or the tick came, or the node forgot
             if now >= deadline:
                 return _Attempt.TIMEOUT, None, ""
@@ -988,12 +1073,15 @@ class AsyncClient(Client):
 
     async def _await_reply_frames(self, sock: zmq.Socket[Any], request_id: str,
                                   watch: _Watch) -> proto.ClientResponse | None:
-        """Wait on the FD and read what comes until the reply (the caller's scope
-        ends the wait at the deadline or tick), or None when the node says it
-        forgot the request (the watch then says GONE at once)."""
+        """Wait on the FD and read what comes until the reply; None when the
+        caller's alarm rang (the deadline or the watch's tick) or the node says
+        it forgot the request (the watch then says GONE at once)."""
         fd = self._fd
         while True:
-            await trio.lowlevel.wait_readable(fd)
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:  # the alarm (see _Alarms): the FD stays open
+                return None
             response = self._drain(sock, request_id, watch)
             if response is not None or watch.forgotten:
                 return response

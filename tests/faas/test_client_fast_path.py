@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import attrs
@@ -272,3 +273,79 @@ async def test_callers_sharing_a_client_take_turns_and_a_cancelled_one_leaves_th
     assert server.most_held == 1  # never two requests of one client at once
     assert results == ["n1"] * 5  # the caller out of patience gave up its place
     assert server.answered == 6
+
+
+# ---------------------------------------------------------------------------
+# Alarms: a waiting call's time limit without a cancel scope
+# ---------------------------------------------------------------------------
+
+
+async def wait_for_alarm(fd: int, limit_s: float, woken: list[tuple[int, float]]) -> None:
+    """Wait on ``fd`` (never readable here) until an alarm rings or ``limit_s`` passes."""
+    start = trio.current_time()
+    with trio.move_on_after(limit_s):
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except trio.ClosedResourceError:
+            woken.append((fd, trio.current_time() - start))
+
+
+async def test_an_alarm_wakes_its_waiter_at_its_deadline_and_a_cleared_one_nobody() -> None:
+    pairs = [socket.socketpair() for _ in range(3)]
+    fds = [a.fileno() for a, _ in pairs]
+    woken: list[tuple[int, float]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for fd, limit_s in zip(fds, (5.0, 0.4, 5.0), strict=True):
+                nursery.start_soon(wait_for_alarm, fd, limit_s, woken)
+            now = trio.current_time()
+            alarms = sdk._alarms()
+            later = alarms.set(now + 0.2, fds[0])
+            cleared = alarms.set(now + 0.05, fds[1])
+            alarms.set(now + 0.1, fds[2])  # set after an earlier one, rings before `later`
+            cleared.active = False
+        assert [fd for fd, _ in woken] == [fds[2], fds[0]]
+        assert woken[0][1] >= 0.1 and woken[1][1] >= 0.2  # not before their deadlines
+        assert not later.active  # rung alarms are done
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_a_client_serves_successive_trio_runs_each_with_its_own_alarms() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = CountingServer(ctx, delay_s=0.01)  # (a reply after a wait: an alarm each call)
+    c = sdk.AsyncClient(server.endpoint, api_key="k", context=ctx)
+
+    async def run() -> list[str]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve)
+            answers = [await c.ping() for _ in range(3)]
+            nursery.cancel_scope.cancel()
+        return answers
+
+    try:
+        assert trio.run(run) == ["n1"] * 3
+        assert trio.run(run) == ["n1"] * 3
+    finally:
+        c.close()
+        server.router.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+async def test_a_call_given_up_by_its_caller_clears_its_alarm() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = CountingServer(ctx, delay_s=0.3)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve)
+            async with sdk.AsyncClient(server.endpoint, api_key="k", context=ctx) as c:
+                with trio.move_on_after(0.05):
+                    await c.ping()
+                assert not c._alarm.active
+                assert not [a for _, _, a in sdk._alarms().heap if a.active]
+            nursery.cancel_scope.cancel()
+    finally:
+        server.router.close(linger=0)
+        ctx.destroy(linger=0)
