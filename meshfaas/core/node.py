@@ -20,7 +20,9 @@ prefixed (``g.`` and ``p.``), after-persist sends stay after-persist, and once
 the merged batch is durable each sub-core hears ``on_persisted`` for the
 batches that went into it. Sub-core notifications are consumed here (a dead
 member becomes a Paxos suspicion, an applied entry answers a waiting client)
-and the ones the outside cares about are passed on.
+and the ones the outside cares about are passed on (members, Paxos' applied
+entries and leader changes; not its chosen slots, one note per commit on every
+node that nothing outside read).
 
 *Clients.* The driver turns every decoded client request into a
 :class:`ClientCall` command with an opaque ``conn`` it chose, and sends back
@@ -609,8 +611,10 @@ class MeshNode:
         elif kind == paxos_api.NOTE_APPLIED:
             self.out.notify(kind, data)
             self._on_applied(data)
-        elif kind == paxos_api.NOTE_CHOSEN or kind == paxos_api.NOTE_LEADER:
+        elif kind == paxos_api.NOTE_LEADER:
             self.out.notify(kind, data)
+        elif kind == paxos_api.NOTE_CHOSEN:
+            pass  # nothing outside uses it (the applied note follows): not passed on
         elif kind.startswith("member_") or kind == "meta_changed":
             self._on_member(kind, data)
         elif kind == paxos_api.NOTE_SYNCED and self.stale_calls:

@@ -287,6 +287,18 @@ def test_many_commands_in_one_paxos_slot_all_apply() -> None:
         assert len(mesh.core(node).sm.list_functions()) == 60
 
 
+def test_a_node_passes_on_applied_entries_but_not_chosen_slots() -> None:
+    """What the outside reads (the runtime's observer, the scenarios) is passed on;
+    Paxos' chosen notes, one per commit on every node and read by nobody, are not."""
+    mesh = started()
+    kinds: set[str] = set()
+    mesh.world.observe(lambda node, note, t: kinds.add(note.kind))
+    mesh.deploy()
+    mesh.run_for(0.5)
+    assert {"paxos.applied", "client_reply"} <= kinds
+    assert "paxos.chosen" not in kinds
+
+
 def test_the_entry_node_runs_what_it_can_and_a_gateway_forwards_everything() -> None:
     mesh = started(capacity={"n1": 8, "n2": 8, "n3": 0})
     mesh.deploy()
