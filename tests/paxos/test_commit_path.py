@@ -321,6 +321,24 @@ def test_thrifty_sends_an_unanswered_accept_to_the_other_voters_after_spread_ns(
     assert accepts_to(settle(r, acks_from=("n3",))) == ["n3"]  # the one that answered
 
 
+def test_no_spread_or_retry_timer_is_left_when_nothing_is_in_flight() -> None:
+    """A commit answered in time leaves no timer to wake the loop for nothing."""
+    r = lone_leader(accept_to="quorum")
+    r.handle(NodeId("n3"), Promise(ballot=r.ballot, ok=True, promised=r.ballot), ELECTED)
+    settle(r)  # every voter has promised: no Prepare waits for an answer
+    r.command(Propose(client_id="c", seq=1, payload=["put", "k", "v"]), ELECTED)
+    settle(r, acks_from=())  # n2 has not answered yet: both timers are armed
+    assert ("spread",) in r.deadlines and ("retry",) in r.deadlines
+    r.handle(NodeId("n2"), Accepted(ballot=r.ballot, slots=tuple(sorted(r.inflight)), ok=True,
+                                    promised=r.ballot, chosen_upto=0), ELECTED)
+    settle(r)
+    assert r.inflight == {} and r.chosen_upto >= 2
+    assert ("spread",) not in r.deadlines and ("retry",) not in r.deadlines
+    r.command(Propose(client_id="c", seq=2, payload=["put", "k", "w"]), ELECTED.after(10**6))
+    settle(r, acks_from=())  # the next Accept arms them again, from its own send
+    assert r.deadlines.get(("spread",)) == ELECTED.after(10**6).mono_ns + r._spread_after_ns()
+
+
 def test_thrifty_accepts_include_the_follower_whose_client_waits() -> None:
     r = lone_leader(accept_to="quorum")
     settle(r)
