@@ -588,8 +588,8 @@ class MeshNode:
 
     def _merge(self, prefix: str, core: Any, ready: Ready) -> bool:
         """Take one sub-core batch into ours. True if that called into a sub-core:
-        ``on_persisted`` for a batch with nothing to write, or any notification's
-        handling (it may command gossip or Paxos)."""
+        ``on_persisted`` for a batch with nothing to write, or a notification whose
+        handling may have commanded gossip or Paxos (``_on_sub_note``)."""
         for w in ready.persist:
             self.out.persist(prefix + w.table, w.key, w.value)
         for o in ready.send_now:
@@ -600,25 +600,34 @@ class MeshNode:
             self.sub_pending.append((core, ready.seq))
         else:
             core.on_persisted(ready.seq)
+        fed = False
         for note in ready.notifications:
-            self._on_sub_note(note.kind, note.data)
-        return not ready.persist or bool(ready.notifications)
+            if self._on_sub_note(note.kind, note.data):
+                fed = True
+        return fed or not ready.persist
 
-    def _on_sub_note(self, kind: str, data: Any) -> None:
-        # (Paxos' notes first: every commit brings a result, an applied and a chosen.)
+    def _on_sub_note(self, kind: str, data: Any) -> bool:
+        """React to a sub-core's note. True if that may have called into gossip or
+        Paxos (the pump then asks them again); False only where it surely did not:
+        a follower's applied entry, a leader change, a chosen slot. (Every commit
+        brings a result, an applied and a chosen note: Paxos' kinds first.)"""
         if kind == paxos_api.NOTE_RESULT:
-            self._on_paxos_result(data)
-        elif kind == paxos_api.NOTE_APPLIED:
+            return self._on_paxos_result(data)
+        if kind == paxos_api.NOTE_APPLIED:
             self.out.notify(kind, data)
-            self._on_applied(data)
-        elif kind == paxos_api.NOTE_LEADER:
+            return self._on_applied(data)
+        if kind == paxos_api.NOTE_LEADER:
             self.out.notify(kind, data)
-        elif kind == paxos_api.NOTE_CHOSEN:
-            pass  # nothing outside uses it (the applied note follows): not passed on
-        elif kind.startswith("member_") or kind == "meta_changed":
-            self._on_member(kind, data)
-        elif kind == paxos_api.NOTE_SYNCED and self.stale_calls:
-            self._recheck_stale()
+            return False
+        if kind == paxos_api.NOTE_CHOSEN:
+            return False  # nothing outside uses it (the applied note follows): not passed on
+        if kind.startswith("member_") or kind == "meta_changed":
+            self._on_member(kind, data)  # (it may suspect a node in Paxos)
+            return True
+        if kind == paxos_api.NOTE_SYNCED and self.stale_calls:
+            self._recheck_stale()  # (planning a call again may propose)
+            return True
+        return False
 
     # ------------------------------------------------------------ membership
 
@@ -898,48 +907,62 @@ class MeshNode:
             return
         self._submit(waiting)
 
-    def _on_paxos_result(self, result: paxos_api.CommandResult) -> None:
+    def _on_paxos_result(self, result: paxos_api.CommandResult) -> bool:
+        """A proposal's outcome. True if handling it may have called into a
+        sub-core (a queued proposal took the freed lane, or an async attempt
+        started: it may route or propose)."""
         waiting = self.waiting.get((result.client_id, result.seq))
         if waiting is None:
-            return
+            return False
         if not result.ok:
-            return  # not-leader / no leader yet: the retry deadline resubmits
-        self._finish_lane(result.client_id, result.seq)
-        self._on_proposal_done(waiting, result.value)
+            return False  # not-leader / no leader yet: the retry deadline resubmits
+        proposed = self._finish_lane(result.client_id, result.seq)
+        return self._on_proposal_done(waiting, result.value) or proposed
 
-    def _finish_lane(self, client_id: str, seq: int) -> None:
+    def _finish_lane(self, client_id: str, seq: int) -> bool:
+        """Free the proposal's lane; True if a queued proposal was sent on it."""
         waiting = self.waiting.pop((client_id, seq), None)
         self.deadlines.cancel(("retry", client_id, seq))
         if waiting is None:
-            return
+            return False
         self.lanes[waiting.lane].busy = False
         if self.queued:
             self._send_on_lane(waiting.lane, self.queued.pop(0))
+            return True
+        return False
 
-    def _on_proposal_done(self, waiting: _Waiting, value: Any) -> None:
+    def _on_proposal_done(self, waiting: _Waiting, value: Any) -> bool:
+        """Answer the proposal's caller; True if an async attempt was started."""
         cmd = waiting.command
-        if isinstance(cmd, faas.StartAsyncAttempt):
+        started = isinstance(cmd, faas.StartAsyncAttempt)
+        if started:
             self._on_attempt_started(cmd, value)
         elif isinstance(cmd, faas.RecordAsyncAttempt):
             self.async_running.discard(cmd.request_id)
         if waiting.conn is not None:
             self._reply(waiting.conn, faas_api.finish(waiting.request_id, value,
                                                       new_key_token=waiting.new_key_token))
+        return started
 
-    def _on_applied(self, applied: paxos_api.Applied) -> None:
+    def _on_applied(self, applied: paxos_api.Applied) -> bool:
         """After the log moved: bootstrap the first key once, if we lead; plan again
-        the calls that waited for a leader sync (``_wait_if_stale``) now done."""
-        self._maybe_bootstrap_key()
+        the calls that waited for a leader sync (``_wait_if_stale``) now done.
+        True if either happened (each may propose)."""
+        fed = self._maybe_bootstrap_key()
         if self.stale_calls:
             self._recheck_stale()
+            fed = True
+        return fed
 
-    def _maybe_bootstrap_key(self) -> None:
+    def _maybe_bootstrap_key(self) -> bool:
+        """Propose the configured first key if we lead and none exists; True if proposed."""
         key = self.cfg.bootstrap_key
         if key is None or self.sm.keys or not self.paxos.leader_info().is_leader:
-            return
+            return False
         if any(isinstance(w.command, faas.PutApiKey) for w in self.waiting.values()):
-            return
+            return False
         self._propose(key, None, "bootstrap-key")
+        return True
 
     # ----------------------------------------------------------- invocations
 
