@@ -290,9 +290,11 @@ class JournaledStore(SqliteStore):
             self.syncs += 1
 
     def _append(self, rows: Sequence[Row]) -> None:
+        if sum(len(r[1]) + len(r[2] or b"") for r in rows) >= self.direct_bytes:
+            self._checkpoint(rows)  # (sized without encoding: most of a big batch is values)
+            return
         body = cbor2.dumps([list(r) for r in rows])
-        if len(body) >= self.direct_bytes \
-                or self._tail + _ENTRY.size + len(body) > self.journal_bytes:
+        if self._tail + _ENTRY.size + len(body) > self.journal_bytes:
             self._checkpoint(rows)
             return
         entry = _entry(self._generation, self._seq + 1, body)
