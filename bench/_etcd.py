@@ -98,6 +98,7 @@ class EtcdCluster:
         self.tmp: Path | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self.client_urls: list[str] = []
+        self.first = 0  # client i talks to member (first + i) mod 3 (place_from_leader)
 
     def __enter__(self) -> EtcdCluster:
         try:
@@ -195,8 +196,18 @@ class EtcdCluster:
     def server_pids(self) -> Sequence[int]:
         return [p.pid for p in self.procs]
 
+    def place_from_leader(self) -> None:
+        """Client i talks to the member i places after the Raft leader (client 0 to
+        the leader itself), not after m0 (see bench/_meshfaas.py)."""
+        with httpx.Client(timeout=2.0) as client:
+            for i, url in enumerate(self.client_urls):
+                status = client.post(url + "/v3/maintenance/status", content=b"{}").json()
+                if status.get("leader") and status.get("header", {}).get("member_id") == status["leader"]:
+                    self.first = i
+                    return
+
     async def connect(self, client_index: int) -> EtcdConnection | H11Connection | GrpcConnection:
-        url = self.client_urls[client_index % len(self.client_urls)]
+        url = self.client_urls[(self.first + client_index) % len(self.client_urls)]
         kinds = {"grpc": GrpcConnection, "h11": H11Connection, "httpx": EtcdConnection}
         return kinds[self.client](url)
 

@@ -46,16 +46,31 @@ class MeshTarget:
 
     def __init__(self, mesh: Any) -> None:
         self._mesh = mesh
+        self.first = 0  # client i talks to node (first + i) mod n (see place_from_leader)
+
+    def place_from_leader(self) -> None:
+        """Client i talks to the node i places after the Paxos leader (client 0 to the
+        leader itself), not after n1: a lone client's puts are then commits at the
+        leader, not forwarded to it by a follower (two hops more)."""
+        leader = self.leader()
+        if leader in self._mesh.mesh.ids:
+            self.first = self._mesh.mesh.ids.index(leader)
 
     async def connect(self, client_index: int) -> MeshConnection:
         from meshfaas.client import AsyncClient
 
         eps = self._mesh.mesh.endpoints()
-        first = client_index % len(eps)
+        first = (self.first + client_index) % len(eps)
         server_key = self._mesh.mesh.info[self._mesh.mesh.ids[0]]["public_key"]
         client = AsyncClient(eps[first:] + eps[:first], self._mesh.api_key,
                              server_public_key=server_key, timeout_s=30)
         return MeshConnection(client)
+
+    def leader(self) -> str | None:
+        """The Paxos leader's node id, as n1 sees it."""
+        with self._mesh.client() as client:
+            leader: str | None = client.status().leader
+        return leader
 
     def server_pids(self) -> Sequence[int]:
         return [p.pid for p in self._mesh.mesh.procs.values()]

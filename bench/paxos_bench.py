@@ -14,6 +14,13 @@ and etcd-client packages when missing (apt-get, as root). The meshfaas target
 is a hook (``bench/_meshfaas.py``) until the node process exists; it prints
 why it is unavailable rather than any figure.
 
+Clients are spread round-robin over the three members starting at the leader
+(``--first leader``, the default, for both targets): a lone client then
+measures a commit at the leader, as etcd's own benchmark does with its
+"leader" rows; ``--first n1`` starts at the first member started, where a lone
+client's writes are forwarded to the leader whenever another member won the
+first election (two hops more).
+
 Reported per run: committed puts/s in the window, p50/p99/max latency (call to
 acknowledgement), errors, CPU microseconds per committed put spent by the load
 generator (client) and by the target's processes (server), and the machine's
@@ -99,6 +106,10 @@ def bench_etcd(args: argparse.Namespace, report: dict[str, Any]) -> list[LoadRes
     print(f"client: {ETCD_CLIENTS[args.etcd_client]}")
     report["etcd_client"] = ETCD_CLIENTS[args.etcd_client]
     with _etcd.EtcdCluster(binary, client=args.etcd_client) as cluster:
+        if args.first == "leader":
+            cluster.place_from_leader()
+        print(f"etcd: client 0 talks to member m{cluster.first}"
+              f"{' (the leader)' if args.first == 'leader' else ''}")
         results = trio.run(drive, cluster, args.clients, args.warmup, args.seconds)
         if args.check_perf:
             report["etcdctl_check_perf"] = run_check_perf(binary, cluster)
@@ -139,6 +150,11 @@ def bench_meshfaas(args: argparse.Namespace, report: dict[str, Any]) -> list[Loa
         report["meshfaas_unavailable"] = reason
         return []
     with _meshfaas.open_mesh() as mesh:
+        if args.first == "leader":
+            mesh.place_from_leader()
+        report["meshfaas_leader"] = leader = mesh.leader()
+        print(f"meshfaas: the Paxos leader is {leader}; client 0 talks to "
+              f"{mesh._mesh.mesh.ids[mesh.first]}")
         results: list[LoadResult] = trio.run(drive, mesh, args.clients, args.warmup, args.seconds)
         return results
 
@@ -152,6 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1, 16, 256],
         help="comma-separated client counts (default 1,16,256)",
     )
+    p.add_argument("--first", choices=("leader", "n1"), default="leader",
+                   help="client i talks to the i-th node after the leader (default), or "
+                        "after the first node started (then a lone client's writes may be "
+                        "forwarded by a follower)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     p.add_argument(
