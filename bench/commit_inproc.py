@@ -9,7 +9,7 @@ Usage::
     # ... and again with --puts 120: (Ir(120) - Ir(20)) / 100 is the cost of one put
 
 Three ``MeshNode`` cores, each with its real :class:`~meshfaas.runtime.driver.Driver`,
-codec and :class:`~meshfaas.runtime.store.SqliteStore` (fsync on, in a temporary
+codec and :class:`~meshfaas.runtime.journal.JournaledStore` (the node's store, fsync on, in a temporary
 directory), run in one trio process on a virtual clock (``MockClock``, jumping only
 when every task waits). Frames between nodes go through memory: each node's inbox
 is handled by one task a burst at a time, as the node's peer ROUTER owner does
@@ -47,7 +47,7 @@ from meshfaas.core.node import ClientCall, ClientReply, MeshConfig, MeshNode
 from meshfaas.core.types import Effect, EffectResult, NodeId, Notification
 from meshfaas.runtime.clock import TrioClock
 from meshfaas.runtime.driver import Driver
-from meshfaas.runtime.store import SqliteStore
+from meshfaas.runtime.journal import JournaledStore
 from simulator.scenarios.mesh import admin_key
 
 IDS = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
@@ -93,7 +93,8 @@ class Node:
                             bootstrap_key=key)
         self.core = MeshNode(config, {}, random.Random(seed), self.clock.now(),
                              seeds=[i for i in IDS if i != node_id])
-        self.store = SqliteStore(data / f"{node_id}.db")
+        self.store = JournaledStore(data / f"{node_id}.db")
+        self.store.load_checked()  # (opens its journal, as the node's start does)
         self.driver = Driver(self.core, node_id=node_id, transport=net.port(node_id),
                              codec=Codec("inproc"), store=self.store, clock=self.clock,
                              all_syncs_in_loop=True)
