@@ -192,9 +192,10 @@ class JournaledStore(SqliteStore):
         meta = self._conn.execute("SELECT id, generation FROM journal_meta").fetchone()
         if self._fd < 0:
             if not self.journal_path.exists():
-                if meta is not None:
+                if meta is None:
+                    meta = self._create_journal()
+                elif not self._finish_creation(bytes(meta[0])):
                     return self._damaged(f"{self.journal_path.name} is missing")
-                meta = self._create_journal()
             self._fd = os.open(self.journal_path, os.O_RDWR)
         data = os.pread(self._fd, self.journal_bytes, 0)
         store_id = _read_header(data)
@@ -246,10 +247,12 @@ class JournaledStore(SqliteStore):
         return False
 
     def _create_journal(self) -> tuple[bytes, int]:
-        """A new journal of ``journal_bytes`` zeros under a new store id, synced
-        with its directory, the id committed to SQLite first."""
+        """A new journal of ``journal_bytes`` zeros under a new store id: written
+        and synced as ``<journal>.new``, the id committed to SQLite, then renamed
+        into place and its directory synced (a crash between the last two leaves
+        a ``.new`` file that :meth:`_finish_creation` puts in place)."""
         store_id = os.urandom(16)
-        tmp = self.journal_path.with_name(self.journal_path.name + ".new")
+        tmp = self._new_path()
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             left = self.journal_bytes
@@ -260,13 +263,33 @@ class JournaledStore(SqliteStore):
         finally:
             os.close(fd)
         self._conn.execute("INSERT INTO journal_meta VALUES (?, 1)", (store_id,))  # (autocommit)
+        self._put_in_place(tmp)
+        return store_id, 1
+
+    def _new_path(self) -> Path:
+        return self.journal_path.with_name(self.journal_path.name + ".new")
+
+    def _finish_creation(self, store_id: bytes) -> bool:
+        """SQLite has the store id but there is no journal: a crash came after the
+        id's commit and before the rename. True if the new journal (no entry can
+        be in it yet) is there with that id, and now in place."""
+        tmp = self._new_path()
+        try:
+            with open(tmp, "rb") as f:
+                if _read_header(f.read(_HEADER.size)) != store_id:
+                    return False
+        except OSError:
+            return False
+        self._put_in_place(tmp)
+        return True
+
+    def _put_in_place(self, tmp: Path) -> None:
         os.replace(tmp, self.journal_path)
         dir_fd = os.open(self.journal_path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return store_id, 1
 
     # -- syncing ------------------------------------------------------------------
 

@@ -172,6 +172,31 @@ def test_a_database_is_never_opened_with_another_journal_or_none(tmp_path: Path)
     assert [c.reason for c in result.corrupt] == ["the journal belongs to another database"]
 
 
+def test_a_crash_while_the_journal_is_created_is_finished_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id is in SQLite, the new journal not yet renamed into place."""
+    store = JournaledStore(tmp_path / "node.db", journal_bytes=SMALL)
+
+    def stopped(tmp: Path) -> None:
+        raise OSError("the machine stopped")
+
+    monkeypatch.setattr(store, "_put_in_place", stopped)
+    with pytest.raises(OSError):
+        store._open_journal()
+    monkeypatch.undo()
+    store._conn.close()
+    assert not (tmp_path / "node.db.journal").exists()
+    assert (tmp_path / "node.db.journal.new").exists()
+    store, tables = reopen(tmp_path / "node.db")
+    assert tables == {}
+    store.write([Write(table="log", key=1, value=1)])
+    store.sync()
+    crash(store)
+    _, tables = reopen(tmp_path / "node.db")
+    assert tables == {"log": {1: 1}}
+    assert not (tmp_path / "node.db.journal.new").exists()
+
+
 def test_a_store_from_before_the_journal_gets_one(tmp_path: Path) -> None:
     old = SqliteStore(tmp_path / "node.db")
     old.write([Write(table="log", key=1, value="old")])
