@@ -52,7 +52,7 @@ import sys
 import tempfile
 import zipfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,8 @@ log = logging.getLogger("meshfaas.mesh")
 BLOB_CHUNK_BYTES = 1024 * 1024
 BLOB_REQUEST_TIMEOUT_S = 3.0
 BLOB_REPLICATE_TIMEOUT_S = 60.0
+CODE_FETCH_PATIENCE_S = 5.0  # how long an invocation keeps looking for its code's blob
+CODE_FETCH_RETRY_S = 0.2
 RECENT_LOGS_PER_FUNCTION = 200
 CLIENT_BATCH = 64  # client requests handled per turn of the socket owner
 WARM_REFRESH_S = 0.5
@@ -165,6 +167,26 @@ class BlobChunk:
 
 
 BLOB_MESSAGES = (BlobOffer, BlobStored, BlobFetch, BlobChunk)
+
+
+async def fetch_with_patience(fetch: Callable[[list[str]], Awaitable[tuple[bool, str]]],
+                              first: Sequence[str], reachable: Callable[[], Sequence[str]],
+                              patience_s: float = CODE_FETCH_PATIENCE_S,
+                              retry_s: float = CODE_FETCH_RETRY_S) -> tuple[bool, str]:
+    """Fetch a blob from the peers ``first`` (the core's sources), and, while that
+    fails, again every ``retry_s`` from those and every peer ``reachable()`` names
+    then, for up to ``patience_s``; (ok, error) of the last try. A node just
+    started may run an invocation before its gossip has heard any peer (Paxos
+    reached it first): the core then names no source, and the peers it can reach
+    appear a moment later. Seen as "no peer of 0 had blob" in a real-mesh test."""
+    deadline = trio.current_time() + patience_s
+    peers = list(first)
+    while True:
+        ok, error = await fetch(peers)
+        if ok or trio.current_time() + retry_s > deadline:
+            return ok, error
+        await trio.sleep(retry_s)
+        peers = sorted(set(first) | set(reachable()))
 
 
 class BlobService:
@@ -668,8 +690,10 @@ class MeshProcess:
                                 value=_record(task, result, self.node_id, started))
         code_dir = self._code_dirs.get(task.code.sha256)
         if code_dir is None:  # the first run of this code here: fetch and unpack it once
-            ok, error = await self.blob_service.fetch(task.code.sha256, task.code.size_bytes,
-                                                      list(task.peers))
+            ok, error = await fetch_with_patience(
+                lambda peers: self.blob_service.fetch(task.code.sha256, task.code.size_bytes,
+                                                      peers),
+                task.peers, lambda: [p for p in self.peer.peers() if p != self.node_id])
             if not ok:
                 return _failed(effect, task, "Sandbox.CodeUnavailable", error)
             try:
