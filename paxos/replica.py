@@ -759,9 +759,14 @@ class Replica:
     def _send_catchup_request(self) -> None:
         if self.catchup_peer is None or self.catchup_peer == self.node_id:
             return
+        self.out.send(self.catchup_peer, self._catchup_request())
+
+    def _catchup_request(self, nonce: int = 0) -> CatchupRequest:
+        """Ask for what we miss: the chosen slots after ours, or the rest of the
+        snapshot being received."""
         rx = self.snap_rx
-        self.out.send(self.catchup_peer, CatchupRequest(
-            from_slot=self.chosen_upto + 1, snap_index=rx.index, offset=len(rx.data)))
+        return CatchupRequest(from_slot=self.chosen_upto + 1, snap_index=rx.index,
+                              offset=len(rx.data), nonce=nonce)
 
     def on_catchup_timer(self, now_ns: int) -> None:
         if self.known_commit > self.chosen_upto:
@@ -822,9 +827,7 @@ class Replica:
     def _send_sync(self, leader: NodeId) -> None:
         self.sync_nonce += 1
         self.sync_sent_ns, self.sync_again = self.now_ns, False
-        rx = self.snap_rx
-        self.out.send(leader, CatchupRequest(from_slot=self.chosen_upto + 1, snap_index=rx.index,
-                                             offset=len(rx.data), nonce=self.sync_nonce))
+        self.out.send(leader, self._catchup_request(self.sync_nonce))
 
     def _sync_answered(self, nonce: int, chosen_upto: int) -> None:
         self.sync_answered = nonce

@@ -66,7 +66,14 @@ from typing import cast
 import cbor2
 
 from meshfaas.core.codec import DecodeError
-from meshfaas.runtime.store import CorruptRecord, LoadResult, SqliteStore, StoreError, decode_key
+from meshfaas.runtime.store import (
+    CorruptRecord,
+    LoadResult,
+    SqliteStore,
+    StoreError,
+    decode_key,
+    fsync_dir,
+)
 
 JOURNAL_SUFFIX = ".journal"
 DEFAULT_JOURNAL_BYTES = 2 * 1024 * 1024
@@ -285,11 +292,7 @@ class JournaledStore(SqliteStore):
 
     def _put_in_place(self, tmp: Path) -> None:
         os.replace(tmp, self.journal_path)
-        dir_fd = os.open(self.journal_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.journal_path.parent)
 
     # -- syncing ------------------------------------------------------------------
 

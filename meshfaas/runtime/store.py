@@ -251,7 +251,8 @@ class SqliteStore:
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -289,7 +290,7 @@ class BlobStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return digest
 
     def get(self, digest: str) -> bytes | None:

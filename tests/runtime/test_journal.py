@@ -257,13 +257,15 @@ def test_a_big_batch_with_nothing_journaled_is_a_plain_commit(tmp_path: Path) ->
     assert tables == {"snap": {"s": b"\x03" * (2 * SMALL)}, "log": {1: 1}}
 
 
+values = st.none() | st.binary(max_size=600)
 ops = st.lists(st.one_of(
-    st.tuples(st.just("write"), st.integers(0, 7), st.none() | st.binary(max_size=600)),
+    st.tuples(st.just("put"), st.integers(0, 7), values),  # a write, synced at once
+    st.tuples(st.just("write"), st.integers(0, 7), values),
     st.tuples(st.just("sync")), st.tuples(st.just("crash")), st.tuples(st.just("close")),
     st.tuples(st.just("checkpoint"))), max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)  # (100 missed a checkpoint that lost the generation)
 @given(ops)
 def test_whatever_happens_the_synced_state_is_what_loads(tmp_path_factory: pytest.TempPathFactory,
                                                           script: list[tuple[Any, ...]]) -> None:
@@ -272,10 +274,10 @@ def test_whatever_happens_the_synced_state_is_what_loads(tmp_path_factory: pytes
     staged: list[tuple[int, bytes | None]] = []
     store, _ = reopen(path, 4096 + journal._DATA_START, 1024)
     for op in script:
-        if op[0] == "write":
+        if op[0] in ("write", "put"):
             store.write([Write(table="t", key=op[1], value=op[2])])
             staged.append((op[1], op[2]))
-        elif op[0] == "sync":
+        if op[0] in ("sync", "put"):
             store.sync()
             for key, value in staged:
                 if value is None:
@@ -285,7 +287,7 @@ def test_whatever_happens_the_synced_state_is_what_loads(tmp_path_factory: pytes
             staged = []
         elif op[0] == "checkpoint":
             store.checkpoint()
-        else:
+        elif op[0] in ("crash", "close"):
             crash(store) if op[0] == "crash" else store.close()
             staged = []
             store, tables = reopen(path, 4096 + journal._DATA_START, 1024)
